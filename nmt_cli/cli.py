@@ -1,0 +1,206 @@
+"""The ``nmt`` command line: thin Typer wrappers over plain functions.
+
+This is the only module that imports Typer. Heavy modules (torch above all) are imported inside the
+commands, so ``nmt --help`` stays fast. A user's mistake (``NmtError``) becomes one line on stderr
+and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+
+from nmt_cli.errors import NmtError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_enable=False,
+                  help="Neural machine translation: tokenizer -> preprocess -> train -> translate "
+                       "-> eval, each stage driven by a YAML recipe.")
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn NmtError into 'error: ...' on stderr and its exit code."""
+    try:
+        yield
+    except NmtError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
+    except BrokenPipeError:
+        raise typer.Exit(0) from None
+
+
+RECIPE = typer.Argument(..., help="YAML recipe file (see recipes/).", show_default=False)
+SET = typer.Option([], "--set", help="Override a recipe key, e.g. --set train.max_steps=100; "
+                                     "repeatable.", metavar="KEY.PATH=VALUE")
+
+
+def _load(recipe: Path, overrides: List[str]):
+    from nmt_cli.recipes import load_recipe
+
+    return load_recipe(recipe, overrides)
+
+
+@app.command()
+def tokenizer(recipe: Path = RECIPE, set_: List[str] = SET) -> None:
+    """Train SentencePiece (joint or one per language) on the recipe's training bitext."""
+    with user_errors():
+        from nmt_cli.tokenizer import Tokenizers, train_tokenizers
+
+        rcp = _load(recipe, set_)
+        paths = train_tokenizers(rcp)
+        tok = Tokenizers.load(rcp)
+        for side in sorted(set(paths.values())):
+            print(f"wrote {side}")
+        print(f"vocabulary: {tok.src_vocab_size} source / {tok.tgt_vocab_size} target pieces"
+              f"{' (joint)' if tok.joint else ''}")
+
+
+@app.command()
+def preprocess(recipe: Path = RECIPE, set_: List[str] = SET,
+               dry_run: bool = typer.Option(False, "--dry-run",
+                                            help="Report what the filters would do; write nothing.")
+               ) -> None:
+    """Clean, filter, dedup, encode and binarize the bitext for training."""
+    with user_errors():
+        from nmt_cli.preprocess import data_dir, preprocess as run
+
+        rcp = _load(recipe, set_)
+        manifest = run(rcp, dry_run=dry_run)
+        con = _stderr()
+        for split, info in manifest["splits"].items():  # type: ignore[union-attr]
+            f = info["filters"]
+            dropped = ", ".join(f"{k} {v}" for k, v in f["dropped"].items() if v) or "none"
+            con.print(f"{split}: {f['pairs_in']} pairs in, {f['kept']} kept (dropped: {dropped}); "
+                      f"{info['src_tokens']} source / {info['tgt_tokens']} target tokens")
+        if not dry_run:
+            print(f"wrote {data_dir(rcp)}")
+
+
+class _TrainProgress:
+    """A rich progress bar showing step, loss, tokens/s and learning rate."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                             console=_stderr(), transient=False)
+        self._task = None
+
+    def start(self, total: int) -> None:
+        self._bar.start()
+        self._task = self._bar.add_task("train", total=total or None, info="")
+
+    def update(self, step: int, record: dict | None) -> None:
+        info = {}
+        if record:
+            info["info"] = (f"loss {record['loss']:.3f}  {record['tok_per_s']:,.0f} tok/s  "
+                            f"lr {record['lr']:.2e}")
+        self._bar.update(self._task, completed=step, **info)
+
+    def stop(self) -> None:
+        self._bar.stop()
+
+
+@app.command()
+def train(recipe: Path = RECIPE, set_: List[str] = SET,
+          device: Optional[Device] = typer.Option(None, help="Overrides train.device."),
+          overwrite: bool = typer.Option(False, "--overwrite",
+                                         help="Start afresh even if the run folder has "
+                                              "checkpoints.")) -> None:
+    """Train an attention encoder-decoder; keeps the best and last checkpoints."""
+    with user_errors():
+        from nmt_cli.trainer import Trainer
+
+        rcp = _load(recipe, set_)
+        last = rcp.workdir / "checkpoints" / "last.pt"
+        if last.exists() and not overwrite:
+            raise NmtError(f"{rcp.workdir} already holds a run ({last}); pass --overwrite to start "
+                           "afresh, or set workdir to a new folder")
+        con = _stderr()
+        trainer = Trainer(rcp, device.value if device else None, console=con)
+        summary = trainer.train(_TrainProgress())
+        best = f"{summary.best_bleu:.2f}" if summary.best_bleu is not None else "n/a"
+        con.print(f"done: {summary.steps} steps in {summary.seconds:.0f} s "
+                  f"({summary.tokens_per_second:,.0f} target tok/s), stopped by "
+                  f"{summary.stopped_by}; best dev BLEU {best} at step {summary.best_step}")
+        print(f"best checkpoint: {rcp.workdir / 'checkpoints' / 'best.pt'}")
+
+
+@app.command()
+def translate(
+    model: Path = typer.Option(..., "-m", "--model", help="Checkpoint (.pt) written by nmt train."),
+    input: Optional[Path] = typer.Option(None, "-i", "--input", help="Source text; default stdin."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Default stdout."),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, help="1 is greedy."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
+                                             help="Sentences per batch."),
+    length_penalty: Optional[float] = typer.Option(None, "--length-penalty", min=0.0,
+                                                   help="GNMT alpha."),
+    max_len_a: Optional[float] = typer.Option(None, "--max-len-a", min=0.0),
+    max_len_b: Optional[int] = typer.Option(None, "--max-len-b", min=1),
+    device: Device = typer.Option(Device.auto, help="Where to run the model."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No statistics on stderr."),
+) -> None:
+    """Translate text with beam search; N lines in, N lines out, in order."""
+    with user_errors():
+        from nmt_cli.translate import translate_file
+
+        stats = translate_file(model, input, output, beam_size, batch_size, length_penalty,
+                               max_len_a, max_len_b, device.value)
+        if not quiet:
+            print(stats.line(), file=sys.stderr)
+
+
+@app.command("eval")
+def eval_(
+    input: Path = typer.Option(..., "-i", "--input", help="Hypotheses, one per line."),
+    reference: List[Path] = typer.Option(..., "-r", "--reference",
+                                         help="Reference file; repeat for more references."),
+    metrics: str = typer.Option("bleu,chrf", "--metrics", "-m", help="Comma-separated: bleu, chrf, "
+                                                                       "ter."),
+    tokenize: str = typer.Option("13a", "--tokenize", help="sacreBLEU tokenizer for BLEU."),
+    lowercase: bool = typer.Option(False, "--lowercase", "-lc"),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Score hypotheses with sacreBLEU (BLEU, chrF, TER) and print signatures."""
+    with user_errors():
+        from nmt_cli.scoring import score_files
+
+        names = [m.strip().lower() for m in metrics.split(",") if m.strip()]
+        scores = score_files(input, reference, names, tokenize, lowercase)
+        if as_json:
+            print(json.dumps([s.as_dict() for s in scores], indent=2))
+        else:
+            for s in scores:
+                print(f"{s.text}\n  signature: {s.signature}")
+
+
+def main() -> None:
+    app(prog_name="nmt")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""Typed, frozen recipe sections and the checks that build them from plain dicts.
+
+Every recipe key is a dataclass field. Choices are ``Literal`` types and ranges live in the field's
+metadata, so a typo or an out-of-range value is rejected with its full key path instead of silently
+changing the experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from nmt_cli.errors import ConfigError
+
+
+def _num(default: Any, *, ge: float | None = None, gt: float | None = None,
+         le: float | None = None, lt: float | None = None, doc: str = "") -> Any:
+    """A numeric field with an allowed range."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc})
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass(frozen=True)
+class Split:
+    """One line-aligned bitext: a source file and a target file (plain text or .gz)."""
+
+    src: Path
+    tgt: Path
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    src_lang: str = "src"
+    tgt_lang: str = "tgt"
+    train: Optional[Split] = None
+    dev: Optional[Split] = None
+    test: Optional[Split] = None
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    vocab_size: int = _num(8000, ge=16, le=1_000_000)
+    joint: bool = True
+    character_coverage: float = _num(1.0, gt=0.0, le=1.0)
+    input_sentence_size: int = _num(2_000_000, ge=0)
+    byte_fallback: bool = False
+    user_defined_symbols: list[str] = field(default_factory=list)
+    num_threads: int = _num(2, ge=1)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    min_len: int = _num(1, ge=0)
+    max_len: int = _num(100, ge=1)
+    max_ratio: float = _num(3.0, ge=1.0)
+    dedup: bool = True
+    workers: int = _num(1, ge=1)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    cell: Literal["gru", "lstm"] = "gru"
+    hidden_size: int = _num(256, ge=1)
+    layers: int = _num(1, ge=1, le=4)
+    bidirectional: bool = True
+    dropout: float = _num(0.2, ge=0.0, lt=1.0)
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    cell: Literal["gru", "lstm"] = "gru"
+    hidden_size: int = _num(256, ge=1)
+    layers: int = _num(1, ge=1, le=4)
+    attention: Literal["bahdanau", "luong_dot", "luong_general"] = "bahdanau"
+    input_feeding: bool = True
+    init: Literal["bridge", "zeros"] = "bridge"
+    dropout: float = _num(0.2, ge=0.0, lt=1.0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: Literal["rnn"] = "rnn"
+    emb_size: int = _num(256, ge=1)
+    emb_dropout: float = _num(0.2, ge=0.0, lt=1.0)
+    tie_embeddings: bool = False
+    share_embeddings: bool = False
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1234
+    batch_tokens: int = _num(2000, ge=1)
+    max_steps: int = _num(10_000, ge=0)
+    max_epochs: int = _num(100, ge=1)
+    max_time: float = _num(0.0, ge=0.0, doc="wall-clock budget in minutes; 0 means none")
+    optimizer: Literal["adam", "adamw"] = "adam"
+    learning_rate: float = _num(1e-3, gt=0.0)
+    weight_decay: float = _num(0.0, ge=0.0)
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: Literal["constant", "plateau", "inverse_sqrt"] = "constant"
+    warmup_steps: int = _num(0, ge=0)
+    plateau_factor: float = _num(0.5, gt=0.0, lt=1.0)
+    plateau_patience: int = _num(2, ge=0)
+    min_learning_rate: float = _num(1e-5, ge=0.0)
+    clip_norm: float = _num(1.0, ge=0.0, doc="0 turns clipping off")
+    label_smoothing: float = _num(0.1, ge=0.0, lt=1.0)
+    accum_steps: int = _num(1, ge=1)
+    log_every: int = _num(50, ge=1)
+    valid_every: int = _num(500, ge=1)
+    valid_beam_size: int = _num(1, ge=1)
+    valid_max_sentences: int = _num(0, ge=0, doc="0 means the whole dev set")
+    early_stopping_patience: int = _num(0, ge=0, doc="validations without improvement; 0 is off")
+    keep_last: int = _num(1, ge=1)
+    threads: int = _num(0, ge=0, doc="torch CPU threads; 0 leaves torch's default")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    beam_size: int = _num(5, ge=1)
+    batch_size: int = _num(64, ge=1)
+    length_penalty: float = _num(1.0, ge=0.0, doc="GNMT alpha; 0 ranks by raw log-probability")
+    max_len_a: float = _num(1.5, ge=0.0)
+    max_len_b: int = _num(10, ge=1)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    metrics: list[Literal["bleu", "chrf", "ter"]] = field(default_factory=lambda: ["bleu", "chrf"])
+    tokenize: Literal["13a", "intl", "zh", "ja-mecab", "ko-mecab", "char", "none", "flores101",
+                      "flores200"] = "13a"
+    lowercase: bool = False
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole experiment: data, tokenizer, preprocessing, model, training, decoding, evaluation."""
+
+    name: str = "experiment"
+    workdir: Path = Path("runs/experiment")
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building sections from dicts
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return f"a list of {_type_name(item)}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            Path: "a path", type(None): "null"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, base_dir: Path | None) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it converted; raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(value, non_none[0], key, base_dir)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            tail = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"{value!r} is not allowed, choose one of "
+                              + ", ".join(repr(c) for c in choices) + tail, key)
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", key)
+        return [_coerce(v, item, f"{key}[{i}]", base_dir) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a mapping of keys, got {value!r}", key)
+        return build(tp, value, prefix=key, base_dir=base_dir)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true or false, got {value!r}", key)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"expected an integer, got {value!r}", key)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"expected a number, got {value!r}", key)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"expected a string, got {value!r}", key)
+        return str(value)
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"expected a path, got {value!r}", key)
+        path = Path(value).expanduser()
+        if base_dir is not None and not path.is_absolute():
+            path = base_dir / path
+        return path.resolve() if path.is_absolute() else path
+    raise ConfigError(f"unsupported type {tp}", key)  # pragma: no cover - schema bug
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    checks = (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+              ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<"))
+    for name, ok, sign in checks:
+        bound = meta.get(name)
+        if bound is not None and not ok(value, bound):
+            raise ConfigError(f"{value!r} is out of range, it must be {sign} {bound}", key)
+
+
+def build(cls: type, raw: dict[str, Any], prefix: str = "", base_dir: Path | None = None) -> Any:
+    """Build dataclass ``cls`` from ``raw``, rejecting unknown keys with a did-you-mean."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            raise ConfigError(_unknown_key_message(str(name), list(fields), prefix), key)
+        converted = _coerce(value, hints[name], key, base_dir)
+        _check_range(converted, fields[name].metadata, key)
+        kwargs[name] = converted
+    missing = [n for n, f in fields.items() if n not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        key = f"{prefix}.{missing[0]}" if prefix else missing[0]
+        raise ConfigError("this key is required", key)
+    return cls(**kwargs)
+
+
+def _unknown_key_message(name: str, known: list[str], prefix: str) -> str:
+    hint = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    where = f"in '{prefix}'" if prefix else "at the top level"
+    if hint:
+        full = f"{prefix}.{hint[0]}" if prefix else hint[0]
+        return f"unknown key; did you mean '{full}'?"
+    return f"unknown key (known keys {where}: {', '.join(known)})"
+
+
+def to_dict(obj: Any) -> Any:
+    """A plain, YAML- and JSON-friendly view of a config object (paths become strings)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def field_type(cls: type, dotted: str) -> Any:
+    """The annotation of a dotted key (``train.learning_rate``), or ConfigError if there is none."""
+    parts = dotted.split(".")
+    tp: Any = cls
+    for i, part in enumerate(parts):
+        tp = _strip_optional(tp)
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError("is not a section, it has no sub-keys", ".".join(parts[:i]))
+        fields = {f.name for f in dataclasses.fields(tp)}
+        if part not in fields:
+            prefix = ".".join(parts[:i])
+            raise ConfigError(_unknown_key_message(part, sorted(fields), prefix), dotted)
+        tp = typing.get_type_hints(tp)[part]
+    return tp
+
+
+def _strip_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp

@@ -1,0 +1,96 @@
+"""The encoder-decoder with attention, and ``build_model`` that makes one from a ``ModelConfig``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from nmt_cli.config import ModelConfig
+from nmt_cli.errors import ConfigError
+from nmt_cli.model.decoder import DecoderState, Memory, RecurrentDecoder
+from nmt_cli.model.encoder import RecurrentEncoder
+
+PAD_ID = 0  # kept equal to nmt_cli.tokenizer.PAD_ID; the model must not import the tokenizer
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
+                 joint_vocab: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.src_vocab_size, self.tgt_vocab_size = src_vocab_size, tgt_vocab_size
+        self.src_embed = nn.Embedding(src_vocab_size, cfg.emb_size, padding_idx=PAD_ID)
+        if cfg.share_embeddings:
+            if not joint_vocab or src_vocab_size != tgt_vocab_size:
+                raise ConfigError("needs one joint vocabulary; set tokenizer.joint: true or turn "
+                                  "this off", "model.share_embeddings")
+            self.tgt_embed = self.src_embed
+        else:
+            self.tgt_embed = nn.Embedding(tgt_vocab_size, cfg.emb_size, padding_idx=PAD_ID)
+        self.emb_dropout = nn.Dropout(cfg.emb_dropout)
+        self.encoder = RecurrentEncoder(cfg.encoder, cfg.emb_size)
+        self.decoder = RecurrentDecoder(cfg.decoder, cfg.emb_size, self.encoder.output_size,
+                                        self.encoder.output_size)
+        self.output_layer = nn.Linear(self.decoder.output_size, tgt_vocab_size, bias=False)
+        self.reset_parameters()
+        if cfg.tie_embeddings:
+            if cfg.decoder.hidden_size != cfg.emb_size:
+                raise ConfigError(f"needs model.decoder.hidden_size ({cfg.decoder.hidden_size}) "
+                                  f"equal to model.emb_size ({cfg.emb_size})", "model.tie_embeddings")
+            self.output_layer.weight = self.tgt_embed.weight
+
+    def reset_parameters(self) -> None:
+        """Xavier for feed-forward weights, orthogonal recurrent weights, LSTM forget bias 1."""
+        for name, param in self.named_parameters():
+            if "embed" in name:
+                nn.init.normal_(param, mean=0.0, std=self.cfg.emb_size ** -0.5)
+                with torch.no_grad():
+                    param[PAD_ID].zero_()
+            elif "weight_hh" in name:
+                hidden = param.size(1)
+                for i in range(0, param.size(0), hidden):  # one orthogonal block per gate
+                    nn.init.orthogonal_(param.data[i:i + hidden])
+            elif "bias" in name:
+                nn.init.zeros_(param)
+            elif param.dim() > 1:
+                nn.init.xavier_uniform_(param)
+        for rnn in (self.encoder.rnn, self.decoder.rnn):
+            if isinstance(rnn, nn.LSTM):
+                for name, param in rnn.named_parameters():
+                    if name.startswith("bias_ih"):  # gates are ordered input, forget, cell, output
+                        h = param.size(0) // 4
+                        with torch.no_grad():
+                            param[h:2 * h].fill_(1.0)
+
+    # -- encoder side -----------------------------------------------------------------------
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Memory, DecoderState]:
+        """src (B, S) padded ids, src_lengths (B,) -> what the decoder attends to, its first state."""
+        embedded = self.emb_dropout(self.src_embed(src))
+        outputs, final = self.encoder(embedded, src_lengths)
+        mask = src != PAD_ID
+        return self.decoder.memory(outputs, mask), self.decoder.init_state(final)
+
+    # -- decoder side -----------------------------------------------------------------------
+
+    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher forcing: logits (B, T, V) for every target position."""
+        memory, state = self.encode(src, src_lengths)
+        vectors, _ = self.decoder(self.emb_dropout(self.tgt_embed(tgt_in)), state, memory)
+        return self.output_layer(vectors)
+
+    def step(self, prev_tokens: Tensor, state: DecoderState,
+             memory: Memory) -> tuple[Tensor, DecoderState, Tensor]:
+        """One decoding step: prev_tokens (B,) -> log-probabilities (B, V), new state, attention."""
+        vector, state, weights = self.decoder.step(self.tgt_embed(prev_tokens), state, memory)
+        logits = self.output_layer(vector)
+        return torch.log_softmax(logits.float(), dim=-1), state, weights
+
+
+def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
+                joint_vocab: bool = False) -> Seq2Seq:
+    return Seq2Seq(cfg, src_vocab_size, tgt_vocab_size, joint_vocab)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,65 @@
+"""Optimizers and learning-rate schedules named in ``train``: Adam/AdamW; constant, plateau,
+inverse-sqrt, each with optional linear warmup."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nmt_cli.config import TrainConfig
+
+
+def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas),  # type: ignore[arg-type]
+               weight_decay=cfg.weight_decay)
+
+
+class LrSchedule:
+    """Sets the optimizer's learning rate before each update.
+
+    ``constant``: the base rate after warmup. ``inverse_sqrt``: base * sqrt(warmup / step) after
+    warmup. ``plateau``: the base rate, multiplied by ``plateau_factor`` each time the dev metric
+    has not improved for ``plateau_patience`` validations, never below ``min_learning_rate``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+        self.optimizer, self.cfg = optimizer, cfg
+        self.scale = 1.0  # plateau reductions so far
+        self.best: float | None = None
+        self.bad_validations = 0
+        self.lr = cfg.learning_rate
+
+    def rate(self, step: int) -> float:
+        cfg, step = self.cfg, max(1, step)
+        warm = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        if cfg.schedule == "inverse_sqrt":
+            lr = cfg.learning_rate * (warm if step < cfg.warmup_steps
+                                      else math.sqrt(max(1, cfg.warmup_steps) / step))
+        else:
+            lr = cfg.learning_rate * warm * self.scale
+        return max(lr, cfg.min_learning_rate) if cfg.schedule == "plateau" else lr
+
+    def step(self, step: int) -> float:
+        self.lr = self.rate(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        return self.lr
+
+    def on_validation(self, metric: float) -> None:
+        """Record a dev metric where higher is better (used by ``plateau``)."""
+        if self.best is None or metric > self.best:
+            self.best, self.bad_validations = metric, 0
+            return
+        self.bad_validations += 1
+        if self.cfg.schedule == "plateau" and self.bad_validations > self.cfg.plateau_patience:
+            self.scale *= self.cfg.plateau_factor
+            self.bad_validations = 0
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "best": self.best, "bad_validations": self.bad_validations}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.best = float(state["scale"]), state["best"]
+        self.bad_validations = int(state["bad_validations"])

@@ -1,0 +1,158 @@
+"""SentencePiece training, loading and use. This module owns the special-token ids."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import sentencepiece as spm
+
+from nmt_cli.bitext import read_lines
+from nmt_cli.config import Recipe, TokenizerConfig
+from nmt_cli.errors import DataError, NmtError
+from nmt_cli.files import atomic_write_bytes
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SPECIALS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
+
+
+def tokenizer_dir(recipe: Recipe) -> Path:
+    return recipe.workdir / "tokenizer"
+
+
+def _sample_lines(paths: Iterable[Path], limit: int, seed: int) -> list[str]:
+    """Read non-empty lines, keeping a uniform random sample of at most ``limit`` (0: all)."""
+    rng = random.Random(seed)
+    sample: list[str] = []
+    seen = 0
+    for path in paths:
+        for line in read_lines(path):
+            line = line.strip()
+            if not line:
+                continue
+            seen += 1
+            if not limit or len(sample) < limit:
+                sample.append(line)
+            else:  # reservoir sampling keeps memory bounded on huge corpora
+                j = rng.randrange(seen)
+                if j < limit:
+                    sample[j] = line
+    return sample
+
+
+def train_model(lines: list[str], cfg: TokenizerConfig, seed: int = 0) -> bytes:
+    """Train one SentencePiece model on ``lines`` and return its serialized bytes."""
+    if not lines:
+        raise DataError("no non-empty lines to train the tokenizer on; check data.train in the recipe")
+    out = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=out, model_type=cfg.model_type,
+            vocab_size=cfg.vocab_size, character_coverage=cfg.character_coverage,
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            byte_fallback=cfg.byte_fallback,
+            user_defined_symbols=list(cfg.user_defined_symbols) or "",
+            input_sentence_size=0, shuffle_input_sentence=False,
+            num_threads=cfg.num_threads, hard_vocab_limit=False, minloglevel=2,
+            train_extremely_large_corpus=False,
+        )
+    except RuntimeError as exc:
+        raise NmtError(f"SentencePiece training failed: {exc}; try a smaller tokenizer.vocab_size") \
+            from None
+    return out.getvalue()
+
+
+@dataclass
+class Tokenizers:
+    """The source and target SentencePiece models (the same object when the vocabulary is joint)."""
+
+    src: spm.SentencePieceProcessor
+    tgt: spm.SentencePieceProcessor
+    src_bytes: bytes
+    tgt_bytes: bytes
+
+    @classmethod
+    def from_bytes(cls, src_bytes: bytes, tgt_bytes: bytes) -> "Tokenizers":
+        src = _processor(src_bytes)
+        tgt = src if tgt_bytes == src_bytes else _processor(tgt_bytes)
+        return cls(src, tgt, src_bytes, tgt_bytes)
+
+    @classmethod
+    def load(cls, recipe: Recipe) -> "Tokenizers":
+        folder = tokenizer_dir(recipe)
+        paths = model_paths(recipe)
+        for p in paths.values():
+            if not p.is_file():
+                raise DataError(f"tokenizer model not found; run 'nmt tokenizer' on this recipe first"
+                                f" (looked in {folder})", p)
+        return cls.from_bytes(paths["src"].read_bytes(), paths["tgt"].read_bytes())
+
+    @property
+    def joint(self) -> bool:
+        return self.src_bytes == self.tgt_bytes
+
+    @property
+    def src_vocab_size(self) -> int:
+        return self.src.get_piece_size()
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self.tgt.get_piece_size()
+
+    def sha256(self) -> dict[str, str]:
+        return {"src": hashlib.sha256(self.src_bytes).hexdigest(),
+                "tgt": hashlib.sha256(self.tgt_bytes).hexdigest()}
+
+    def encode_src(self, lines: list[str]) -> list[list[int]]:
+        return self.src.encode(lines)
+
+    def encode_tgt(self, lines: list[str]) -> list[list[int]]:
+        return self.tgt.encode(lines)
+
+    def decode_tgt(self, ids: list[list[int]]) -> list[str]:
+        return self.tgt.decode(ids)
+
+    def pieces_src(self, line: str) -> list[str]:
+        return self.src.encode(line, out_type=str)
+
+
+def _processor(model: bytes) -> spm.SentencePieceProcessor:
+    sp = spm.SentencePieceProcessor()
+    sp.load_from_serialized_proto(model)
+    return sp
+
+
+def model_paths(recipe: Recipe) -> dict[str, Path]:
+    folder = tokenizer_dir(recipe)
+    if recipe.tokenizer.joint:
+        joint = folder / "joint.model"
+        return {"src": joint, "tgt": joint}
+    return {"src": folder / f"{recipe.data.src_lang}.model",
+            "tgt": folder / f"{recipe.data.tgt_lang}.model"}
+
+
+def train_tokenizers(recipe: Recipe) -> dict[str, Path]:
+    """Train the recipe's tokenizer(s) on its training bitext; return the written model paths."""
+    if recipe.data.train is None:
+        raise DataError("the recipe has no data.train section; add data.train.src and data.train.tgt")
+    cfg = recipe.tokenizer
+    train = recipe.data.train
+    limit = cfg.input_sentence_size
+    paths = model_paths(recipe)
+    if cfg.joint:
+        lines = _sample_lines([train.src, train.tgt], limit, recipe.train.seed)
+        atomic_write_bytes(paths["src"], train_model(lines, cfg, recipe.train.seed))
+    else:
+        for side, path in (("src", train.src), ("tgt", train.tgt)):
+            lines = _sample_lines([path], limit, recipe.train.seed)
+            atomic_write_bytes(paths[side], train_model(lines, cfg, recipe.train.seed))
+    return paths
+
+
+def iter_encoded(sp: spm.SentencePieceProcessor, lines: Iterable[str]) -> Iterator[list[int]]:
+    for line in lines:
+        yield sp.encode(line)
