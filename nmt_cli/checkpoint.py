@@ -28,8 +28,8 @@ def library_versions() -> dict[str, str]:
     import sacrebleu
     import sentencepiece
 
-    return {"nmt": __version__, "torch": torch.__version__, "sentencepiece": sentencepiece.__version__,
-            "sacrebleu": sacrebleu.__version__, "python": platform.python_version()}
+    return {"nmt": __version__, "torch": str(torch.__version__), "sentencepiece": sentencepiece.__version__,
+            "sacrebleu": str(sacrebleu.__version__), "python": platform.python_version()}
 
 
 def make_checkpoint(model: Seq2Seq, recipe: Recipe, tok: Tokenizers, **extra: Any) -> dict:

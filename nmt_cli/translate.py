@@ -8,10 +8,8 @@ temporary name and renamed at the end, so an error never leaves half a file behi
 from __future__ import annotations
 
 import os
-import queue
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,45 +37,27 @@ class TranslateStats:
                 f"{self.tgt_tokens / s:.1f} tokens/s")
 
 
-def read_chunks(stream: IO[bytes], name: str, max_lines: int,
-                wait: float = 0.05) -> Iterator[list[str]]:
-    """Yield lists of decoded lines: up to ``max_lines``, or fewer when the input pauses.
+def read_chunks(stream: IO[bytes], name: str, max_lines: int) -> Iterator[list[str]]:
+    """Yield lists of at most ``max_lines`` decoded lines, as soon as they have arrived.
 
-    A reader thread feeds a queue, so a slow pipe does not hold back lines already received.
+    ``read1`` returns whatever bytes are available (one underlying read), so on a pipe each chunk
+    holds the complete lines received so far and nothing waits for the writer to finish.
     """
-    q: queue.Queue = queue.Queue(maxsize=max_lines * 4)
-    done = object()
-
-    def reader() -> None:
-        try:
-            for raw in stream:
-                q.put(raw)
-        except BaseException as exc:  # pragma: no cover - surfaced in the main thread
-            q.put(exc)
-        q.put(done)
-
-    threading.Thread(target=reader, daemon=True).start()
+    pending = b""
     lineno = 0
-    finished = False
-    while not finished:
-        chunk: list[str] = []
-        item = q.get()
-        while True:
-            if item is done:
-                finished = True
-                break
-            if isinstance(item, BaseException):
-                raise item
-            lineno += 1
-            chunk.append(decode_line(item, Path(name), lineno))
-            if len(chunk) >= max_lines:
-                break
-            try:
-                item = q.get(timeout=wait)
-            except queue.Empty:
-                break
-        if chunk:
+    while True:
+        data = stream.read1(1 << 20)  # type: ignore[attr-defined]
+        if not data:
+            break
+        *complete, pending = (pending + data).split(b"\n")
+        for start in range(0, len(complete), max_lines):
+            chunk = []
+            for raw in complete[start:start + max_lines]:
+                lineno += 1
+                chunk.append(decode_line(raw, Path(name), lineno))
             yield chunk
+    if pending:
+        yield [decode_line(pending, Path(name), lineno + 1)]
 
 
 def translate_file(checkpoint: Path, input_path: Path | None, output_path: Path | None,
