@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -222,3 +223,40 @@ def test_padding_embedding_is_zero():
     model = build_model(make_cfg(), VOCAB, VOCAB)
     assert torch.count_nonzero(model.src_embed.weight[PAD_ID]) == 0
     assert torch.count_nonzero(model.tgt_embed.weight[PAD_ID]) == 0
+
+
+@pytest.mark.parametrize("cell, attention, feeding", COMBOS, ids=IDS)
+def test_every_combination_learns_on_the_sample(experiment, cell, attention, feeding):
+    """A few updates on real batches of the bundled sample lower the held-out batch loss."""
+    import json
+
+    from nmt_cli.data import ParallelData
+    from nmt_cli.preprocess import data_dir
+
+    manifest = json.loads((data_dir(experiment.recipe) / "manifest.json").read_text())
+    data = ParallelData(data_dir(experiment.recipe), "train", manifest["dtype"])
+    batches = data.batches(600, np.random.default_rng(0))
+    vocab = manifest["src_vocab_size"]
+    model = make_model(make_cfg(cell, attention, feeding, enc_layers=1, dec_layers=1), seed=1,
+                       vocab=vocab)
+    held_out = data.collate(batches[-1])
+
+    def held_out_nll() -> float:
+        model.eval()
+        with torch.no_grad():
+            logits = model(held_out.src, held_out.src_lengths, held_out.tgt_in)
+            nll = float(sequence_loss(logits, held_out.tgt_out, 0.0)[1]) / held_out.n_tgt_tokens
+        model.train()
+        return nll
+
+    before = held_out_nll()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for idx in batches[:12]:
+        batch = data.collate(idx)
+        opt.zero_grad()
+        loss, _ = sequence_loss(model(batch.src, batch.src_lengths, batch.tgt_in), batch.tgt_out,
+                                0.1)
+        (loss / batch.n_tgt_tokens).backward()
+        opt.step()
+    after = held_out_nll()
+    assert after < before - 0.5, (before, after)
