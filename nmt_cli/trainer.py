@@ -413,14 +413,13 @@ class Trainer:
             progress.start(cfg.max_steps)
             progress.update(st.step, None)
         while not stop:
-            batches = dist.rank_share(epoch_batches(self.train_data, cfg.batch_tokens, cfg.seed,
-                                                    st.epoch), self.dist)
-            groups = [batches[i:i + cfg.accum_steps] for i in range(0, len(batches), cfg.accum_steps)]
-            if st.epoch == 0 and st.batch == 0:
+            every = epoch_batches(self.train_data, cfg.batch_tokens, cfg.seed, st.epoch)
+            if st.epoch == 0 and st.batch == 0 and self.dist.is_main:
                 self._log({"event": "start", "pairs": len(self.train_data),
-                           "batches_per_epoch": len(batches) * self.dist.world_size,
-                           "world_size": self.dist.world_size,
-                           "padding_fraction": self.train_data.padding_fraction(batches)})
+                           "batches_per_epoch": len(every), "world_size": self.dist.world_size,
+                           "padding_fraction": self.train_data.padding_fraction(every)})
+            batches = dist.rank_share(every, self.dist)
+            groups = [batches[i:i + cfg.accum_steps] for i in range(0, len(batches), cfg.accum_steps)]
             while st.batch < len(groups) and not stop:
                 t0 = time.time()
                 out = self._update(groups[st.batch])
