@@ -1,0 +1,89 @@
+"""Precision choices, skipped non-finite updates, skipped out-of-memory batches, optional extras."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from _train_fixtures import new_run, prepared  # noqa: F401
+from nmt_cli.errors import ConfigError, NmtError
+from nmt_cli.recipes import load_recipe
+from nmt_cli.trainer import Trainer
+
+
+def _trainer(prepared, name, **train):  # noqa: F811
+    recipe, workdir = new_run(prepared, name, **train)
+    return Trainer(load_recipe(recipe)), workdir
+
+
+def test_bf16_autocast_trains_on_cpu(prepared):  # noqa: F811
+    trainer, workdir = _trainer(prepared, "bf16", precision="bf16", max_steps=3, valid_every=3)
+    summary = trainer.train()
+    assert summary.steps == 3 and summary.nonfinite_skipped == 0
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights
+
+
+def test_fp16_on_cpu_is_refused_with_the_key(prepared):  # noqa: F811
+    with pytest.raises(ConfigError, match="train.precision: fp16 needs a CUDA device"):
+        _trainer(prepared, "fp16", precision="fp16")
+
+
+def test_non_finite_losses_skip_updates_then_stop(prepared, monkeypatch):  # noqa: F811
+    trainer, workdir = _trainer(prepared, "nan", max_steps=10, max_nonfinite=3)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    import nmt_cli.trainer as module
+
+    real = module.sequence_loss
+    monkeypatch.setattr(module, "sequence_loss",
+                        lambda *a: tuple(x * float("nan") for x in real(*a)))
+    with pytest.raises(NmtError, match="3 updates in a row had a non-finite loss"):
+        trainer.train()
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no update was applied
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in records].count("nonfinite") == 3
+
+
+def test_one_non_finite_update_is_skipped_and_counted(prepared, monkeypatch):  # noqa: F811
+    trainer, _ = _trainer(prepared, "nan1", max_steps=4, valid_every=4)
+    import nmt_cli.trainer as module
+
+    real, calls = module.sequence_loss, []
+
+    def once_nan(*args):
+        calls.append(1)
+        loss, nll = real(*args)
+        return (loss * float("inf"), nll) if len(calls) == 2 else (loss, nll)
+
+    monkeypatch.setattr(module, "sequence_loss", once_nan)
+    summary = trainer.train()
+    assert (summary.steps, summary.nonfinite_skipped, summary.oom_skipped) == (4, 1, 0)
+
+
+def test_out_of_memory_batch_is_skipped_and_counted(prepared, monkeypatch):  # noqa: F811
+    trainer, workdir = _trainer(prepared, "oom", max_steps=3, valid_every=3)
+    forward, calls = trainer.model.forward, []
+
+    def flaky_forward(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.model, "forward", flaky_forward)
+    summary = trainer.train()
+    assert (summary.steps, summary.oom_skipped) == (3, 1)
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    oom = [r for r in records if r["event"] == "oom"]
+    assert len(oom) == 1 and len(oom[0]["src_shape"]) == 2
+    assert records[-1]["oom_skipped"] == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None,
+                    reason="tensorboard is installed")
+def test_tensorboard_missing_is_one_clear_error(prepared):  # noqa: F811
+    with pytest.raises(NmtError, match=r"pip install 'nmt\[tensorboard\]'"):
+        _trainer(prepared, "tb", tensorboard=True)
