@@ -164,7 +164,7 @@ def train(recipe: Path = RECIPE, set_: List[str] = SET,
                   f"skipped updates: {summary.nonfinite_skipped} non-finite, "
                   f"{summary.oom_skipped} out of memory")
         if summary.stopped_by == "interrupted":
-            con.print(f"continue with: nmt train {recipe} --resume")
+            con.print("continue with the same command plus --resume")
         print(f"best checkpoint: {rcp.workdir / 'checkpoints' / 'best.pt'}")
 
 

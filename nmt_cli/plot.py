@@ -21,7 +21,8 @@ def _pyplot():
 
 
 def plot_run(run_dir: Path, output: Path | None = None) -> Path:
-    """Three panels sharing the step axis: train/dev loss, dev BLEU, learning rate."""
+    """Three panels sharing the step axis: train/dev loss, dev BLEU, learning rate; dotted lines
+    mark where the run was resumed."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
     train = [r for r in records if r.get("event") == "train"]
@@ -59,6 +60,12 @@ def plot_run(run_dir: Path, output: Path | None = None) -> Path:
     ax_lr.set_xlabel("step (optimizer updates)")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax_lr.grid(alpha=0.3)
+
+    for resume in (r for r in records if r.get("event") == "resume"):
+        for ax in (ax_loss, ax_bleu, ax_lr):
+            ax.axvline(resume["step"], color="grey", linestyle=":", linewidth=1)
+        ax_loss.annotate("resumed", (resume["step"], 1.0), xycoords=("data", "axes fraction"),
+                         xytext=(3, -12), textcoords="offset points", color="grey", fontsize=8)
 
     fig.tight_layout()
     target = Path(output) if output else run_dir / "curves.png"

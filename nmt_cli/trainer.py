@@ -470,7 +470,7 @@ class Trainer:
         if stop == "interrupted":
             self.save()
             self._say(f"interrupted at step {st.step}: checkpoint saved; continue with "
-                      "'nmt train RECIPE --resume'")
+                      "'nmt train RECIPE --resume' (same --set options)")
         elif st.step != self.last_dev.get("step"):
             self._validate_and_save()
         return self._finish(stop)
