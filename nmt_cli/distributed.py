@@ -83,16 +83,16 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """Rank 0's decision, made known to every rank."""
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (pickled in memory; only ever rank 0's own data)."""
     if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
-def gather_to_main(obj: Any) -> list[Any]:
+def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` as a list on every rank (one element when not distributed)."""
     if not (dist.is_available() and dist.is_initialized()):
         return [obj]

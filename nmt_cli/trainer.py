@@ -189,11 +189,12 @@ class Trainer:
                 from None
 
     def _resume(self) -> None:
-        found = self.store.latest()
-        if found is None:
+        # Rank 0 reads the checkpoint and sends it to the others, whose nodes may not share its disk.
+        found = self.store.latest() if self.dist.is_main else None
+        if self.dist.is_main and found is None:
             raise CheckpointError(f"{self.ckpt_dir}: no checkpoint to resume from; start the run "
                                   "without --resume")
-        path, payload = found
+        path, payload = dist.broadcast_object(found)
         if payload["recipe"]["model"] != to_dict(self.recipe.model):
             raise CheckpointError(f"{path}: the recipe's model section differs from the run's; "
                                   "--resume needs the same model (use --init-from to fine-tune)")
@@ -260,7 +261,7 @@ class Trainer:
 
     def save(self, dev: dict[str, Any] | None = None, is_best: bool = False) -> None:
         """Every rank calls this (RNG states are gathered); only rank 0 writes."""
-        rngs = dist.gather_to_main(rng_state())
+        rngs = dist.all_gather_objects(rng_state())
         if self.dist.is_main:
             st = self.state
             metric = None if dev is None else dev.get("dev_bleu", -dev.get("dev_loss", 0.0))
@@ -295,10 +296,11 @@ class Trainer:
             if "dev_bleu" in dev:
                 parts.append(f"BLEU {dev['dev_bleu']:.2f}")
             self._say("[bold]valid[/] " + ", ".join(parts) + (" [green](best)[/]" if improved else ""))
-        if self.dist.enabled:  # the schedule's plateau state and the stop decision follow rank 0
-            sched = dist.gather_to_main(self.schedule.state_dict() if self.dist.is_main else None)
-            self.schedule.load_state_dict(sched[0])
-            stop = dist.broadcast_flag(stop, self.device)
+        if self.dist.enabled:  # every rank follows rank 0's result, schedule and decisions
+            dev, improved, stop, sched = dist.broadcast_object(
+                (dev, improved, stop, self.schedule.state_dict()))
+            self.last_dev = dev
+            self.schedule.load_state_dict(sched)
         self.save(dev, improved)
         return stop
 
@@ -526,7 +528,7 @@ def prepare_run(recipe: Recipe, resume: bool = False, overwrite: bool = False,
                        "--overwrite or --init-from")
     store = CheckpointStore(recipe.workdir / "checkpoints")
     if resume:
-        if not store.has_run():
+        if not store.has_run() and dist.env_info().is_main:  # other nodes may not see the files
             raise NmtError(f"{recipe.workdir} holds no checkpoint to resume; run without --resume")
         return
     if store.has_run() and not overwrite:

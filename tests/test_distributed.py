@@ -22,7 +22,8 @@ NO_DROPOUT = ["--set", "model.emb_dropout=0", "--set", "model.encoder.dropout=0"
 
 
 def test_two_ranks_match_one_process_on_the_combined_batch(prepared):  # noqa: F811
-    recipe, workdir = new_run(prepared, "ddp", max_steps=1, valid_max_sentences=2)
+    # valid_every=1: validation inside the loop, then none at the end, on every rank alike
+    recipe, workdir = new_run(prepared, "ddp", max_steps=1, valid_every=1, valid_max_sentences=2)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "nmt_cli", "train", str(recipe), *NO_DROPOUT]
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -42,6 +42,8 @@ def test_killed_run_resumes_with_identical_losses_and_weights(prepared, referenc
     assert summary["steps"] == STEPS and summary["resumed_from"] == 15
     env_json = json.loads((workdir / "environment.json").read_text())
     assert [s["resumed_from_step"] for s in env_json["sessions"]] == [None, 15]
+    assert {"nmt", "torch", "sentencepiece", "sacrebleu"} <= set(env_json["versions"])
+    assert len(env_json["data"]["train"]["sha256"]["src"]) == 64
 
 
 def test_existing_run_is_not_overwritten_silently(prepared, reference):  # noqa: F811

@@ -87,3 +87,13 @@ def test_out_of_memory_batch_is_skipped_and_counted(prepared, monkeypatch):  # n
 def test_tensorboard_missing_is_one_clear_error(prepared):  # noqa: F811
     with pytest.raises(NmtError, match=r"pip install 'nmt\[tensorboard\]'"):
         _trainer(prepared, "tb", tensorboard=True)
+
+
+def test_same_seed_gives_identical_weights_and_another_seed_does_not(prepared):  # noqa: F811
+    runs = {}
+    for name, seed in (("seed_a", 11), ("seed_b", 11), ("seed_c", 12)):
+        trainer, _ = _trainer(prepared, name, seed=seed, max_steps=3, valid_every=3)
+        trainer.train()
+        runs[name] = trainer.model.state_dict()
+    assert all(torch.equal(runs["seed_a"][k], runs["seed_b"][k]) for k in runs["seed_a"])
+    assert not all(torch.equal(runs["seed_a"][k], runs["seed_c"][k]) for k in runs["seed_a"])
