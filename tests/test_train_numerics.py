@@ -97,3 +97,27 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(prepared): 
         runs[name] = trainer.model.state_dict()
     assert all(torch.equal(runs["seed_a"][k], runs["seed_b"][k]) for k in runs["seed_a"])
     assert not all(torch.equal(runs["seed_a"][k], runs["seed_c"][k]) for k in runs["seed_a"])
+
+
+def test_fp16_grad_scaler_path_skips_overflow_and_saves_its_state(prepared, monkeypatch):  # noqa: F811
+    """The fp16 code path (autocast + GradScaler) exercised on the CPU, which torch allows although
+    ``nmt`` refuses fp16 there for speed reasons."""
+    import nmt_cli.trainer as module
+
+    monkeypatch.setattr(module, "check_precision", lambda device, precision: None)
+    trainer, workdir = _trainer(prepared, "fp16cpu", precision="fp16", max_steps=3, valid_every=3)
+    assert trainer.scaler.is_enabled()
+    real, calls = module.sequence_loss, []
+
+    def overflow_once(*args):
+        calls.append(1)
+        loss, nll = real(*args)
+        return (loss * float("inf"), nll) if len(calls) == 1 else (loss, nll)
+
+    monkeypatch.setattr(module, "sequence_loss", overflow_once)
+    start_scale = trainer.scaler.get_scale()
+    summary = trainer.train()
+    assert (summary.steps, summary.nonfinite_skipped) == (3, 1)
+    assert trainer.scaler.get_scale() == start_scale / 2  # backed off once, no growth yet
+    saved = torch.load(workdir / "checkpoints" / "last.pt", weights_only=True)["scaler"]
+    assert saved["scale"] == start_scale / 2
