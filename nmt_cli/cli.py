@@ -142,7 +142,8 @@ def train(recipe: Path = RECIPE, set_: List[str] = SET,
     Under torchrun (--nproc-per-node N) it trains data-parallel on N processes.
     """
     with user_errors():
-        from nmt_cli.trainer import Trainer, prepare_run
+        from nmt_cli.runs import prepare_run
+        from nmt_cli.trainer import Trainer
 
         rcp = _load(recipe, set_)
         prepare_run(rcp, resume=resume, overwrite=overwrite, init_from=init_from)

@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,9 @@ import torch
 
 from nmt_cli import distributed as dist
 from nmt_cli.bitext import read_bitext
-from nmt_cli.checkpoint import (FAULT_ENV, CheckpointStore, library_versions, load_checkpoint,
-                                make_checkpoint, rng_state, set_rng_state)
-from nmt_cli.config import Recipe, to_dict
+from nmt_cli.checkpoint import (FAULT_ENV, CheckpointStore, library_versions, make_checkpoint,
+                                rng_state, set_rng_state)
+from nmt_cli.config import Recipe
 from nmt_cli.data import ParallelData
 from nmt_cli.errors import CheckpointError, DataError, NmtError
 from nmt_cli.files import atomic_write_text
@@ -41,6 +41,7 @@ from nmt_cli.model import build_model, count_parameters
 from nmt_cli.optim import LrSchedule, build_optimizer
 from nmt_cli.preprocess import data_dir, load_manifest
 from nmt_cli.recipes import write_resolved
+from nmt_cli.runs import TrainState, check_resumable, load_init_weights
 from nmt_cli.runtime import (autocast, check_precision, free_device_memory, grad_scaler,
                              pick_device, seed_everything)
 from nmt_cli.scoring import score_lines
@@ -64,25 +65,6 @@ def sequence_loss(logits: torch.Tensor, target: torch.Tensor,
     else:
         loss = nll.sum()
     return loss, nll.detach().sum()
-
-
-@dataclass
-class TrainState:
-    """Counters saved in every checkpoint; plain numbers only."""
-
-    step: int = 0
-    epoch: int = 0  # epochs completed
-    batch: int = 0  # index of the next update (group of batches) within this rank's epoch share
-    world_size: int = 1
-    seconds: float = 0.0  # training wall time, summed over sessions
-    train_seconds: float = 0.0  # time in updates only, for tokens/s
-    tgt_tokens: int = 0
-    best_metric: float | None = None
-    best_step: int | None = None
-    since_best: int = 0  # validations since the best one, for early stopping
-    nonfinite: int = 0
-    nonfinite_in_row: int = 0
-    oom: int = 0
 
 
 @dataclass
@@ -142,7 +124,7 @@ class Trainer:
                                  self.tok.joint).to(self.device)
         self.init_from = init_from
         if init_from is not None:
-            self._load_weights(init_from)
+            load_init_weights(self.model, self.tok, init_from)
         self.optimizer = build_optimizer(self.model.parameters(), self.cfg)
         self.schedule = LrSchedule(self.optimizer, self.cfg)
         self.scaler = grad_scaler(self.device, self.cfg.precision)
@@ -174,20 +156,6 @@ class Trainer:
 
     # -- starting points --------------------------------------------------------------------
 
-    def _load_weights(self, path: Path) -> None:
-        """``--init-from``: another run's weights; the optimizer and schedule start afresh."""
-        payload = load_checkpoint(path)
-        if payload["tokenizer"] != {"src": self.tok.src_bytes, "tgt": self.tok.tgt_bytes}:
-            raise CheckpointError(f"{path}: --init-from needs a checkpoint trained with this "
-                                  "recipe's tokenizer; copy its tokenizer into the run folder or "
-                                  "train a new one")
-        try:
-            self.model.load_state_dict(payload["model"])
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise CheckpointError(f"{path}: its weights do not fit this recipe's model: {first}") \
-                from None
-
     def _resume(self) -> None:
         # Rank 0 reads the checkpoint and sends it to the others, whose nodes may not share its disk.
         found = self.store.latest() if self.dist.is_main else None
@@ -195,24 +163,13 @@ class Trainer:
             raise CheckpointError(f"{self.ckpt_dir}: no checkpoint to resume from; start the run "
                                   "without --resume")
         path, payload = dist.broadcast_object(found)
-        if payload["recipe"]["model"] != to_dict(self.recipe.model):
-            raise CheckpointError(f"{path}: the recipe's model section differs from the run's; "
-                                  "--resume needs the same model (use --init-from to fine-tune)")
-        if payload["tokenizer"] != {"src": self.tok.src_bytes, "tgt": self.tok.tgt_bytes}:
-            raise CheckpointError(f"{path}: the run was trained with another tokenizer")
+        check_resumable(payload, path, self.recipe, self.tok)
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.schedule.load_state_dict(payload["schedule"])
         if payload.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(payload["scaler"])
-        saved = payload["train_state"]
-        self.state = TrainState(**{f.name: saved[f.name] for f in fields(TrainState)
-                                   if f.name in saved})
-        if self.state.world_size != self.dist.world_size:
-            # Same data seen so far, split differently from here on.
-            consumed = self.state.batch * self.state.world_size
-            self.state.batch = consumed // self.dist.world_size
-            self.state.world_size = self.dist.world_size
+        self.state = TrainState.restore(payload["train_state"], self.dist.world_size)
         rngs = payload["rng"]
         set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0])
         self.last_dev = dict(payload.get("dev") or {})
@@ -519,20 +476,3 @@ class Trainer:
                               json.dumps(record, indent=2) + "\n")
         return s
 
-
-def prepare_run(recipe: Recipe, resume: bool = False, overwrite: bool = False,
-                init_from: Path | None = None) -> None:
-    """Decide what happens to an existing run folder; never overwrite a run silently."""
-    if resume and (overwrite or init_from is not None):
-        raise NmtError("--resume continues a run as it was; it cannot be combined with "
-                       "--overwrite or --init-from")
-    store = CheckpointStore(recipe.workdir / "checkpoints")
-    if resume:
-        if not store.has_run() and dist.env_info().is_main:  # other nodes may not see the files
-            raise NmtError(f"{recipe.workdir} holds no checkpoint to resume; run without --resume")
-        return
-    if store.has_run() and not overwrite:
-        raise NmtError(f"{recipe.workdir} already holds a run ({store.folder}); pass --resume to "
-                       "continue it or --overwrite to start afresh, or set workdir to a new folder")
-    if overwrite and dist.env_info().is_main:
-        store.clear()

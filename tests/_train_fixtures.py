@@ -95,7 +95,8 @@ def train(recipe: Path, *args: str, fault: str | None = None,
 def train_here(recipe: Path, resume: bool = False, init_from: Path | None = None):
     """``nmt train`` in this process (cheaper than a subprocess); returns the TrainSummary."""
     from nmt_cli.recipes import load_recipe
-    from nmt_cli.trainer import Trainer, prepare_run
+    from nmt_cli.runs import prepare_run
+    from nmt_cli.trainer import Trainer
 
     rcp = load_recipe(recipe)
     prepare_run(rcp, resume=resume, init_from=init_from)

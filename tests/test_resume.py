@@ -49,7 +49,8 @@ def test_killed_run_resumes_with_identical_losses_and_weights(prepared, referenc
 def test_existing_run_is_not_overwritten_silently(prepared, reference):  # noqa: F811
     from nmt_cli.errors import NmtError
     from nmt_cli.recipes import load_recipe
-    from nmt_cli.trainer import Trainer, prepare_run
+    from nmt_cli.runs import prepare_run
+    from nmt_cli.trainer import Trainer
 
     recipe = load_recipe(reference.parent / "reference.yaml")
     with pytest.raises(NmtError, match="pass --resume to continue it or --overwrite"):
