@@ -3,6 +3,7 @@ run's weights; and the counters a checkpoint carries to continue exactly."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ def prepare_run(recipe: Recipe, resume: bool = False, overwrite: bool = False,
                        "continue it or --overwrite to start afresh, or set workdir to a new folder")
     if overwrite and dist.env_info().is_main:
         store.clear()
+        shutil.rmtree(recipe.workdir / "tensorboard", ignore_errors=True)  # metrics.jsonl: Trainer
 
 
 def _same_tokenizer(payload: dict, tok: Tokenizers) -> bool:

@@ -121,3 +121,11 @@ def test_fp16_grad_scaler_path_skips_overflow_and_saves_its_state(prepared, monk
     assert trainer.scaler.get_scale() == start_scale / 2  # backed off once, no growth yet
     saved = torch.load(workdir / "checkpoints" / "last.pt", weights_only=True)["scaler"]
     assert saved["scale"] == start_scale / 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
+                    reason="tensorboard (the 'tensorboard' extra) is not installed")
+def test_tensorboard_logs_are_written(prepared):  # noqa: F811
+    trainer, workdir = _trainer(prepared, "tb_on", tensorboard=True, max_steps=2, valid_every=2)
+    trainer.train()
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
