@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
+from nmt_cli.config import Split
 from nmt_cli.errors import DataError
 
 _OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
@@ -54,15 +55,21 @@ def count_lines(path: Path) -> int:
     return n + (0 if last == b"\n" else 1)
 
 
+def check_aligned(split: Split) -> int:
+    """Return the line count of a bitext, or raise naming both files and both counts."""
+    n_src, n_tgt = count_lines(split.src), count_lines(split.tgt)
+    if n_src != n_tgt:
+        raise DataError(f"the bitext is misaligned: {split.src} has {n_src} lines but {split.tgt} "
+                        f"has {n_tgt}; both files must have one sentence per line, in the same order")
+    return n_src
+
+
 def read_bitext(src: Path, tgt: Path, errors: str = "strict") -> Iterator[tuple[str, str]]:
     """Yield aligned (source, target) lines; differing line counts are an error naming both files.
 
     Counts are checked before anything is yielded, so a caller never writes half an output.
     """
-    n_src, n_tgt = count_lines(src), count_lines(tgt)
-    if n_src != n_tgt:
-        raise DataError(f"the bitext is misaligned: {src} has {n_src} lines but {tgt} has {n_tgt}; "
-                        "both files must have one sentence per line, in the same order")
+    check_aligned(Split(src, tgt))
     yield from zip(read_lines(src, errors), read_lines(tgt, errors))
 
 

@@ -49,6 +49,11 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
     except BrokenPipeError:
         raise typer.Exit(0) from None
+    except OSError as exc:  # unwritable output folder, full disk, permissions
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; check the path and its permissions",
+              file=sys.stderr)
+        raise typer.Exit(1) from None
 
 
 RECIPE = typer.Argument(..., help="YAML recipe file (see recipes/).", show_default=False)

@@ -258,6 +258,10 @@ def build(cls: type, raw: dict[str, Any], prefix: str = "", base_dir: Path | Non
         converted = _coerce(value, hints[name], key, base_dir)
         _check_range(converted, fields[name].metadata, key)
         kwargs[name] = converted
+    for name, f in fields.items():  # a relative default path is relative to the recipe, too
+        if name not in kwargs and base_dir is not None and hints[name] is Path \
+                and isinstance(f.default, Path) and not f.default.is_absolute():
+            kwargs[name] = (base_dir / f.default).resolve()
     missing = [n for n, f in fields.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from nmt_cli.bitext import PairFilter, normalize, read_bitext
+from nmt_cli.bitext import PairFilter, check_aligned, normalize, read_bitext
 from nmt_cli.config import Recipe, Split
 from nmt_cli.errors import DataError
 from nmt_cli.files import atomic_write_text, sha256_file
@@ -131,6 +131,9 @@ def preprocess(recipe: Recipe, dry_run: bool = False,
     if recipe.data.train is None:
         raise DataError("the recipe has no data.train section; add data.train.src and data.train.tgt")
     tok = Tokenizers.load(recipe)
+    for split in (recipe.data.train, recipe.data.dev):  # fail before anything is written
+        if split is not None:
+            check_aligned(split)
     out = data_dir(recipe)
     if not dry_run:
         out.mkdir(parents=True, exist_ok=True)
