@@ -123,7 +123,7 @@ class Trainer:
         self.model = build_model(recipe.model, self.tok.src_vocab_size, self.tok.tgt_vocab_size,
                                  self.tok.joint).to(self.device)
         self.init_from = init_from
-        if init_from is not None:
+        if init_from is not None and self.dist.is_main:  # DDP copies rank 0's weights to all
             load_init_weights(self.model, self.tok, init_from)
         self.optimizer = build_optimizer(self.model.parameters(), self.cfg)
         self.schedule = LrSchedule(self.optimizer, self.cfg)
