@@ -48,9 +48,8 @@ class MetricsLog:
         if resume_step is None:
             self.path.unlink(missing_ok=True)
         elif self.path.is_file():
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", -1) <= resume_step]
-            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+            kept = [r for r in _records(self.path) if r.get("step", -1) <= resume_step]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         if self._writer_cls is not None:
             self._tb = self._writer_cls(str(self._tb_dir),
                                         purge_step=None if resume_step is None else resume_step + 1)
@@ -76,10 +75,19 @@ def read_metrics(workdir: Path) -> list[dict[str, Any]]:
     path = Path(workdir) / METRICS
     if not path.is_file():
         raise NmtError(f"{path}: no metrics log; is {workdir} a training run folder?")
+    return _records(path)
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The log's records; a line cut short by a killed process is left out."""
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            records.append(json.loads(line))
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

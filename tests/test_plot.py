@@ -49,3 +49,4 @@ def test_plot_of_a_folder_without_metrics_says_so(tmp_path):
 
     with pytest.raises(NmtError, match="no metrics log"):
         plot_run(tmp_path)
+
