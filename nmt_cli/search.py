@@ -1,48 +1,36 @@
-"""Greedy and batched beam search over a model's ``step``. Tensors in, token ids out; no I/O.
+"""Greedy, sampling, batched beam search and forced decoding over a model's ``step``.
+Tensors in, token ids out; no I/O.
 
 The model contract: ``encode(src, src_lengths) -> (memory, state)`` and
 ``step(prev_tokens, state, memory) -> (log_probs (N, V), state, attention (N, S))``, where
-``memory.select(index)`` and ``state.select(index)`` pick rows of the flattened batch.
+``memory.select(index)`` and ``state.select(index)`` pick rows of the flattened batch. An ensemble
+(``nmt_cli.ensemble``) keeps the same contract, so nothing here knows about it.
 
-Scores: a hypothesis' score is its summed log-probability (EOS included) divided by a length
-penalty: GNMT's ``((5 + len) / 6) ** alpha``, with len counting EOS; alpha 0 means no penalty.
+Every search treats each sentence on its own: finished sentences leave the batch, and nothing a
+sentence does depends on the others, so results never depend on the batch size. Length limits are
+``a * source_length + b`` with the source length as given in ``src_lengths``; scores follow
+``nmt_cli.penalties``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from nmt_cli.penalties import (NEG_INF, LengthNorm, block_repeated_ngrams, constrain_length,
+                               forbid_specials, length_limits)
 from nmt_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
-
-
-def length_penalty(length: Tensor | int, alpha: float) -> Tensor | float:
-    if alpha == 0.0:
-        return 1.0 if isinstance(length, int) else torch.ones_like(length, dtype=torch.float)
-    return ((5.0 + length) / 6.0) ** alpha
-
-
-def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:
-    """Longest output allowed per sentence (EOS not counted): a * source length + b."""
-    return (src_lengths.float() * a).floor().long() + b
-
-
-def _forbid_specials(log_probs: Tensor, allow_eos: bool) -> None:
-    """Padding and BOS are never generated; EOS only once the minimum length is reached."""
-    log_probs[:, PAD_ID] = float("-inf")
-    log_probs[:, BOS_ID] = float("-inf")
-    if not allow_eos:
-        log_probs[:, EOS_ID] = float("-inf")
 
 
 @dataclass
 class Hypothesis:
     tokens: list[int]  # without BOS and EOS
-    score: float  # normalized by the length penalty
+    score: float  # log_prob divided by the length normalizer
     log_prob: float  # summed log-probability, EOS included
-    attention: Tensor | None = None  # (len + 1, S) over the real source tokens
+    attention: Tensor | None = None  # (len + 1, S) over the real source tokens (EOS included)
 
 
 @dataclass
@@ -55,150 +43,245 @@ class SearchResult:
         return [h[0].tokens for h in self.hypotheses]
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Output length limits as ``a * source_length + b``, and the n-gram repeat ban."""
+
+    min_len_a: float = 0.0
+    min_len_b: int = 0
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    no_repeat_ngram: int = 0
+
+    def lengths(self, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        max_len = length_limits(src_lengths, self.max_len_a, self.max_len_b)
+        min_len = torch.minimum(length_limits(src_lengths, self.min_len_a, self.min_len_b), max_len)
+        return min_len, max_len
+
+
+# A choice rule for single-path decoding: (log_probs (N, V), sentence ids (N,)) -> tokens (N,)
+Chooser = Callable[[Tensor, Tensor], Tensor]
+
+
+def _argmax(log_probs: Tensor, sentences: Tensor) -> Tensor:
+    return log_probs.argmax(dim=-1)
+
+
 @torch.no_grad()
-def greedy_search(model, src: Tensor, src_lengths: Tensor, max_len_a: float = 1.5,
-                  max_len_b: int = 10, min_len: int = 0, alpha: float = 1.0,
-                  return_attention: bool = False) -> SearchResult:
-    """Pick the most likely token at every step, for the whole batch at once."""
-    batch = src.size(0)
+def _single_path(model, src: Tensor, src_lengths: Tensor, choose: Chooser, norm: LengthNorm,
+                 limits: Limits, return_attention: bool) -> SearchResult:
+    """One hypothesis per sentence, one token per step; finished sentences leave the batch."""
+    batch, device = src.size(0), src.device
     memory, state = model.encode(src, src_lengths)
-    limit = max_lengths(src_lengths, max_len_a, max_len_b).to(src.device)
+    min_all, max_all = (t.to(device) for t in limits.lengths(src_lengths))
+    steps = int(max_all.max()) + 1
+    out = src.new_full((batch, steps), EOS_ID)  # token chosen at each step
+    out_len = torch.full((batch,), steps, dtype=torch.long, device=device)
+    log_prob = torch.zeros(batch, device=device)
+    attn = torch.zeros((batch, steps, src.size(1)), device=device) if return_attention else None
+    active = torch.arange(batch, device=device)  # sentence id of each row
+    min_len, max_len = min_all, max_all
     prev = src.new_full((batch,), BOS_ID)
-    tokens = src.new_zeros((batch, int(limit.max()) + 1))
-    log_prob = torch.zeros(batch, device=src.device)
-    lengths = torch.zeros(batch, dtype=torch.long, device=src.device)
-    done = torch.zeros(batch, dtype=torch.bool, device=src.device)
-    attn = []
-    for t in range(int(limit.max()) + 1):
-        lp, state, weights = model.step(prev, state, memory)
-        _forbid_specials(lp, allow_eos=t >= min_len)
-        force_eos = t >= limit
-        if force_eos.any():
-            lp[force_eos] = torch.where(
-                torch.arange(lp.size(1), device=lp.device) == EOS_ID, 0.0, float("-inf"))
-        best_lp, best = lp.max(dim=-1)
-        best = best.masked_fill(done, EOS_ID)
-        log_prob += best_lp.masked_fill(done, 0.0)
-        lengths += (~done).long()
-        tokens[:, t] = best
-        if return_attention:
-            attn.append(weights)
-        done |= best == EOS_ID
-        prev = best
-        if done.all():
-            break
+    for t in range(steps):
+        lp, state, weights = model.step(prev, state, memory)  # (N, V)
+        forbid_specials(lp)
+        if limits.no_repeat_ngram and t:
+            block_repeated_ngrams(lp, out.index_select(0, active)[:, :t], limits.no_repeat_ngram)
+        constrain_length(lp, t, min_len, max_len)
+        token = choose(lp, active)
+        out[active, t] = token
+        log_prob.index_add_(0, active, lp.gather(1, token.unsqueeze(1)).squeeze(1))
+        if attn is not None:
+            attn[active, t] = weights.float()
+        ended = token == EOS_ID
+        if bool(ended.any()):
+            out_len[active[ended]] = t + 1
+            keep = (~ended).nonzero().view(-1)
+            if keep.numel() == 0:
+                break
+            active, token = active.index_select(0, keep), token.index_select(0, keep)
+            min_len, max_len = min_len.index_select(0, keep), max_len.index_select(0, keep)
+            state, memory = state.select(keep), memory.select(keep)
+        prev = token
+    lengths, sums, rows = out_len.tolist(), log_prob.tolist(), out.tolist()
+    n_src = src_lengths.tolist()
     hyps = []
     for i in range(batch):
-        n = int(lengths[i])  # EOS included
-        toks = tokens[i, : n - 1].tolist()
-        att = torch.stack(attn, 1)[i, :n, : int(src_lengths[i])].cpu() if return_attention else None
-        lp_i = float(log_prob[i])
-        hyps.append([Hypothesis(toks, lp_i / float(length_penalty(n, alpha)), lp_i, att)])
+        n = lengths[i]  # EOS included
+        att = attn[i, :n, : n_src[i]].cpu() if attn is not None else None
+        hyps.append([Hypothesis(rows[i][: n - 1], norm.score(sums[i], n), sums[i], att)])
     return SearchResult(hyps)
 
 
+def greedy_search(model, src: Tensor, src_lengths: Tensor, norm: LengthNorm = LengthNorm(),
+                  limits: Limits = Limits(), return_attention: bool = False) -> SearchResult:
+    """The most likely token at every step, for the whole batch at once."""
+    return _single_path(model, src, src_lengths, _argmax, norm, limits, return_attention)
+
+
+def sample_search(model, src: Tensor, src_lengths: Tensor, seeds: Sequence[int],
+                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  norm: LengthNorm = LengthNorm(), limits: Limits = Limits(),
+                  return_attention: bool = False) -> SearchResult:
+    """Draw each token from the model's distribution, sharpened or flattened by ``temperature``
+    and cut to the ``top_k`` most likely tokens and the smallest set holding ``top_p`` of the mass.
+
+    Sentence i draws from its own generator seeded with ``seeds[i]``, so a sample depends on the
+    seed and the sentence alone, never on the batch. Scores are the model's own log-probabilities.
+    """
+    generators = [torch.Generator(device=src.device).manual_seed(int(s)) for s in seeds]
+
+    def choose(log_probs: Tensor, sentences: Tensor) -> Tensor:
+        logits = log_probs / max(temperature, 1e-6)
+        if top_k > 0 and top_k < logits.size(1):
+            kth = logits.topk(top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, NEG_INF)
+        if top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(dim=-1)
+            outside = probs.cumsum(dim=-1) - probs >= top_p  # the mass before it is already top_p
+            outside[:, 0] = False
+            logits = logits.scatter(1, order, sorted_logits.masked_fill(outside, NEG_INF))
+        probs = logits.softmax(dim=-1)
+        return torch.cat([torch.multinomial(probs[i], 1, generator=generators[s])
+                          for i, s in enumerate(sentences.tolist())])
+
+    return _single_path(model, src, src_lengths, choose, norm, limits, return_attention)
+
+
 @torch.no_grad()
-def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5, alpha: float = 1.0,
-                max_len_a: float = 1.5, max_len_b: int = 10, min_len: int = 0, n_best: int = 1,
-                return_attention: bool = False) -> SearchResult:
+def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5,
+                norm: LengthNorm = LengthNorm(), limits: Limits = Limits(), n_best: int = 1,
+                return_attention: bool = False, greedy_fast_path: bool = True) -> SearchResult:
     """Batched beam search: every sentence's beams advance together in one flat batch.
 
     Each step takes the top ``2 * beam`` continuations per sentence; those ending in EOS among the
-    top ``beam`` are finished and stored apart, and the best ``beam`` others go on. A sentence is
-    done when it has ``beam`` finished hypotheses and no live one can still beat its best, or when it
-    reaches its maximum length; done sentences leave the batch, so no work is spent on them.
+    top ``beam`` are finished and kept apart per sentence, and the best ``beam`` others go on. A
+    sentence is done when no live hypothesis can beat its ``n_best``-th finished one any more (live
+    scores only fall and the normalizer is largest at the length limit), or at its length limit.
+    Done sentences leave the batch at once: their rows of the memory and state are dropped, and the
+    remaining rows are only reordered by ``index_select`` on the beams that survive.
     """
-    if beam_size == 1 and n_best == 1:
-        return greedy_search(model, src, src_lengths, max_len_a, max_len_b, min_len, alpha,
-                             return_attention)
+    if beam_size == 1 and n_best == 1 and greedy_fast_path:
+        return greedy_search(model, src, src_lengths, norm, limits, return_attention)
     device = src.device
     batch, k = src.size(0), beam_size
     n_best = min(n_best, k)
     memory, state = model.encode(src, src_lengths)
     flat = torch.arange(batch, device=device).repeat_interleave(k)  # each sentence k times
     memory, state = memory.select(flat), state.select(flat)
-    limit = max_lengths(src_lengths, max_len_a, max_len_b).to(device)
+    min_len, max_len = (t.to(device) for t in limits.lengths(src_lengths))
+    beam_offsets = torch.arange(k, device=device)
 
-    active = torch.arange(batch, device=device)  # sentence ids still searching
-    scores = torch.full((batch, k), float("-inf"), device=device)
+    active = torch.arange(batch, device=device)  # sentence id of each group of k rows
+    scores = torch.full((batch, k), NEG_INF, device=device)
     scores[:, 0] = 0.0  # only the first beam is live at the start
     prefix = torch.full((batch * k, 1), BOS_ID, dtype=torch.long, device=device)
-    attn_prefix = None  # (active * k, steps, S), reordered with prefix; kept only when asked for
-    if return_attention:
-        attn_prefix = torch.zeros((batch * k, 0, src.size(1)), device=device)
+    attn_hist = torch.zeros((batch * k, 0, src.size(1)), device=device) if return_attention \
+        else None  # (rows, steps, S), reordered with prefix
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    nth_best = torch.full((batch,), float("-inf"), device=device)  # n_best-th finished score
+    nth_best = torch.full((batch,), NEG_INF, device=device)  # n_best-th finished score
     step = 0
     while active.numel() > 0:
         n_act = active.numel()
-        lp, state, weights = model.step(prefix[:, -1], state, memory)
+        lp, state, weights = model.step(prefix[:, -1], state, memory)  # (n_act * k, V)
         vocab = lp.size(-1)
-        _forbid_specials(lp, allow_eos=step >= min_len)
-        at_limit = (step >= limit[active]).repeat_interleave(k)
-        if at_limit.any():
-            lp[at_limit] = torch.where(torch.arange(vocab, device=device) == EOS_ID, 0.0,
-                                       float("-inf"))
+        forbid_specials(lp)
+        if limits.no_repeat_ngram and step:
+            block_repeated_ngrams(lp, prefix[:, 1:], limits.no_repeat_ngram)
+        act_min, act_max = min_len.index_select(0, active), max_len.index_select(0, active)
+        constrain_length(lp, step, act_min.repeat_interleave(k), act_max.repeat_interleave(k))
         cand = (scores.view(-1, 1) + lp).view(n_act, k * vocab)
         top_scores, top_ids = cand.topk(min(2 * k, k * vocab), dim=-1)  # (n_act, 2k)
-        beam_origin = top_ids // vocab
-        token = top_ids % vocab
+        beam_origin = torch.div(top_ids, vocab, rounding_mode="floor")
+        token = top_ids - beam_origin * vocab
         is_eos = token == EOS_ID
-        length = step + 1  # tokens generated including this one (EOS counts)
-        penalty = float(length_penalty(length, alpha))
 
-        # Store finished hypotheses: EOS among the top k candidates.
-        eos_rows = (is_eos[:, :k] & (top_scores[:, :k] > float("-inf"))).nonzero().tolist()
-        for row, col in eos_rows:
-            sent = int(active[row])
-            origin = row * k + int(beam_origin[row, col])
-            raw = float(top_scores[row, col])
-            att = None
-            if attn_prefix is not None:
-                att = torch.cat([attn_prefix[origin], weights[origin].unsqueeze(0)], 0).cpu()
-            fin = finished[sent]
-            fin.append(Hypothesis(prefix[origin, 1:].tolist(), raw / penalty, raw, att))
-            fin.sort(key=lambda h: h.score, reverse=True)
-            del fin[k:]
-            if len(fin) >= n_best:
-                nth_best[sent] = fin[n_best - 1].score
+        # EOS among the top k candidates finishes a hypothesis (at most k per sentence and step).
+        ends = is_eos[:, :k] & (top_scores[:, :k] > NEG_INF)
+        if bool(ends.any()):
+            _store_finished(ends, top_scores, beam_origin, active, prefix, attn_hist, weights,
+                            k, step + 1, norm, n_best, finished, nth_best)
 
-        # Continue with the best k non-EOS candidates per sentence.
-        cont_scores = top_scores.masked_fill(is_eos, float("-inf"))
-        cont_scores, order = cont_scores.topk(k, dim=-1)  # (n_act, k)
-        origin = beam_origin.gather(1, order) + torch.arange(n_act, device=device).unsqueeze(1) * k
-        next_tok = token.gather(1, order)
+        # The best k candidates that do not end go on.
+        cont, order = top_scores.masked_fill(is_eos, NEG_INF).topk(k, dim=-1)  # (n_act, k)
+        group_start = torch.arange(0, n_act * k, k, device=device).unsqueeze(1)
+        origin = (beam_origin.gather(1, order) + group_start).view(-1)  # rows that go on
+        prefix = torch.cat([prefix.index_select(0, origin), token.gather(1, order).view(-1, 1)], 1)
+        state = state.select(origin)
+        if attn_hist is not None:
+            attn_hist = torch.cat([attn_hist.index_select(0, origin),
+                                   weights.float().index_select(0, origin).unsqueeze(1)], 1)
+        scores = cont
 
-        # A sentence is done at its length limit, or when no live hypothesis can beat its
-        # n-best finished ones: live scores only fall, and the penalty is largest at the limit.
-        best_live = cont_scores[:, 0]
-        bound = best_live / length_penalty(limit[active] + 1, alpha) if alpha > 0 else best_live
-        done = (step >= limit[active]) | (best_live == float("-inf")) | (nth_best[active] >= bound)
-
-        origin_flat = origin.view(-1)
-        prefix = torch.cat([prefix.index_select(0, origin_flat), next_tok.view(-1, 1)], dim=1)
-        state = state.select(origin_flat)
-        if attn_prefix is not None:
-            attn_prefix = torch.cat([attn_prefix.index_select(0, origin_flat),
-                                     weights.index_select(0, origin_flat).unsqueeze(1)], dim=1)
-        scores = cont_scores
+        best_live = cont[:, 0]
+        bound = best_live / norm.divisor(act_max + 1)
+        done = (step >= act_max) | (best_live == NEG_INF) | (nth_best.index_select(0, active)
+                                                             >= bound)
         if bool(done.any()):  # drop done sentences from every tensor
             keep = (~done).nonzero().view(-1)
-            rows = (keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
+            rows = (keep.unsqueeze(1) * k + beam_offsets).view(-1)
             active, scores = active.index_select(0, keep), scores.index_select(0, keep)
-            prefix, state, memory = prefix.index_select(0, rows), state.select(rows), \
-                memory.select(rows)
-            if attn_prefix is not None:
-                attn_prefix = attn_prefix.index_select(0, rows)
+            prefix, state, memory = (prefix.index_select(0, rows), state.select(rows),
+                                     memory.select(rows))
+            if attn_hist is not None:
+                attn_hist = attn_hist.index_select(0, rows)
         step += 1
 
+    n_src = src_lengths.tolist()
     result = []
     for sent in range(batch):
-        hyps = finished[sent][:n_best] or [Hypothesis([], float("-inf"), float("-inf"))]
+        hyps = finished[sent][:n_best] or [Hypothesis([], NEG_INF, NEG_INF)]
         if return_attention:
-            n_src = int(src_lengths[sent])
-            hyps = [Hypothesis(h.tokens, h.score, h.log_prob,
-                               None if h.attention is None else h.attention[:, :n_src])
-                    for h in hyps]
+            for h in hyps:
+                if h.attention is not None:
+                    h.attention = h.attention[:, : n_src[sent]]
         result.append(hyps)
     return SearchResult(result)
 
+
+def _store_finished(ends: Tensor, top_scores: Tensor, beam_origin: Tensor, active: Tensor,
+                    prefix: Tensor, attn_hist: Tensor | None, weights: Tensor, k: int,
+                    length: int, norm: LengthNorm, n_best: int,
+                    finished: list[list[Hypothesis]], nth_best: Tensor) -> None:
+    """Move the hypotheses that just produced EOS into their sentences' finished lists."""
+    row, col = ends.nonzero(as_tuple=True)
+    origin = row * k + beam_origin[row, col]
+    tokens = prefix.index_select(0, origin)[:, 1:].tolist()
+    raw = top_scores[row, col].tolist()
+    sents = active.index_select(0, row).tolist()
+    atts = None
+    if attn_hist is not None:
+        atts = torch.cat([attn_hist.index_select(0, origin),
+                          weights.float().index_select(0, origin).unsqueeze(1)], 1).cpu()
+    divisor = float(norm.divisor(length))
+    touched = set()
+    for j, sent in enumerate(sents):
+        att = atts[j] if atts is not None else None
+        finished[sent].append(Hypothesis(tokens[j], raw[j] / divisor, raw[j], att))
+        touched.add(sent)
+    for sent in touched:
+        fin = finished[sent]
+        fin.sort(key=lambda h: h.score, reverse=True)  # stable: earlier (shorter) first on ties
+        del fin[k:]
+        if len(fin) >= n_best:
+            nth_best[sent] = fin[n_best - 1].score
+
+
+@torch.no_grad()
+def score_targets(model, src: Tensor, src_lengths: Tensor, tgt: Tensor,
+                  tgt_lengths: Tensor) -> Tensor:
+    """Forced decoding: the summed log-probability (B,) of each given target.
+
+    tgt (B, T) holds target ids followed by EOS, padded with PAD; tgt_lengths (B,) counts EOS.
+    """
+    memory, state = model.encode(src, src_lengths)
+    total = torch.zeros(src.size(0), device=src.device)
+    prev = src.new_full((src.size(0),), BOS_ID)
+    for t in range(tgt.size(1)):
+        lp, state, _ = model.step(prev, state, memory)
+        tok = tgt[:, t]
+        gained = lp.gather(1, tok.unsqueeze(1)).squeeze(1)
+        total += gained.masked_fill(t >= tgt_lengths, 0.0)
+        prev = tok.masked_fill(tok == PAD_ID, EOS_ID)
+    return total
