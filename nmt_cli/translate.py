@@ -81,9 +81,13 @@ def read_chunks(stream: IO[bytes], name: str, max_lines: int) -> Iterator[list[s
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     """Dynamic int8 quantization of every Linear layer (weights int8, activations quantized on the
     fly); CPU only."""
-    from torch.ao.quantization import quantize_dynamic
+    import warnings
 
-    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():  # torch >= 2.9 announces a move to torchao; it still works
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def load_models(paths: Sequence[Path], device: torch.device, quantize: str | None = None):

@@ -78,6 +78,6 @@ def sample_model(sample_checkpoint):
     return model_from_checkpoint(load_checkpoint(sample_checkpoint), sample_checkpoint, "cpu")
 
 
-def test_lines(n: int = 40) -> list[str]:
+def source_lines(n: int = 40) -> list[str]:
     with open(SAMPLE / "test.src", encoding="utf-8") as fh:
         return [next(fh).rstrip("\n") for _ in range(n)]
