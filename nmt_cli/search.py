@@ -191,10 +191,14 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5,
             block_repeated_ngrams(lp, prefix[:, 1:], limits.no_repeat_ngram)
         act_min, act_max = min_len.index_select(0, active), max_len.index_select(0, active)
         constrain_length(lp, step, act_min.repeat_interleave(k), act_max.repeat_interleave(k))
-        cand = (scores.view(-1, 1) + lp).view(n_act, k * vocab)
-        top_scores, top_ids = cand.topk(min(2 * k, k * vocab), dim=-1)  # (n_act, 2k)
-        beam_origin = torch.div(top_ids, vocab, rounding_mode="floor")
-        token = top_ids - beam_origin * vocab
+        # The best 2k of a sentence's k * V continuations are among each beam's own best 2k, so
+        # take those first (rows of V) and rank only k * 2k sums: no (N, V) sum, a smaller topk.
+        width = min(2 * k, vocab)
+        row_lp, row_tok = lp.topk(width, dim=-1)  # (n_act * k, width)
+        cand = (scores.view(-1, 1) + row_lp).view(n_act, k * width)
+        top_scores, top_pos = cand.topk(min(2 * k, k * width), dim=-1)  # (n_act, 2k)
+        beam_origin = torch.div(top_pos, width, rounding_mode="floor")
+        token = row_tok.view(n_act, k * width).gather(1, top_pos)
         is_eos = token == EOS_ID
 
         # EOS among the top k candidates finishes a hypothesis (at most k per sentence and step).
