@@ -97,6 +97,15 @@ def test_plot_attention_without_matplotlib_says_how_to_install(sample_checkpoint
                        options=TranslateOptions(plot_attention=tmp_path / "plots"))
 
 
+def test_plot_attention_writes_one_png_per_sentence(sample_checkpoint, tmp_path):
+    pytest.importorskip("matplotlib")
+    src = _write(tmp_path / "in.src", source_lines(2) + [""])
+    plots = tmp_path / "plots"
+    translate_file(sample_checkpoint, src, tmp_path / "out.hyp", device="cpu",
+                   options=TranslateOptions(plot_attention=plots))
+    assert sorted(p.name for p in plots.iterdir()) == ["000000.png", "000001.png"]
+
+
 def test_cli_average_and_n_best_errors(sample_checkpoint, source, tmp_path):
     runner = CliRunner()
     out = tmp_path / "avg.pt"
