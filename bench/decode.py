@@ -31,9 +31,12 @@ def whole_process(args, output: Path) -> float:
            str(args.batch_size), "--batch-type", args.batch_type, "--device", args.device, "-q"]
     if args.quantize:
         cmd += ["--quantize", args.quantize]
+    for name in ("max_len_a", "max_len_b"):
+        if getattr(args, name) is not None:
+            cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
+        cmd += ["--threads", str(args.threads)]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env=env)
     return time.perf_counter() - start
@@ -54,6 +57,9 @@ def decode_only(args) -> tuple[float, int, int, list[str]]:
     model, tok, recipe = load_models([args.model], device, args.quantize)
     cfg = replace(recipe.decode, beam_size=args.beam_size, batch_size=args.batch_size,
                   batch_type=args.batch_type)
+    for name in ("max_len_a", "max_len_b"):
+        if getattr(args, name) is not None:
+            cfg = replace(cfg, **{name: getattr(args, name)})
     lines = list(read_lines(args.input))
     with torch.inference_mode():
         translate_lines(model, tok, lines[: min(len(lines), 64)], cfg, device)  # warm-up
@@ -78,6 +84,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--quantize", choices=["int8"], default=None)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: default")
+    parser.add_argument("--max-len-a", type=float, default=None)
+    parser.add_argument("--max-len-b", type=int, default=None)
     parser.add_argument("--output", type=Path, default=None, help="Keep the translations here.")
     parser.add_argument("--skip-process", action="store_true", help="Only the decode-only run.")
     args = parser.parse_args()

@@ -209,10 +209,16 @@ def translate(
     quantize: Optional[Quantize] = typer.Option(None, "--quantize",
                                                 help="int8 dynamic quantization (CPU)."),
     device: Device = typer.Option(Device.auto, help="Where to run the model."),
+    threads: int = typer.Option(0, "--threads", min=0,
+                                help="CPU threads for torch; 0 keeps torch's default (the cores)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No statistics on stderr."),
 ) -> None:
     """Translate text with beam search; N lines in, N lines out, in order."""
     with user_errors():
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         from nmt_cli.translate import TranslateOptions, translate_file
 
         decode = {"batch_type": batch_type.value if batch_type else None,

@@ -159,8 +159,9 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5,
     top ``beam`` are finished and kept apart per sentence, and the best ``beam`` others go on. A
     sentence is done when no live hypothesis can beat its ``n_best``-th finished one any more (live
     scores only fall and the normalizer is largest at the length limit), or at its length limit.
-    Done sentences leave the batch at once: their rows of the memory and state are dropped, and the
-    remaining rows are only reordered by ``index_select`` on the beams that survive.
+    Between steps only the decoder state (and the token prefixes) are reordered to follow the
+    surviving beams; the encoder memory is identical for a sentence's beams, so it is never
+    reordered, only compacted when done sentences leave the batch.
     """
     if beam_size == 1 and n_best == 1 and greedy_fast_path:
         return greedy_search(model, src, src_lengths, norm, limits, return_attention)
@@ -191,9 +192,10 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5,
             block_repeated_ngrams(lp, prefix[:, 1:], limits.no_repeat_ngram)
         act_min, act_max = min_len.index_select(0, active), max_len.index_select(0, active)
         constrain_length(lp, step, act_min.repeat_interleave(k), act_max.repeat_interleave(k))
-        # The best 2k of a sentence's k * V continuations are among each beam's own best 2k, so
-        # take those first (rows of V) and rank only k * 2k sums: no (N, V) sum, a smaller topk.
-        width = min(2 * k, vocab)
+        # A beam has at most one EOS continuation, so the sentence's best k candidates and its
+        # best k non-EOS ones all lie within each beam's own best k + 1: take those per row first
+        # and rank only k * (k + 1) sums (no (N, V) sum, one small topk per sentence).
+        width = min(k + 1, vocab)
         row_lp, row_tok = lp.topk(width, dim=-1)  # (n_act * k, width)
         cand = (scores.view(-1, 1) + row_lp).view(n_act, k * width)
         top_scores, top_pos = cand.topk(min(2 * k, k * width), dim=-1)  # (n_act, 2k)
