@@ -64,7 +64,7 @@ def constrain_length(log_probs: Tensor, step: int, min_len: Tensor, max_len: Ten
     """
     eos = log_probs[:, EOS_ID].masked_fill(step < min_len, NEG_INF)
     at_limit = step >= max_len
-    if bool(at_limit.any()):
+    if log_probs.device.type != "cpu" or bool(at_limit.any()):  # no host sync on a GPU
         log_probs.masked_fill_(at_limit.unsqueeze(1), NEG_INF)
     log_probs[:, EOS_ID] = eos
 

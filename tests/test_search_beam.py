@@ -168,3 +168,16 @@ def test_every_length_norm_runs_and_is_batch_invariant(sample_model, kind):
     one = translate_lines(model, tok, lines, replace(cfg, batch_size=1))
     many = translate_lines(model, tok, lines, replace(cfg, batch_size=12))
     assert [t.text for t in one] == [t.text for t in many]
+
+
+def test_token_batches_respect_the_budget_and_cover_every_line():
+    from nmt_cli.inference import make_batches
+
+    lengths = [5, 0, 30, 2, 9, 9, 200, 1]
+    batches = list(make_batches(lengths, 40, "tokens"))
+    assert sorted(i for b in batches for i in b) == [0, 2, 3, 4, 5, 6, 7]  # not the empty one
+    for b in batches:
+        width = max(lengths[i] for i in b) + 1  # + EOS
+        assert len(b) == 1 or len(b) * width <= 40
+    assert [6] in batches  # longer than the budget: alone
+    assert list(make_batches(lengths, 3)) == [[6, 2, 4], [5, 0, 3], [7]]
