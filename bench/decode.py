@@ -47,6 +47,7 @@ def whole_process(args, output: Path) -> tuple[float, float]:
 
 
 def decode_only(args) -> tuple[float, float, int, int, list[str]]:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as nmt translate does
     import torch
 
     sys.path.insert(0, str(ROOT))
