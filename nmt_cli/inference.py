@@ -17,7 +17,8 @@ import torch
 from nmt_cli.config import DecodeConfig
 from nmt_cli.data import pad_sequences
 from nmt_cli.penalties import LengthNorm
-from nmt_cli.search import Hypothesis, Limits, beam_search, sample_search, score_targets
+from nmt_cli.search import (Hypothesis, Limits, SearchResult, beam_search, sample_search,
+                            score_targets)
 from nmt_cli.tokenizer import EOS_ID, Tokenizers
 
 
@@ -60,7 +61,7 @@ def search_settings(cfg: DecodeConfig) -> tuple[LengthNorm, Limits]:
 
 def sentence_seed(seed: int, index: int) -> int:
     """A sample's seed depends on the run's seed and the line number only."""
-    return (seed * 1_000_003 + index) % (2 ** 63)
+    return (seed * 1_000_003 + index * 1009) % (2 ** 62)
 
 
 def translate_lines(model, tok: Tokenizers, lines: list[str], cfg: DecodeConfig,
@@ -84,11 +85,16 @@ def translate_lines(model, tok: Tokenizers, lines: list[str], cfg: DecodeConfig,
     for batch in make_batches([len(s) for s in src_ids], cfg.batch_size, cfg.batch_type):
         src, src_lengths = pad_sequences([src_ids[i] for i in batch], suffix=EOS_ID)
         src, src_lengths = src.to(device), src_lengths.to(device)
-        if cfg.sample:
-            found = sample_search(model, src, src_lengths,
-                                  [sentence_seed(cfg.seed, first_index + i) for i in batch],
-                                  cfg.temperature, cfg.top_k, cfg.top_p, norm, limits,
-                                  return_attention)
+        if cfg.sample:  # n_best samples per sentence, each with its own seed
+            rows = torch.arange(len(batch), device=device).repeat_interleave(n_best)
+            seeds = [sentence_seed(cfg.seed, first_index + i) + j for i in batch
+                     for j in range(n_best)]
+            drawn = sample_search(model, src.index_select(0, rows),
+                                  src_lengths.index_select(0, rows), seeds, cfg.temperature,
+                                  cfg.top_k, cfg.top_p, norm, limits, return_attention).hypotheses
+            found = SearchResult([
+                sorted((h for hs in drawn[b * n_best:(b + 1) * n_best] for h in hs),
+                       key=lambda h: -h.score) for b in range(len(batch))])
         else:
             found = beam_search(model, src, src_lengths, cfg.beam_size, norm, limits, n_best,
                                 return_attention)

@@ -6,7 +6,8 @@ temporary name and renamed at the end, so an error never leaves half a file behi
 
 Output forms: one translation per line; with ``n_best``, TSV rows ``index<TAB>score<TAB>text``
 (0-based line index, hypotheses best first, an empty input gives one row with score 0 and no
-text); with ``score_reference``, the summed log-probability of each reference line.
+text; with sampling, K samples best first); with ``score_reference``, the summed
+log-probability of each reference line.
 """
 
 from __future__ import annotations
@@ -166,9 +167,6 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
     if opts.n_best is not None and not cfg.sample and opts.n_best > cfg.beam_size:
         raise NmtError(f"--n-best {opts.n_best} is larger than --beam-size {cfg.beam_size}; "
                        "beam search keeps at most beam-size hypotheses")
-    if opts.n_best is not None and cfg.sample and opts.n_best > 1:
-        raise NmtError("--n-best above 1 is not available with --sample; run with several "
-                       "--seed values instead")
     if opts.score_reference is not None and (opts.n_best or opts.alignments
                                              or opts.plot_attention):
         raise NmtError("--score-reference prints one score per line; it cannot be combined with "

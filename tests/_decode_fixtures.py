@@ -40,7 +40,8 @@ def trained_checkpoint() -> Path:
     files = {}
     for split, n in (("train", 3000), ("dev", 20)):
         for side in ("src", "tgt"):
-            files[(split, side)] = str(_head(SAMPLE / f"{split}.{side}", data / f"{split}.{side}", n))
+            path = _head(SAMPLE / f"{split}.{side}", data / f"{split}.{side}", n)
+            files[(split, side)] = str(path)
     raw = {
         "name": "decode-tests", "workdir": str(work / "run"),
         "data": {"train": {"src": files[("train", "src")], "tgt": files[("train", "tgt")]},

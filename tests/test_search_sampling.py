@@ -37,3 +37,14 @@ def test_tiny_top_p_is_greedy(sample_model):
     src, lengths = pad_sequences(tok.encode_src(source_lines(16)), suffix=EOS_ID)
     sampled = sample_search(model, src, lengths, seeds=range(16), top_p=1e-6)
     assert sampled.best() == greedy_search(model, src, lengths).best()
+
+
+def test_n_best_samples_are_sorted_and_reproducible(sample_model):
+    model, tok, recipe = sample_model
+    cfg = replace(recipe.decode, sample=True, seed=5, temperature=2.0)
+    first = translate_lines(model, tok, source_lines(6), cfg, n_best=4)
+    again = translate_lines(model, tok, source_lines(6), replace(cfg, batch_size=1), n_best=4)
+    for a, b in zip(first, again):
+        assert len(a.hypotheses) == 4 and a.texts == b.texts
+        scores = [h.score for h in a.hypotheses]
+        assert scores == sorted(scores, reverse=True)
