@@ -63,8 +63,33 @@ class Limits:
 Chooser = Callable[[Tensor, Tensor], Tensor]
 
 
+def _block_size(vocab: int) -> int | None:
+    """A divisor of the vocabulary size giving about 64 blocks, or None if there is none."""
+    sizes = [b for b in range(16, 1025) if vocab % b == 0 and vocab // b >= 8]
+    return min(sizes, key=lambda b: abs(vocab // b - 64)) if sizes else None
+
+
+def top_per_row(scores: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """``scores.topk(n, dim=-1)`` over a large vocabulary, faster on CPU.
+
+    The vocabulary is cut into blocks; a row's n best values lie in its n blocks with the largest
+    maxima, so a fast ``amax`` per block picks those and ``topk`` runs over them alone. Each row is
+    handled on its own, so the result never depends on the other rows.
+    """
+    rows, vocab = scores.shape
+    block = _block_size(vocab)
+    if block is None or n * block * 4 > vocab or not scores.is_contiguous():
+        return scores.topk(n, dim=-1)
+    blocks = scores.view(rows, vocab // block, block)
+    best_blocks = blocks.amax(dim=-1).topk(n, dim=-1).indices  # (rows, n)
+    within = blocks.gather(1, best_blocks.unsqueeze(-1).expand(rows, n, block))
+    values, pos = within.view(rows, n * block).topk(n, dim=-1)
+    block_of = torch.div(pos, block, rounding_mode="floor")
+    return values, best_blocks.gather(1, block_of) * block + (pos - block_of * block)
+
+
 def _argmax(log_probs: Tensor, sentences: Tensor) -> Tensor:
-    return log_probs.max(dim=-1).indices  # first maximum, like argmax, and about twice as fast
+    return top_per_row(log_probs, 1)[1].squeeze(1)
 
 
 @torch.no_grad()
@@ -196,7 +221,7 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5,
         # best k non-EOS ones all lie within each beam's own best k + 1: take those per row first
         # and rank only k * (k + 1) sums (no (N, V) sum, one small topk per sentence).
         width = min(k + 1, vocab)
-        row_lp, row_tok = lp.topk(width, dim=-1)  # (n_act * k, width)
+        row_lp, row_tok = top_per_row(lp, width)  # (n_act * k, width)
         cand = (scores.view(-1, 1) + row_lp).view(n_act, k * width)
         top_scores, top_pos = cand.topk(min(2 * k, k * width), dim=-1)  # (n_act, 2k)
         beam_origin = torch.div(top_pos, width, rounding_mode="floor")

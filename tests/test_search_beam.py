@@ -181,3 +181,16 @@ def test_token_batches_respect_the_budget_and_cover_every_line():
         assert len(b) == 1 or len(b) * width <= 40
     assert [6] in batches  # longer than the budget: alone
     assert list(make_batches(lengths, 3)) == [[6, 2, 4], [5, 0, 3], [7]]
+
+
+def test_top_per_row_matches_topk():
+    from nmt_cli.search import top_per_row
+
+    torch.manual_seed(0)
+    scores = torch.randn(50, 8000)
+    scores[3, :7] = 10.0  # several top values in one block
+    for n in (1, 6):
+        values, ids = top_per_row(scores, n)
+        expected = scores.topk(n, dim=-1)
+        assert torch.equal(values, expected.values)
+        assert torch.equal(scores.gather(1, ids), expected.values)
