@@ -264,6 +264,9 @@ def average(
             if len(checkpoints) != 1 or not checkpoints[0].is_dir():
                 raise NmtError("--last N takes one run folder (the recipe's workdir)")
             paths = run_checkpoints(checkpoints[0], last)
+            if len(paths) < last:
+                print(f"note: {checkpoints[0]} holds {len(paths)} distinct checkpoint(s), not "
+                      f"{last}; averaging those", file=sys.stderr)
         else:
             dirs = [p for p in checkpoints if p.is_dir()]
             if dirs:
@@ -271,7 +274,7 @@ def average(
                                "with --last N")
             paths = list(checkpoints)
         average_to_file(paths, output)
-        print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) "
+        print(f"averaged {len(paths)} checkpoint(s) ({', '.join(str(p) for p in paths)}) "
               f"into {output}")
 
 
