@@ -14,14 +14,14 @@ sentence does depends on the others, so results never depend on the batch size. 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from nmt_cli.penalties import (NEG_INF, LengthNorm, block_repeated_ngrams, constrain_length,
-                               forbid_specials, length_limits)
+                               forbid_specials, gnmt_length_penalty, length_limits)
 from nmt_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -57,6 +57,27 @@ class Limits:
         max_len = length_limits(src_lengths, self.max_len_a, self.max_len_b)
         min_len = torch.minimum(length_limits(src_lengths, self.min_len_a, self.min_len_b), max_len)
         return min_len, max_len
+
+
+def length_penalty(length: Tensor | int, alpha: float) -> Tensor | float:
+    """GNMT's ((5 + length) / 6) ** alpha (kept for callers of the first search API)."""
+    return gnmt_length_penalty(length, alpha)
+
+
+def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:
+    """Longest output allowed per sentence (EOS not counted): a * source length + b."""
+    return length_limits(src_lengths, a, b)
+
+
+def _settings(norm: LengthNorm | None, limits: Limits | None, alpha: float | None,
+              max_len_a: float | None, max_len_b: int | None,
+              min_len: int | None) -> tuple[LengthNorm, Limits]:
+    """Search settings from the objects, or from the first API's loose keywords."""
+    norm = norm or LengthNorm("gnmt", 1.0 if alpha is None else alpha)
+    limits = limits or Limits()
+    loose = {k: v for k, v in (("max_len_a", max_len_a), ("max_len_b", max_len_b),
+                                ("min_len_b", min_len)) if v is not None}
+    return norm, replace(limits, **loose) if loose else limits
 
 
 # A choice rule for single-path decoding: (log_probs (N, V), sentence ids (N,)) -> tokens (N,)
@@ -138,9 +159,12 @@ def _single_path(model, src: Tensor, src_lengths: Tensor, choose: Chooser, norm:
     return SearchResult(hyps)
 
 
-def greedy_search(model, src: Tensor, src_lengths: Tensor, norm: LengthNorm = LengthNorm(),
-                  limits: Limits = Limits(), return_attention: bool = False) -> SearchResult:
+def greedy_search(model, src: Tensor, src_lengths: Tensor, norm: LengthNorm | None = None,
+                  limits: Limits | None = None, return_attention: bool = False, *,
+                  alpha: float | None = None, max_len_a: float | None = None,
+                  max_len_b: int | None = None, min_len: int | None = None) -> SearchResult:
     """The most likely token at every step, for the whole batch at once."""
+    norm, limits = _settings(norm, limits, alpha, max_len_a, max_len_b, min_len)
     return _single_path(model, src, src_lengths, _argmax, norm, limits, return_attention)
 
 
@@ -176,8 +200,10 @@ def sample_search(model, src: Tensor, src_lengths: Tensor, seeds: Sequence[int],
 
 @torch.no_grad()
 def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5,
-                norm: LengthNorm = LengthNorm(), limits: Limits = Limits(), n_best: int = 1,
-                return_attention: bool = False, greedy_fast_path: bool = True) -> SearchResult:
+                norm: LengthNorm | None = None, limits: Limits | None = None, n_best: int = 1,
+                return_attention: bool = False, greedy_fast_path: bool = True, *,
+                alpha: float | None = None, max_len_a: float | None = None,
+                max_len_b: int | None = None, min_len: int | None = None) -> SearchResult:
     """Batched beam search: every sentence's beams advance together in one flat batch.
 
     Each step takes the top ``2 * beam`` continuations per sentence; those ending in EOS among the
@@ -187,7 +213,11 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5,
     Between steps only the decoder state (and the token prefixes) are reordered to follow the
     surviving beams; the encoder memory is identical for a sentence's beams, so it is never
     reordered, only compacted when done sentences leave the batch.
+
+    ``alpha``, ``max_len_a``, ``max_len_b`` and ``min_len`` (an absolute minimum) are shorthands
+    for ``norm`` and ``limits``.
     """
+    norm, limits = _settings(norm, limits, alpha, max_len_a, max_len_b, min_len)
     if beam_size == 1 and n_best == 1 and greedy_fast_path:
         return greedy_search(model, src, src_lengths, norm, limits, return_attention)
     device = src.device
