@@ -223,53 +223,57 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5,
     device = src.device
     batch, k = src.size(0), beam_size
     n_best = min(n_best, k)
+    # The first step runs one row per sentence (all beams would be the same); its best k
+    # continuations then become the k rows of each sentence.
     memory, state = model.encode(src, src_lengths)
-    flat = torch.arange(batch, device=device).repeat_interleave(k)  # each sentence k times
-    memory, state = memory.select(flat), state.select(flat)
     min_len, max_len = (t.to(device) for t in limits.lengths(src_lengths))
     beam_offsets = torch.arange(k, device=device)
 
-    active = torch.arange(batch, device=device)  # sentence id of each group of k rows
-    scores = torch.full((batch, k), NEG_INF, device=device)
-    scores[:, 0] = 0.0  # only the first beam is live at the start
-    prefix = torch.full((batch * k, 1), BOS_ID, dtype=torch.long, device=device)
-    attn_hist = torch.zeros((batch * k, 0, src.size(1)), device=device) if return_attention \
+    beams = 1  # rows per sentence: 1 at the first step, then k
+    active = torch.arange(batch, device=device)  # sentence id of each group of rows
+    scores = torch.zeros((batch, 1), device=device)  # (n_act, beams) summed log-probabilities
+    prefix = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)
+    attn_hist = torch.zeros((batch, 0, src.size(1)), device=device) if return_attention \
         else None  # (rows, steps, S), reordered with prefix
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     nth_best = torch.full((batch,), NEG_INF, device=device)  # n_best-th finished score
     step = 0
     while active.numel() > 0:
         n_act = active.numel()
-        lp, state, weights = model.step(prefix[:, -1], state, memory)  # (n_act * k, V)
+        lp, state, weights = model.step(prefix[:, -1], state, memory)  # (n_act * beams, V)
         vocab = lp.size(-1)
         forbid_specials(lp)
         if limits.no_repeat_ngram and step:
             block_repeated_ngrams(lp, prefix[:, 1:], limits.no_repeat_ngram)
         act_min, act_max = min_len.index_select(0, active), max_len.index_select(0, active)
-        constrain_length(lp, step, act_min.repeat_interleave(k), act_max.repeat_interleave(k))
+        constrain_length(lp, step, act_min.repeat_interleave(beams),
+                         act_max.repeat_interleave(beams))
         # A beam has at most one EOS continuation, so the sentence's best k candidates and its
         # best k non-EOS ones all lie within each beam's own best k + 1: take those per row first
         # and rank only k * (k + 1) sums (no (N, V) sum, one small topk per sentence).
         width = min(k + 1, vocab)
-        row_lp, row_tok = top_per_row(lp, width)  # (n_act * k, width)
-        cand = (scores.view(-1, 1) + row_lp).view(n_act, k * width)
-        top_scores, top_pos = cand.topk(min(2 * k, k * width), dim=-1)  # (n_act, 2k)
+        row_lp, row_tok = top_per_row(lp, width)  # (n_act * beams, width)
+        cand = (scores.view(-1, 1) + row_lp).view(n_act, beams * width)
+        top_scores, top_pos = cand.topk(min(2 * k, beams * width), dim=-1)  # (n_act, <= 2k)
         beam_origin = torch.div(top_pos, width, rounding_mode="floor")
-        token = row_tok.view(n_act, k * width).gather(1, top_pos)
+        token = row_tok.view(n_act, beams * width).gather(1, top_pos)
         is_eos = token == EOS_ID
 
         # EOS among the top k candidates finishes a hypothesis (at most k per sentence and step).
         ends = is_eos[:, :k] & (top_scores[:, :k] > NEG_INF)
         if bool(ends.any()):
             _store_finished(ends, top_scores, beam_origin, active, prefix, attn_hist, weights,
-                            k, step + 1, norm, n_best, finished, nth_best)
+                            beams, k, step + 1, norm, n_best, finished, nth_best)
 
         # The best k candidates that do not end go on.
         cont, order = top_scores.masked_fill(is_eos, NEG_INF).topk(k, dim=-1)  # (n_act, k)
-        group_start = torch.arange(0, n_act * k, k, device=device).unsqueeze(1)
+        group_start = torch.arange(0, n_act * beams, beams, device=device).unsqueeze(1)
         origin = (beam_origin.gather(1, order) + group_start).view(-1)  # rows that go on
         prefix = torch.cat([prefix.index_select(0, origin), token.gather(1, order).view(-1, 1)], 1)
         state = state.select(origin)
+        if beams == 1:  # from now on, k rows per sentence
+            memory = memory.select(torch.arange(n_act, device=device).repeat_interleave(k))
+            beams = k
         if attn_hist is not None:
             attn_hist = torch.cat([attn_hist.index_select(0, origin),
                                    weights.float().index_select(0, origin).unsqueeze(1)], 1)
@@ -302,12 +306,12 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5,
 
 
 def _store_finished(ends: Tensor, top_scores: Tensor, beam_origin: Tensor, active: Tensor,
-                    prefix: Tensor, attn_hist: Tensor | None, weights: Tensor, k: int,
-                    length: int, norm: LengthNorm, n_best: int,
+                    prefix: Tensor, attn_hist: Tensor | None, weights: Tensor, beams: int,
+                    k: int, length: int, norm: LengthNorm, n_best: int,
                     finished: list[list[Hypothesis]], nth_best: Tensor) -> None:
     """Move the hypotheses that just produced EOS into their sentences' finished lists."""
     row, col = ends.nonzero(as_tuple=True)
-    origin = row * k + beam_origin[row, col]
+    origin = row * beams + beam_origin[row, col]
     tokens = prefix.index_select(0, origin)[:, 1:].tolist()
     raw = top_scores[row, col].tolist()
     sents = active.index_select(0, row).tolist()
