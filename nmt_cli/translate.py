@@ -111,26 +111,36 @@ def load_models(paths: Sequence[Path], device: torch.device, quantize: str | Non
 
 
 class _Output:
-    """A text output: stdout, or a file written under a temporary name and renamed on commit."""
+    """A text output: stdout, or a file written under a temporary name and renamed on commit.
+
+    A path that exists but is no regular file (``/dev/stdout``, a named pipe, a link to one) is
+    written in place: renaming over it would replace the device or pipe with a file.
+    """
 
     def __init__(self, path: Path | None):
         self.path, self.tmp = path, None
         if path is None:
             self.fh: IO[str] = sys.stdout
             return
+        if path.exists() and not path.is_file():
+            self.fh = open(path, "w", encoding="utf-8", newline="\n")
+            self.path = None  # nothing to rename
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         self.fh = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
 
     def commit(self) -> None:
-        if self.tmp is not None:
+        if self.fh is not sys.stdout:
             self.fh.close()
+        if self.tmp is not None:
             os.replace(self.tmp, self.path)  # type: ignore[arg-type]
             self.tmp = None
 
     def discard(self) -> None:
-        if self.tmp is not None:
+        if self.fh is not sys.stdout:
             self.fh.close()
+        if self.tmp is not None:
             Path(self.tmp).unlink(missing_ok=True)
             self.tmp = None
 

@@ -142,3 +142,11 @@ def test_stdin_streams_first_translation_before_input_ends(sample_checkpoint):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_output_to_a_link_to_a_device_writes_through_it(sample_checkpoint, source, tmp_path):
+    link = tmp_path / "sink"
+    link.symlink_to(os.devnull)  # like --alignments /dev/stdout: must not be renamed over
+    translate_file(sample_checkpoint, source, link, device="cpu",
+                   options=TranslateOptions(alignments=link))
+    assert link.is_symlink() and not link.is_file()
