@@ -113,8 +113,9 @@ def load_models(paths: Sequence[Path], device: torch.device, quantize: str | Non
 class _Output:
     """A text output: stdout, or a file written under a temporary name and renamed on commit.
 
-    A path that exists but is no regular file (``/dev/stdout``, a named pipe, a link to one) is
-    written in place: renaming over it would replace the device or pipe with a file.
+    A path that exists as a symbolic link or as anything but a regular file (``/dev/stdout``, a
+    named pipe) is written through in place: renaming over it would replace the link, device or
+    pipe with a plain file.
     """
 
     def __init__(self, path: Path | None):
@@ -122,7 +123,7 @@ class _Output:
         if path is None:
             self.fh: IO[str] = sys.stdout
             return
-        if path.exists() and not path.is_file():
+        if path.is_symlink() or (path.exists() and not path.is_file()):
             self.fh = open(path, "w", encoding="utf-8", newline="\n")
             self.path = None  # nothing to rename
             return

@@ -150,3 +150,9 @@ def test_output_to_a_link_to_a_device_writes_through_it(sample_checkpoint, sourc
     translate_file(sample_checkpoint, source, link, device="cpu",
                    options=TranslateOptions(alignments=link))
     assert link.is_symlink() and not link.is_file()
+    target = tmp_path / "real.hyp"
+    target.write_text("old\n", encoding="utf-8")
+    to_file = tmp_path / "to_file"
+    to_file.symlink_to(target)  # like /dev/stderr when stderr is redirected to a file
+    translate_file(sample_checkpoint, source, to_file, device="cpu")
+    assert to_file.is_symlink() and len(_read(target)) == len(_read(source))
