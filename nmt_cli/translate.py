@@ -186,13 +186,14 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
     stats = TranslateStats()
     in_stream = open_binary(input_path) if input_path else sys.stdin.buffer
     name = str(input_path) if input_path else "<stdin>"
-    outputs = [_Output(output_path)]
-    align_out = None
-    if opts.alignments is not None:
-        align_out = _Output(opts.alignments)
-        outputs.append(align_out)
-    out = outputs[0].fh
+    outputs: list[_Output] = []
     try:
+        outputs.append(_Output(output_path))
+        align_out = None
+        if opts.alignments is not None:
+            align_out = _Output(opts.alignments)
+            outputs.append(align_out)
+        out = outputs[0].fh
         with torch.inference_mode():
             chunks = read_chunks(in_stream, name, opts.chunk_lines)
             if opts.score_reference is not None:
