@@ -8,6 +8,7 @@ and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from enum import Enum
@@ -174,6 +175,21 @@ def train(recipe: Path = RECIPE, set_: List[str] = SET,
         print(f"best checkpoint: {rcp.workdir / 'checkpoints' / 'best.pt'}")
 
 
+class BatchType(str, Enum):
+    sentences = "sentences"
+    tokens = "tokens"
+
+
+class LengthNormKind(str, Enum):
+    gnmt = "gnmt"
+    average = "average"
+    none = "none"
+
+
+class Quantize(str, Enum):
+    int8 = "int8"
+
+
 @app.command()
 def plot(run_dir: Path = typer.Argument(..., help="A training run folder (the recipe's workdir).",
                                         show_default=False),
@@ -189,27 +205,115 @@ def plot(run_dir: Path = typer.Argument(..., help="A training run folder (the re
 
 @app.command()
 def translate(
-    model: Path = typer.Option(..., "-m", "--model", help="Checkpoint (.pt) written by nmt train."),
+    model: List[Path] = typer.Option(..., "-m", "--model",
+                                     help="Checkpoint (.pt) written by nmt train; repeat for an "
+                                          "ensemble that averages log-probabilities."),
     input: Optional[Path] = typer.Option(None, "-i", "--input", help="Source text; default stdin."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Default stdout."),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, help="1 is greedy."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
-                                             help="Sentences per batch."),
+                                             help="Sentences (or source tokens) per batch."),
+    batch_type: Optional[BatchType] = typer.Option(None, "--batch-type",
+                                                   help="What --batch-size counts."),
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty", min=0.0,
-                                                   help="GNMT alpha."),
+                                                   help="GNMT alpha (with --length-norm gnmt)."),
+    length_norm: Optional[LengthNormKind] = typer.Option(
+        None, "--length-norm", help="Score = log-prob / GNMT penalty, / length, or raw."),
+    min_len_a: Optional[float] = typer.Option(None, "--min-len-a", min=0.0),
+    min_len_b: Optional[int] = typer.Option(None, "--min-len-b", min=0,
+                                            help="Shortest output: a * source length + b."),
     max_len_a: Optional[float] = typer.Option(None, "--max-len-a", min=0.0),
-    max_len_b: Optional[int] = typer.Option(None, "--max-len-b", min=1),
+    max_len_b: Optional[int] = typer.Option(None, "--max-len-b", min=1,
+                                            help="Longest output: a * source length + b."),
+    no_repeat_ngram: Optional[int] = typer.Option(None, "--no-repeat-ngram", min=0,
+                                                  help="Never repeat an n-gram of this size."),
+    max_src_len: Optional[int] = typer.Option(None, "--max-src-len", min=1,
+                                              help="Longer inputs are cut to this many subwords."),
+    n_best: Optional[int] = typer.Option(None, "--n-best", min=1,
+                                         help="Print K hypotheses per line as TSV: index, score, "
+                                              "text."),
+    sample: bool = typer.Option(False, "--sample", help="Sample instead of beam search."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=0, help="0: no cut."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Makes sampling reproducible."),
+    score_reference: Optional[Path] = typer.Option(
+        None, "--score-reference", help="Print log P(reference line | input line) per line "
+                                        "instead of translating."),
+    alignments: Optional[Path] = typer.Option(None, "--alignments",
+                                              help="Write Pharaoh i-j alignments here."),
+    plot_attention: Optional[Path] = typer.Option(
+        None, "--plot-attention", help="Write one attention heatmap PNG per sentence here "
+                                       "(needs matplotlib)."),
+    quantize: Optional[Quantize] = typer.Option(None, "--quantize",
+                                                help="int8 dynamic quantization (CPU)."),
     device: Device = typer.Option(Device.auto, help="Where to run the model."),
+    threads: int = typer.Option(0, "--threads", min=0,
+                                help="CPU threads for torch; 0 keeps torch's default (the cores)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No statistics on stderr."),
 ) -> None:
     """Translate text with beam search; N lines in, N lines out, in order."""
+    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other work, spinning
+    # threads made decoding several times slower; on an idle CPU the cost is negligible. Read by
+    # the OpenMP runtime when torch is first imported, which happens just below.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with user_errors():
-        from nmt_cli.translate import translate_file
+        if threads:
+            import torch
 
+            torch.set_num_threads(threads)
+        from nmt_cli.translate import TranslateOptions, translate_file
+
+        decode = {"batch_type": batch_type.value if batch_type else None,
+                  "length_norm": length_norm.value if length_norm else None,
+                  "min_len_a": min_len_a, "min_len_b": min_len_b,
+                  "no_repeat_ngram": no_repeat_ngram, "max_src_len": max_src_len,
+                  "sample": sample or None, "temperature": temperature, "top_k": top_k,
+                  "top_p": top_p, "seed": seed}
+        if temperature is not None and temperature <= 0.0:
+            raise NmtError("--temperature must be above 0")
+        if top_p is not None and top_p <= 0.0:
+            raise NmtError("--top-p must be above 0")
+        options = TranslateOptions(n_best=n_best, score_reference=score_reference,
+                                   alignments=alignments, plot_attention=plot_attention,
+                                   quantize=quantize.value if quantize else None)
         stats = translate_file(model, input, output, beam_size, batch_size, length_penalty,
-                               max_len_a, max_len_b, device.value)
+                               max_len_a, max_len_b, device.value, decode=decode, options=options)
+        if stats.truncated:
+            print(f"warning: {stats.truncated} input line(s) longer than the source limit were "
+                  "cut (see --max-src-len)", file=sys.stderr)
         if not quiet:
             print(stats.line(), file=sys.stderr)
+
+
+@app.command()
+def average(
+    checkpoints: List[Path] = typer.Argument(..., help="Checkpoints to average, or one run folder "
+                                                       "with --last.", show_default=False),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the averaged model."),
+    last: Optional[int] = typer.Option(None, "--last", min=1,
+                                       help="Average the newest N checkpoints of the run folder."),
+) -> None:
+    """Average the weights of several checkpoints of one model into a new checkpoint."""
+    with user_errors():
+        from nmt_cli.average import average_to_file, run_checkpoints
+
+        if last is not None:
+            if len(checkpoints) != 1 or not checkpoints[0].is_dir():
+                raise NmtError("--last N takes one run folder (the recipe's workdir)")
+            paths = run_checkpoints(checkpoints[0], last)
+            if len(paths) < last:
+                print(f"note: {checkpoints[0]} holds {len(paths)} distinct checkpoint(s), not "
+                      f"{last}; averaging those", file=sys.stderr)
+        else:
+            dirs = [p for p in checkpoints if p.is_dir()]
+            if dirs:
+                raise NmtError(f"{dirs[0]} is a folder; give checkpoint files, or one run folder "
+                               "with --last N")
+            paths = list(checkpoints)
+        average_to_file(paths, output)
+        print(f"averaged {len(paths)} checkpoint(s) ({', '.join(str(p) for p in paths)}) "
+              f"into {output}")
 
 
 @app.command("eval")

@@ -135,10 +135,21 @@ class TrainConfig:
 @dataclass(frozen=True)
 class DecodeConfig:
     beam_size: int = _num(5, ge=1)
-    batch_size: int = _num(64, ge=1)
+    batch_size: int = _num(64, ge=1, doc="sentences or source tokens per batch (batch_type)")
+    batch_type: Literal["sentences", "tokens"] = "sentences"
     length_penalty: float = _num(1.0, ge=0.0, doc="GNMT alpha; 0 ranks by raw log-probability")
+    length_norm: Literal["gnmt", "average", "none"] = "gnmt"
+    min_len_a: float = _num(0.0, ge=0.0)
+    min_len_b: int = _num(0, ge=0)
     max_len_a: float = _num(1.5, ge=0.0)
     max_len_b: int = _num(10, ge=1)
+    no_repeat_ngram: int = _num(0, ge=0, doc="0 allows repeats")
+    max_src_len: int = _num(250, ge=1, doc="longer inputs are cut to this many subwords")
+    sample: bool = False
+    temperature: float = _num(1.0, gt=0.0)
+    top_k: int = _num(0, ge=0, doc="0 keeps the whole vocabulary")
+    top_p: float = _num(1.0, gt=0.0, le=1.0)
+    seed: int = _num(0, ge=0)
 
 
 @dataclass(frozen=True)

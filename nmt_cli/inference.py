@@ -1,4 +1,11 @@
-"""Text in, text out: tokenize, batch by length, search, detokenize, and restore the input order."""
+"""Text in, text out: tokenize, batch by length, search, detokenize, and restore the input order.
+
+Inputs are sorted by length so each batch holds sentences of nearly the same length (little
+padding), cut into batches of ``batch_size`` sentences or source tokens, and the results are put
+back in input order. A source longer than ``max_src_len`` subwords is cut to that length (the
+limit keeps time and memory bounded on a runaway line); empty and whitespace-only lines give empty
+translations without reaching the model. N lines in always give N results, in order.
+"""
 
 from __future__ import annotations
 
@@ -9,49 +16,117 @@ import torch
 
 from nmt_cli.config import DecodeConfig
 from nmt_cli.data import pad_sequences
-from nmt_cli.search import Hypothesis, beam_search
+from nmt_cli.penalties import LengthNorm
+from nmt_cli.search import (Hypothesis, Limits, SearchResult, beam_search, sample_search,
+                            score_targets)
 from nmt_cli.tokenizer import EOS_ID, Tokenizers
 
 
 @dataclass
 class Translation:
     index: int  # position in the input
-    text: str
+    text: str  # the best hypothesis, detokenized
     hypotheses: list[Hypothesis]  # best first; empty for an empty input line
-    src_pieces: int  # source subwords, EOS not counted
+    src_pieces: int  # source subwords given to the model, EOS not counted
+    truncated: bool = False  # the source was cut to max_src_len subwords
+    texts: list[str] | None = None  # every hypothesis detokenized, best first (n-best)
 
 
-def _batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
-    """Indices of non-empty inputs, sorted by length (longest first), cut into batches."""
-    order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: -lengths[i])
-    for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size]
+def make_batches(lengths: list[int], batch_size: int, batch_type: str = "sentences"
+                 ) -> Iterator[list[int]]:
+    """Indices of non-empty inputs, longest first, cut into batches of ``batch_size`` sentences,
+    or of at most ``batch_size`` padded source tokens (a longer sentence goes alone)."""
+    order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: (-lengths[i], i))
+    if batch_type == "sentences":
+        for start in range(0, len(order), batch_size):
+            yield order[start:start + batch_size]
+        return
+    batch: list[int] = []
+    for i in order:  # longest first: the first sentence of a batch sets its padded width
+        width = lengths[batch[0]] if batch else lengths[i]
+        if batch and (len(batch) + 1) * (width + 1) > batch_size:
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def search_settings(cfg: DecodeConfig) -> tuple[LengthNorm, Limits]:
+    norm = LengthNorm(cfg.length_norm, cfg.length_penalty)
+    limits = Limits(cfg.min_len_a, cfg.min_len_b, cfg.max_len_a, cfg.max_len_b,
+                    cfg.no_repeat_ngram)
+    return norm, limits
+
+
+def sentence_seed(seed: int, index: int) -> int:
+    """A sample's seed depends on the run's seed and the line number only."""
+    return (seed * 1_000_003 + index * 1009) % (2 ** 62)
 
 
 def translate_lines(model, tok: Tokenizers, lines: list[str], cfg: DecodeConfig,
                     device: torch.device | str = "cpu", n_best: int = 1,
-                    return_attention: bool = False) -> list[Translation]:
+                    return_attention: bool = False, first_index: int = 0) -> list[Translation]:
     """Translate ``lines``; the i-th result belongs to the i-th line, and empty lines stay empty.
 
     The result never depends on the batch size: each sentence's search is independent of the
-    others in its batch (packed encoder, masked attention, per-sentence beams and stopping).
+    others in its batch (packed encoder, masked attention, per-sentence beams, stopping and random
+    generators). ``first_index`` is the first line's number in the whole input (sampling seeds).
     """
     device = torch.device(device)
+    norm, limits = search_settings(cfg)
     src_ids = tok.encode_src([" ".join(line.split()) for line in lines])
+    truncated = [len(ids) > cfg.max_src_len for ids in src_ids]
+    src_ids = [ids[: cfg.max_src_len] for ids in src_ids]
     results: list[Translation | None] = [None] * len(lines)
     for i, ids in enumerate(src_ids):
         if not ids:
-            results[i] = Translation(i, "", [], 0)
-    for batch in _batches([len(s) for s in src_ids], cfg.batch_size):
+            results[i] = Translation(i, "", [], 0, texts=[""])
+    for batch in make_batches([len(s) for s in src_ids], cfg.batch_size, cfg.batch_type):
         src, src_lengths = pad_sequences([src_ids[i] for i in batch], suffix=EOS_ID)
-        found = beam_search(model, src.to(device), src_lengths.to(device), beam_size=cfg.beam_size,
-                            alpha=cfg.length_penalty, max_len_a=cfg.max_len_a,
-                            max_len_b=cfg.max_len_b, n_best=n_best,
-                            return_attention=return_attention)
-        texts = tok.decode_tgt([h[0].tokens for h in found.hypotheses])
-        for i, hyps, text in zip(batch, found.hypotheses, texts):
-            results[i] = Translation(i, text, hyps, len(src_ids[i]))
+        src, src_lengths = src.to(device), src_lengths.to(device)
+        if cfg.sample:  # n_best samples per sentence, each with its own seed
+            rows = torch.arange(len(batch), device=device).repeat_interleave(n_best)
+            seeds = [sentence_seed(cfg.seed, first_index + i) + j for i in batch
+                     for j in range(n_best)]
+            drawn = sample_search(model, src.index_select(0, rows),
+                                  src_lengths.index_select(0, rows), seeds, cfg.temperature,
+                                  cfg.top_k, cfg.top_p, norm, limits, return_attention).hypotheses
+            found = SearchResult([
+                sorted((h for hs in drawn[b * n_best:(b + 1) * n_best] for h in hs),
+                       key=lambda h: -h.score) for b in range(len(batch))])
+        else:
+            found = beam_search(model, src, src_lengths, cfg.beam_size, norm, limits, n_best,
+                                return_attention)
+        flat = [h.tokens for hyps in found.hypotheses for h in hyps]
+        texts = iter(tok.decode_tgt(flat))
+        for i, hyps in zip(batch, found.hypotheses):
+            all_texts = [next(texts) for _ in hyps]
+            results[i] = Translation(i, all_texts[0], hyps, len(src_ids[i]), truncated[i],
+                                     all_texts)
     return [r for r in results if r is not None]
+
+
+def score_references(model, tok: Tokenizers, lines: list[str], references: list[str],
+                     cfg: DecodeConfig, device: torch.device | str = "cpu") -> list[float]:
+    """Forced decoding: the model's summed log-probability (EOS included) of each reference.
+
+    Sources are cut to ``max_src_len`` like in translation; an empty source is scored as a bare EOS.
+    """
+    device = torch.device(device)
+    src_ids = [ids[: cfg.max_src_len] for ids in
+               tok.encode_src([" ".join(line.split()) for line in lines])]
+    tgt_ids = tok.encode_tgt([" ".join(line.split()) for line in references])
+    scores = [0.0] * len(lines)
+    lengths = [max(1, len(s)) for s in src_ids]  # empty sources still run (as EOS alone)
+    for batch in make_batches(lengths, cfg.batch_size, cfg.batch_type):
+        src, src_lengths = pad_sequences([src_ids[i] for i in batch], suffix=EOS_ID)
+        tgt, tgt_lengths = pad_sequences([tgt_ids[i] for i in batch], suffix=EOS_ID)
+        found = score_targets(model, src.to(device), src_lengths.to(device), tgt.to(device),
+                              tgt_lengths.to(device))
+        for i, value in zip(batch, found.tolist()):
+            scores[i] = value
+    return scores
 
 
 def chunked(lines: Iterable[str], size: int) -> Iterator[list[str]]:

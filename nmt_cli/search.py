@@ -1,56 +1,36 @@
-"""Greedy and batched beam search over a model's ``step``. Tensors in, token ids out; no I/O.
+"""Greedy, sampling, batched beam search and forced decoding over a model's ``step``.
+Tensors in, token ids out; no I/O.
 
 The model contract: ``encode(src, src_lengths) -> (memory, state)`` and
 ``step(prev_tokens, state, memory) -> (log_probs (N, V), state, attention (N, S))``, where
-``memory.select(index)`` and ``state.select(index)`` pick rows of the flattened batch.
+``memory.select(index)`` and ``state.select(index)`` pick rows of the flattened batch. An ensemble
+(``nmt_cli.ensemble``) keeps the same contract, so nothing here knows about it.
 
-Scores: a hypothesis' score is its summed log-probability (EOS included) divided by a length
-penalty: GNMT's ``((5 + len) / 6) ** alpha``, with len counting EOS; alpha 0 means no penalty.
+Every search treats each sentence on its own: finished sentences leave the batch, and nothing a
+sentence does depends on the others, so results never depend on the batch size. Length limits are
+``a * source_length + b`` with the source length as given in ``src_lengths``; scores follow
+``nmt_cli.penalties``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from nmt_cli.penalties import (NEG_INF, LengthNorm, block_repeated_ngrams, constrain_length,
+                               forbid_specials, gnmt_length_penalty, length_limits)
 from nmt_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
-
-
-def length_penalty(length: Tensor | int, alpha: float) -> Tensor | float:
-    if alpha == 0.0:
-        return 1.0 if isinstance(length, int) else torch.ones_like(length, dtype=torch.float)
-    return ((5.0 + length) / 6.0) ** alpha
-
-
-def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:
-    """Longest output allowed per sentence (EOS not counted): a * source length + b."""
-    return (src_lengths.float() * a).floor().long() + b
-
-
-def _forbid_specials(log_probs: Tensor, allow_eos: bool) -> None:
-    """Padding and BOS are never generated; EOS only once the minimum length is reached."""
-    log_probs[:, PAD_ID] = float("-inf")
-    log_probs[:, BOS_ID] = float("-inf")
-    if not allow_eos:
-        log_probs[:, EOS_ID] = float("-inf")
-
-
-def _force_eos(log_probs: Tensor, rows: Tensor) -> None:
-    """Rows at their length limit may only end; EOS keeps the model's own log-probability."""
-    if bool(rows.any()):
-        eos = log_probs[:, EOS_ID].clone()
-        log_probs.masked_fill_(rows.unsqueeze(1), float("-inf"))
-        log_probs[:, EOS_ID] = eos
 
 
 @dataclass
 class Hypothesis:
     tokens: list[int]  # without BOS and EOS
-    score: float  # normalized by the length penalty
+    score: float  # log_prob divided by the length normalizer
     log_prob: float  # summed log-probability, EOS included
-    attention: Tensor | None = None  # (len + 1, S) over the real source tokens
+    attention: Tensor | None = None  # (len + 1, S) over the real source tokens (EOS included)
 
 
 @dataclass
@@ -63,144 +43,310 @@ class SearchResult:
         return [h[0].tokens for h in self.hypotheses]
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Output length limits as ``a * source_length + b``, and the n-gram repeat ban."""
+
+    min_len_a: float = 0.0
+    min_len_b: int = 0
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    no_repeat_ngram: int = 0
+
+    def lengths(self, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        max_len = length_limits(src_lengths, self.max_len_a, self.max_len_b)
+        min_len = torch.minimum(length_limits(src_lengths, self.min_len_a, self.min_len_b), max_len)
+        return min_len, max_len
+
+
+def length_penalty(length: Tensor | int, alpha: float) -> Tensor | float:
+    """GNMT's ((5 + length) / 6) ** alpha (kept for callers of the first search API)."""
+    return gnmt_length_penalty(length, alpha)
+
+
+def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:
+    """Longest output allowed per sentence (EOS not counted): a * source length + b."""
+    return length_limits(src_lengths, a, b)
+
+
+def _settings(norm: LengthNorm | None, limits: Limits | None, alpha: float | None,
+              max_len_a: float | None, max_len_b: int | None,
+              min_len: int | None) -> tuple[LengthNorm, Limits]:
+    """Search settings from the objects, or from the first API's loose keywords."""
+    norm = norm or LengthNorm("gnmt", 1.0 if alpha is None else alpha)
+    limits = limits or Limits()
+    loose = {k: v for k, v in (("max_len_a", max_len_a), ("max_len_b", max_len_b),
+                                ("min_len_b", min_len)) if v is not None}
+    return norm, replace(limits, **loose) if loose else limits
+
+
+# A choice rule for single-path decoding: (log_probs (N, V), sentence ids (N,)) -> tokens (N,)
+Chooser = Callable[[Tensor, Tensor], Tensor]
+
+
+def _block_size(vocab: int) -> int | None:
+    """A divisor of the vocabulary size giving about 64 blocks, or None if there is none."""
+    sizes = [b for b in range(16, 1025) if vocab % b == 0 and vocab // b >= 8]
+    return min(sizes, key=lambda b: abs(vocab // b - 64)) if sizes else None
+
+
+def top_per_row(scores: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """``scores.topk(n, dim=-1)`` over a large vocabulary, faster on CPU.
+
+    The vocabulary is cut into blocks; a row's n best values lie in its n blocks with the largest
+    maxima, so a fast ``amax`` per block picks those and ``topk`` runs over them alone. Each row is
+    handled on its own, so the result never depends on the other rows.
+    """
+    rows, vocab = scores.shape
+    block = _block_size(vocab)
+    if block is None or n * block * 4 > vocab or not scores.is_contiguous():
+        return scores.topk(n, dim=-1)
+    blocks = scores.view(rows, vocab // block, block)
+    best_blocks = blocks.amax(dim=-1).topk(n, dim=-1).indices  # (rows, n)
+    within = blocks.gather(1, best_blocks.unsqueeze(-1).expand(rows, n, block))
+    values, pos = within.view(rows, n * block).topk(n, dim=-1)
+    block_of = torch.div(pos, block, rounding_mode="floor")
+    return values, best_blocks.gather(1, block_of) * block + (pos - block_of * block)
+
+
+def _argmax(log_probs: Tensor, sentences: Tensor) -> Tensor:
+    return top_per_row(log_probs, 1)[1].squeeze(1)
+
+
 @torch.no_grad()
-def greedy_search(model, src: Tensor, src_lengths: Tensor, max_len_a: float = 1.5,
-                  max_len_b: int = 10, min_len: int = 0, alpha: float = 1.0,
-                  return_attention: bool = False) -> SearchResult:
-    """Pick the most likely token at every step, for the whole batch at once."""
-    batch = src.size(0)
+def _single_path(model, src: Tensor, src_lengths: Tensor, choose: Chooser, norm: LengthNorm,
+                 limits: Limits, return_attention: bool) -> SearchResult:
+    """One hypothesis per sentence, one token per step; finished sentences leave the batch."""
+    batch, device = src.size(0), src.device
     memory, state = model.encode(src, src_lengths)
-    limit = max_lengths(src_lengths, max_len_a, max_len_b).to(src.device)
+    min_all, max_all = (t.to(device) for t in limits.lengths(src_lengths))
+    steps = int(max_all.max()) + 1
+    out = src.new_full((batch, steps), EOS_ID)  # token chosen at each step
+    out_len = torch.full((batch,), steps, dtype=torch.long, device=device)
+    log_prob = torch.zeros(batch, device=device)
+    attn = torch.zeros((batch, steps, src.size(1)), device=device) if return_attention else None
+    active = torch.arange(batch, device=device)  # sentence id of each row
+    min_len, max_len = min_all, max_all
     prev = src.new_full((batch,), BOS_ID)
-    tokens = src.new_zeros((batch, int(limit.max()) + 1))
-    log_prob = torch.zeros(batch, device=src.device)
-    lengths = torch.zeros(batch, dtype=torch.long, device=src.device)
-    done = torch.zeros(batch, dtype=torch.bool, device=src.device)
-    attn = []
-    for t in range(int(limit.max()) + 1):
-        lp, state, weights = model.step(prev, state, memory)
-        _forbid_specials(lp, allow_eos=t >= min_len)
-        _force_eos(lp, t >= limit)
-        best_lp, best = lp.max(dim=-1)
-        best = best.masked_fill(done, EOS_ID)
-        log_prob += best_lp.masked_fill(done, 0.0)
-        lengths += (~done).long()
-        tokens[:, t] = best
-        if return_attention:
-            attn.append(weights)
-        done |= best == EOS_ID
-        prev = best
-        if done.all():
-            break
+    for t in range(steps):
+        lp, state, weights = model.step(prev, state, memory)  # (N, V)
+        forbid_specials(lp)
+        if limits.no_repeat_ngram and t:
+            block_repeated_ngrams(lp, out.index_select(0, active)[:, :t], limits.no_repeat_ngram)
+        constrain_length(lp, t, min_len, max_len)
+        token = choose(lp, active)
+        out[active, t] = token
+        log_prob.index_add_(0, active, lp.gather(1, token.unsqueeze(1)).squeeze(1))
+        if attn is not None:
+            attn[active, t] = weights.float()
+        ended = token == EOS_ID
+        if bool(ended.any()):
+            out_len[active[ended]] = t + 1
+            keep = (~ended).nonzero().view(-1)
+            if keep.numel() == 0:
+                break
+            active, token = active.index_select(0, keep), token.index_select(0, keep)
+            min_len, max_len = min_len.index_select(0, keep), max_len.index_select(0, keep)
+            state, memory = state.select(keep), memory.select(keep)
+        prev = token
+    lengths, sums, rows = out_len.tolist(), log_prob.tolist(), out.tolist()
+    n_src = src_lengths.tolist()
     hyps = []
     for i in range(batch):
-        n = int(lengths[i])  # EOS included
-        toks = tokens[i, : n - 1].tolist()
-        att = torch.stack(attn, 1)[i, :n, : int(src_lengths[i])].cpu() if return_attention else None
-        lp_i = float(log_prob[i])
-        hyps.append([Hypothesis(toks, lp_i / float(length_penalty(n, alpha)), lp_i, att)])
+        n = lengths[i]  # EOS included
+        att = attn[i, :n, : n_src[i]].cpu() if attn is not None else None
+        hyps.append([Hypothesis(rows[i][: n - 1], norm.score(sums[i], n), sums[i], att)])
     return SearchResult(hyps)
 
 
+def greedy_search(model, src: Tensor, src_lengths: Tensor, norm: LengthNorm | None = None,
+                  limits: Limits | None = None, return_attention: bool = False, *,
+                  alpha: float | None = None, max_len_a: float | None = None,
+                  max_len_b: int | None = None, min_len: int | None = None) -> SearchResult:
+    """The most likely token at every step, for the whole batch at once."""
+    norm, limits = _settings(norm, limits, alpha, max_len_a, max_len_b, min_len)
+    return _single_path(model, src, src_lengths, _argmax, norm, limits, return_attention)
+
+
+def sample_search(model, src: Tensor, src_lengths: Tensor, seeds: Sequence[int],
+                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  norm: LengthNorm = LengthNorm(), limits: Limits = Limits(),
+                  return_attention: bool = False) -> SearchResult:
+    """Draw each token from the model's distribution, sharpened or flattened by ``temperature``
+    and cut to the ``top_k`` most likely tokens and the smallest set holding ``top_p`` of the mass.
+
+    Sentence i draws from its own generator seeded with ``seeds[i]``, so a sample depends on the
+    seed and the sentence alone, never on the batch. Scores are the model's own log-probabilities.
+    """
+    generators = [torch.Generator(device=src.device).manual_seed(int(s)) for s in seeds]
+
+    def choose(log_probs: Tensor, sentences: Tensor) -> Tensor:
+        logits = log_probs / max(temperature, 1e-6)
+        if top_k > 0 and top_k < logits.size(1):
+            kth = logits.topk(top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, NEG_INF)
+        if top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(dim=-1)
+            outside = probs.cumsum(dim=-1) - probs >= top_p  # the mass before it is already top_p
+            outside[:, 0] = False
+            logits = logits.scatter(1, order, sorted_logits.masked_fill(outside, NEG_INF))
+        probs = logits.softmax(dim=-1)
+        return torch.cat([torch.multinomial(probs[i], 1, generator=generators[s])
+                          for i, s in enumerate(sentences.tolist())])
+
+    return _single_path(model, src, src_lengths, choose, norm, limits, return_attention)
+
+
 @torch.no_grad()
-def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5, alpha: float = 1.0,
-                max_len_a: float = 1.5, max_len_b: int = 10, min_len: int = 0, n_best: int = 1,
-                return_attention: bool = False) -> SearchResult:
+def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5,
+                norm: LengthNorm | None = None, limits: Limits | None = None, n_best: int = 1,
+                return_attention: bool = False, greedy_fast_path: bool = True, *,
+                alpha: float | None = None, max_len_a: float | None = None,
+                max_len_b: int | None = None, min_len: int | None = None) -> SearchResult:
     """Batched beam search: every sentence's beams advance together in one flat batch.
 
     Each step takes the top ``2 * beam`` continuations per sentence; those ending in EOS among the
-    top ``beam`` are finished and stored apart, and the best ``beam`` others go on. A sentence is
-    done when it has ``beam`` finished hypotheses and no live one can still beat its best, or when it
-    reaches its maximum length; done sentences leave the batch, so no work is spent on them.
+    top ``beam`` are finished and kept apart per sentence, and the best ``beam`` others go on. A
+    sentence is done when no live hypothesis can beat its ``n_best``-th finished one any more (live
+    scores only fall and the normalizer is largest at the length limit), or at its length limit.
+    Between steps only the decoder state (and the token prefixes) are reordered to follow the
+    surviving beams; the encoder memory is identical for a sentence's beams, so it is never
+    reordered, only compacted when done sentences leave the batch.
+
+    ``alpha``, ``max_len_a``, ``max_len_b`` and ``min_len`` (an absolute minimum) are shorthands
+    for ``norm`` and ``limits``.
     """
-    if beam_size == 1 and n_best == 1:
-        return greedy_search(model, src, src_lengths, max_len_a, max_len_b, min_len, alpha,
-                             return_attention)
+    norm, limits = _settings(norm, limits, alpha, max_len_a, max_len_b, min_len)
+    if beam_size == 1 and n_best == 1 and greedy_fast_path:
+        return greedy_search(model, src, src_lengths, norm, limits, return_attention)
     device = src.device
     batch, k = src.size(0), beam_size
     n_best = min(n_best, k)
+    # The first step runs one row per sentence (all beams would be the same); its best k
+    # continuations then become the k rows of each sentence.
     memory, state = model.encode(src, src_lengths)
-    flat = torch.arange(batch, device=device).repeat_interleave(k)  # each sentence k times
-    memory, state = memory.select(flat), state.select(flat)
-    limit = max_lengths(src_lengths, max_len_a, max_len_b).to(device)
+    min_len, max_len = (t.to(device) for t in limits.lengths(src_lengths))
+    beam_offsets = torch.arange(k, device=device)
 
-    active = torch.arange(batch, device=device)  # sentence ids still searching
-    scores = torch.full((batch, k), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # only the first beam is live at the start
-    prefix = torch.full((batch * k, 1), BOS_ID, dtype=torch.long, device=device)
-    attn_prefix = None  # (active * k, steps, S), reordered with prefix; kept only when asked for
-    if return_attention:
-        attn_prefix = torch.zeros((batch * k, 0, src.size(1)), device=device)
+    beams = 1  # rows per sentence: 1 at the first step, then k
+    active = torch.arange(batch, device=device)  # sentence id of each group of rows
+    scores = torch.zeros((batch, 1), device=device)  # (n_act, beams) summed log-probabilities
+    prefix = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)
+    attn_hist = torch.zeros((batch, 0, src.size(1)), device=device) if return_attention \
+        else None  # (rows, steps, S), reordered with prefix
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    nth_best = torch.full((batch,), float("-inf"), device=device)  # n_best-th finished score
+    nth_best = torch.full((batch,), NEG_INF, device=device)  # n_best-th finished score
     step = 0
     while active.numel() > 0:
         n_act = active.numel()
-        lp, state, weights = model.step(prefix[:, -1], state, memory)
+        lp, state, weights = model.step(prefix[:, -1], state, memory)  # (n_act * beams, V)
         vocab = lp.size(-1)
-        _forbid_specials(lp, allow_eos=step >= min_len)
-        _force_eos(lp, (step >= limit[active]).repeat_interleave(k))
-        cand = (scores.view(-1, 1) + lp).view(n_act, k * vocab)
-        top_scores, top_ids = cand.topk(min(2 * k, k * vocab), dim=-1)  # (n_act, 2k)
-        beam_origin = top_ids // vocab
-        token = top_ids % vocab
+        forbid_specials(lp)
+        if limits.no_repeat_ngram and step:
+            block_repeated_ngrams(lp, prefix[:, 1:], limits.no_repeat_ngram)
+        act_min, act_max = min_len.index_select(0, active), max_len.index_select(0, active)
+        constrain_length(lp, step, act_min.repeat_interleave(beams),
+                         act_max.repeat_interleave(beams))
+        # A beam has at most one EOS continuation, so the sentence's best k candidates and its
+        # best k non-EOS ones all lie within each beam's own best k + 1: take those per row first
+        # and rank only k * (k + 1) sums (no (N, V) sum, one small topk per sentence).
+        width = min(k + 1, vocab)
+        row_lp, row_tok = top_per_row(lp, width)  # (n_act * beams, width)
+        cand = (scores.view(-1, 1) + row_lp).view(n_act, beams * width)
+        top_scores, top_pos = cand.topk(min(2 * k, beams * width), dim=-1)  # (n_act, <= 2k)
+        beam_origin = torch.div(top_pos, width, rounding_mode="floor")
+        token = row_tok.view(n_act, beams * width).gather(1, top_pos)
         is_eos = token == EOS_ID
-        length = step + 1  # tokens generated including this one (EOS counts)
-        penalty = float(length_penalty(length, alpha))
 
-        # Store finished hypotheses: EOS among the top k candidates.
-        eos_rows = (is_eos[:, :k] & (top_scores[:, :k] > float("-inf"))).nonzero().tolist()
-        for row, col in eos_rows:
-            sent = int(active[row])
-            origin = row * k + int(beam_origin[row, col])
-            raw = float(top_scores[row, col])
-            att = None
-            if attn_prefix is not None:
-                att = torch.cat([attn_prefix[origin], weights[origin].unsqueeze(0)], 0).cpu()
-            fin = finished[sent]
-            fin.append(Hypothesis(prefix[origin, 1:].tolist(), raw / penalty, raw, att))
-            fin.sort(key=lambda h: h.score, reverse=True)
-            del fin[k:]
-            if len(fin) >= n_best:
-                nth_best[sent] = fin[n_best - 1].score
+        # EOS among the top k candidates finishes a hypothesis (at most k per sentence and step).
+        ends = is_eos[:, :k] & (top_scores[:, :k] > NEG_INF)
+        if bool(ends.any()):
+            _store_finished(ends, top_scores, beam_origin, active, prefix, attn_hist, weights,
+                            beams, k, step + 1, norm, n_best, finished, nth_best)
 
-        # Continue with the best k non-EOS candidates per sentence.
-        cont_scores = top_scores.masked_fill(is_eos, float("-inf"))
-        cont_scores, order = cont_scores.topk(k, dim=-1)  # (n_act, k)
-        origin = beam_origin.gather(1, order) + torch.arange(n_act, device=device).unsqueeze(1) * k
-        next_tok = token.gather(1, order)
+        # The best k candidates that do not end go on.
+        cont, order = top_scores.masked_fill(is_eos, NEG_INF).topk(k, dim=-1)  # (n_act, k)
+        group_start = torch.arange(0, n_act * beams, beams, device=device).unsqueeze(1)
+        origin = (beam_origin.gather(1, order) + group_start).view(-1)  # rows that go on
+        prefix = torch.cat([prefix.index_select(0, origin), token.gather(1, order).view(-1, 1)], 1)
+        state = state.select(origin)
+        if beams == 1:  # from now on, k rows per sentence
+            memory = memory.select(torch.arange(n_act, device=device).repeat_interleave(k))
+            beams = k
+        if attn_hist is not None:
+            attn_hist = torch.cat([attn_hist.index_select(0, origin),
+                                   weights.float().index_select(0, origin).unsqueeze(1)], 1)
+        scores = cont
 
-        # A sentence is done at its length limit, or when no live hypothesis can beat its
-        # n-best finished ones: live scores only fall, and the penalty is largest at the limit.
-        best_live = cont_scores[:, 0]
-        bound = best_live / length_penalty(limit[active] + 1, alpha) if alpha > 0 else best_live
-        done = (step >= limit[active]) | (best_live == float("-inf")) | (nth_best[active] >= bound)
-
-        origin_flat = origin.view(-1)
-        prefix = torch.cat([prefix.index_select(0, origin_flat), next_tok.view(-1, 1)], dim=1)
-        state = state.select(origin_flat)
-        if attn_prefix is not None:
-            attn_prefix = torch.cat([attn_prefix.index_select(0, origin_flat),
-                                     weights.index_select(0, origin_flat).unsqueeze(1)], dim=1)
-        scores = cont_scores
+        best_live = cont[:, 0]
+        bound = best_live / norm.divisor(act_max + 1)
+        done = (step >= act_max) | (best_live == NEG_INF) | (nth_best.index_select(0, active)
+                                                             >= bound)
         if bool(done.any()):  # drop done sentences from every tensor
             keep = (~done).nonzero().view(-1)
-            rows = (keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
+            rows = (keep.unsqueeze(1) * k + beam_offsets).view(-1)
             active, scores = active.index_select(0, keep), scores.index_select(0, keep)
-            prefix, state, memory = prefix.index_select(0, rows), state.select(rows), \
-                memory.select(rows)
-            if attn_prefix is not None:
-                attn_prefix = attn_prefix.index_select(0, rows)
+            prefix, state, memory = (prefix.index_select(0, rows), state.select(rows),
+                                     memory.select(rows))
+            if attn_hist is not None:
+                attn_hist = attn_hist.index_select(0, rows)
         step += 1
 
+    n_src = src_lengths.tolist()
     result = []
     for sent in range(batch):
-        hyps = finished[sent][:n_best] or [Hypothesis([], float("-inf"), float("-inf"))]
+        hyps = finished[sent][:n_best] or [Hypothesis([], NEG_INF, NEG_INF)]
         if return_attention:
-            n_src = int(src_lengths[sent])
-            hyps = [Hypothesis(h.tokens, h.score, h.log_prob,
-                               None if h.attention is None else h.attention[:, :n_src])
-                    for h in hyps]
+            for h in hyps:
+                if h.attention is not None:
+                    h.attention = h.attention[:, : n_src[sent]]
         result.append(hyps)
     return SearchResult(result)
 
+
+def _store_finished(ends: Tensor, top_scores: Tensor, beam_origin: Tensor, active: Tensor,
+                    prefix: Tensor, attn_hist: Tensor | None, weights: Tensor, beams: int,
+                    k: int, length: int, norm: LengthNorm, n_best: int,
+                    finished: list[list[Hypothesis]], nth_best: Tensor) -> None:
+    """Move the hypotheses that just produced EOS into their sentences' finished lists."""
+    row, col = ends.nonzero(as_tuple=True)
+    origin = row * beams + beam_origin[row, col]
+    tokens = prefix.index_select(0, origin)[:, 1:].tolist()
+    raw = top_scores[row, col].tolist()
+    sents = active.index_select(0, row).tolist()
+    atts = None
+    if attn_hist is not None:
+        atts = torch.cat([attn_hist.index_select(0, origin),
+                          weights.float().index_select(0, origin).unsqueeze(1)], 1).cpu()
+    divisor = float(norm.divisor(length))
+    touched = set()
+    for j, sent in enumerate(sents):
+        att = atts[j] if atts is not None else None
+        finished[sent].append(Hypothesis(tokens[j], raw[j] / divisor, raw[j], att))
+        touched.add(sent)
+    for sent in touched:
+        fin = finished[sent]
+        fin.sort(key=lambda h: h.score, reverse=True)  # stable: earlier (shorter) first on ties
+        del fin[k:]
+        if len(fin) >= n_best:
+            nth_best[sent] = fin[n_best - 1].score
+
+
+@torch.no_grad()
+def score_targets(model, src: Tensor, src_lengths: Tensor, tgt: Tensor,
+                  tgt_lengths: Tensor) -> Tensor:
+    """Forced decoding: the summed log-probability (B,) of each given target.
+
+    tgt (B, T) holds target ids followed by EOS, padded with PAD; tgt_lengths (B,) counts EOS.
+    """
+    memory, state = model.encode(src, src_lengths)
+    total = torch.zeros(src.size(0), device=src.device)
+    prev = src.new_full((src.size(0),), BOS_ID)
+    for t in range(tgt.size(1)):
+        lp, state, _ = model.step(prev, state, memory)
+        tok = tgt[:, t]
+        gained = lp.gather(1, tok.unsqueeze(1)).squeeze(1)
+        total += gained.masked_fill(t >= tgt_lengths, 0.0)
+        prev = tok.masked_fill(tok == PAD_ID, EOS_ID)
+    return total

@@ -1,8 +1,13 @@
-"""``nmt translate``: a checkpoint, lines in, translations out, in order, one line per line.
+"""``nmt translate``: checkpoints, lines in, translations out, in order, one result per line.
 
 Input is read in chunks as it arrives, so with a pipe the first translations appear before the
-writer has finished, and memory does not grow with the input. A file output is written under a
+writer has finished, and memory does not grow with the input. File outputs are written under a
 temporary name and renamed at the end, so an error never leaves half a file behind.
+
+Output forms: one translation per line; with ``n_best``, TSV rows ``index<TAB>score<TAB>text``
+(0-based line index, hypotheses best first, an empty input gives one row with score 0 and no
+text; with sampling, K samples best first); with ``score_reference``, the summed
+log-probability of each reference line.
 """
 
 from __future__ import annotations
@@ -13,14 +18,15 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterator, Sequence
 
 import torch
 
-from nmt_cli.bitext import decode_line, open_binary
+from nmt_cli.bitext import decode_line, open_binary, read_lines
 from nmt_cli.checkpoint import load_checkpoint, model_from_checkpoint
+from nmt_cli.errors import CheckpointError, DataError, NmtError
 from nmt_cli.files import default_mode
-from nmt_cli.inference import translate_lines
+from nmt_cli.inference import Translation, score_references, translate_lines
 from nmt_cli.runtime import pick_device
 
 
@@ -30,12 +36,25 @@ class TranslateStats:
     src_tokens: int = 0
     tgt_tokens: int = 0
     seconds: float = 0.0
+    truncated: int = 0  # inputs cut to max_src_len subwords
 
     def line(self) -> str:
         s = max(self.seconds, 1e-9)
         return (f"translated {self.sentences} sentences ({self.tgt_tokens} target tokens) in "
                 f"{self.seconds:.2f} s: {self.sentences / s:.1f} sentences/s, "
                 f"{self.tgt_tokens / s:.1f} tokens/s")
+
+
+@dataclass
+class TranslateOptions:
+    """What to produce besides (or instead of) the plain translations."""
+
+    n_best: int | None = None  # TSV with this many hypotheses per line
+    score_reference: Path | None = None  # print log P(reference | source) instead of translating
+    alignments: Path | None = None  # Pharaoh i-j lines from attention
+    plot_attention: Path | None = None  # one PNG heatmap per sentence
+    quantize: str | None = None  # "int8": dynamic quantization of the Linear layers (CPU)
+    chunk_lines: int = 1000
 
 
 def read_chunks(stream: IO[bytes], name: str, max_lines: int) -> Iterator[list[str]]:
@@ -61,48 +80,194 @@ def read_chunks(stream: IO[bytes], name: str, max_lines: int) -> Iterator[list[s
         yield [decode_line(pending, Path(name), lineno + 1)]
 
 
-def translate_file(checkpoint: Path, input_path: Path | None, output_path: Path | None,
-                   beam_size: int | None = None, batch_size: int | None = None,
-                   length_penalty: float | None = None, max_len_a: float | None = None,
-                   max_len_b: int | None = None, device: str = "auto",
-                   chunk_lines: int = 1000) -> TranslateStats:
-    payload = load_checkpoint(checkpoint)
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """Dynamic int8 quantization of every Linear layer (weights int8, activations quantized on the
+    fly); CPU only."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch >= 2.9 announces a move to torchao; it still works
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def load_models(paths: Sequence[Path], device: torch.device, quantize: str | None = None):
+    """One model, or an ensemble of several that share one tokenizer; the first one's recipe."""
+    from nmt_cli.ensemble import Ensemble
+
+    if quantize is not None and device.type != "cpu":
+        raise NmtError(f"--quantize {quantize} runs on the CPU only; add --device cpu")
+    models, first_tok, recipe = [], None, None
+    for path in paths:
+        model, tok, rcp = model_from_checkpoint(load_checkpoint(path), path, device)
+        if first_tok is None:
+            first_tok, recipe = tok, rcp
+        elif (tok.src_bytes, tok.tgt_bytes) != (first_tok.src_bytes, first_tok.tgt_bytes):
+            raise CheckpointError(f"{path}: its tokenizer differs from {paths[0]}'s; an ensemble "
+                                  "needs models trained with the same tokenizer")
+        models.append(quantize_int8(model) if quantize == "int8" else model)
+    model = models[0] if len(models) == 1 else Ensemble(models).eval()
+    return model, first_tok, recipe
+
+
+class _Output:
+    """A text output: stdout, or a file written under a temporary name and renamed on commit.
+
+    A path that exists as a symbolic link or as anything but a regular file (``/dev/stdout``, a
+    named pipe) is written through in place: renaming over it would replace the link, device or
+    pipe with a plain file.
+    """
+
+    def __init__(self, path: Path | None):
+        self.path, self.tmp = path, None
+        if path is None:
+            self.fh: IO[str] = sys.stdout
+            return
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            self.fh = open(path, "w", encoding="utf-8", newline="\n")
+            self.path = None  # nothing to rename
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.chmod(self.tmp, default_mode())
+        self.fh = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+
+    def commit(self) -> None:
+        if self.fh is not sys.stdout:
+            self.fh.close()
+        if self.tmp is not None:
+            os.replace(self.tmp, self.path)  # type: ignore[arg-type]
+            self.tmp = None
+
+    def discard(self) -> None:
+        if self.fh is not sys.stdout:
+            self.fh.close()
+        if self.tmp is not None:
+            Path(self.tmp).unlink(missing_ok=True)
+            self.tmp = None
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", " ").replace("\r", " ")
+
+
+def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
+                   output_path: Path | None, beam_size: int | None = None,
+                   batch_size: int | None = None, length_penalty: float | None = None,
+                   max_len_a: float | None = None, max_len_b: int | None = None,
+                   device: str = "auto", chunk_lines: int = 1000, *,
+                   decode: dict | None = None,
+                   options: TranslateOptions | None = None) -> TranslateStats:
+    """Translate (or score) a file or stdin with one checkpoint or an ensemble of several.
+
+    ``decode`` overrides any ``DecodeConfig`` key of the (first) checkpoint's recipe.
+    """
+    opts = options or TranslateOptions(chunk_lines=chunk_lines)
+    paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    start = time.time()
     dev = pick_device(device)
-    model, tok, recipe = model_from_checkpoint(payload, checkpoint, dev)
+    if opts.plot_attention is not None:
+        from nmt_cli.alignment import require_matplotlib
+
+        require_matplotlib()
+    model, tok, recipe = load_models([Path(p) for p in paths], dev, opts.quantize)
     overrides = {k: v for k, v in {"beam_size": beam_size, "batch_size": batch_size,
                                    "length_penalty": length_penalty, "max_len_a": max_len_a,
-                                   "max_len_b": max_len_b}.items() if v is not None}
+                                   "max_len_b": max_len_b, **(decode or {})}.items()
+                 if v is not None}
     cfg = replace(recipe.decode, **overrides)
+    if opts.n_best is not None and not cfg.sample and opts.n_best > cfg.beam_size:
+        raise NmtError(f"--n-best {opts.n_best} is larger than --beam-size {cfg.beam_size}; "
+                       "beam search keeps at most beam-size hypotheses")
+    if opts.score_reference is not None and (opts.n_best or opts.alignments
+                                             or opts.plot_attention):
+        raise NmtError("--score-reference prints one score per line; it cannot be combined with "
+                       "--n-best, --alignments or --plot-attention")
+
     stats = TranslateStats()
-    start = time.time()
     in_stream = open_binary(input_path) if input_path else sys.stdin.buffer
     name = str(input_path) if input_path else "<stdin>"
-    tmp_path = None
-    if output_path is not None:
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_path = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
-        os.chmod(tmp_path, default_mode())
-        out: IO[str] = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
-    else:
-        out = sys.stdout
+    outputs: list[_Output] = []
     try:
+        outputs.append(_Output(output_path))
+        align_out = None
+        if opts.alignments is not None:
+            align_out = _Output(opts.alignments)
+            outputs.append(align_out)
+        out = outputs[0].fh
         with torch.inference_mode():
-            for chunk in read_chunks(in_stream, name, chunk_lines):
-                for t in translate_lines(model, tok, chunk, cfg, dev):
-                    out.write(t.text.replace("\n", " ") + "\n")
-                    stats.sentences += 1
-                    stats.src_tokens += t.src_pieces
-                    stats.tgt_tokens += len(t.hypotheses[0].tokens) if t.hypotheses else 0
-                out.flush()
-        if tmp_path is not None:
-            out.close()
-            os.replace(tmp_path, output_path)  # type: ignore[arg-type]
-            tmp_path = None
+            chunks = read_chunks(in_stream, name, opts.chunk_lines)
+            if opts.score_reference is not None:
+                _score_stream(model, tok, cfg, dev, chunks, opts.score_reference, out, stats)
+            else:
+                want_attention = align_out is not None or opts.plot_attention is not None
+                for chunk in chunks:
+                    found = translate_lines(model, tok, chunk, cfg, dev,
+                                            n_best=opts.n_best or 1,
+                                            return_attention=want_attention,
+                                            first_index=stats.sentences)
+                    for t in found:
+                        _write_translation(t, stats.sentences, out, opts)
+                        if want_attention:
+                            _write_attention(t, stats.sentences, tok, chunk[t.index], align_out,
+                                             opts.plot_attention)
+                        stats.sentences += 1
+                        stats.src_tokens += t.src_pieces
+                        stats.tgt_tokens += len(t.hypotheses[0].tokens) if t.hypotheses else 0
+                        stats.truncated += t.truncated
+                    for o in outputs:
+                        o.fh.flush()
+        for o in outputs:
+            o.commit()
     finally:
         if input_path:
             in_stream.close()
-        if tmp_path is not None:
-            out.close()
-            Path(tmp_path).unlink(missing_ok=True)
+        for o in outputs:
+            o.discard()
     stats.seconds = time.time() - start
     return stats
+
+
+def _write_translation(t: Translation, index: int, out: IO[str], opts: TranslateOptions) -> None:
+    if opts.n_best is None:
+        out.write(_one_line(t.text) + "\n")
+        return
+    if not t.hypotheses:
+        out.write(f"{index}\t0.0000\t\n")
+        return
+    for hyp, text in zip(t.hypotheses, t.texts or [t.text]):
+        out.write(f"{index}\t{hyp.score:.4f}\t{_one_line(text)}\n")
+
+
+def _write_attention(t: Translation, index: int, tok, line: str, align_out: "_Output | None",
+                     plot_dir: Path | None) -> None:
+    from nmt_cli.alignment import hard_alignment, pharaoh, plot_attention
+
+    hyp = t.hypotheses[0] if t.hypotheses else None
+    if align_out is not None:
+        pairs = [] if hyp is None or hyp.attention is None else \
+            hard_alignment(hyp.attention, t.src_pieces, len(hyp.tokens))
+        align_out.fh.write(pharaoh(pairs) + "\n")
+    if plot_dir is not None and hyp is not None and hyp.attention is not None:
+        src_pieces = tok.pieces_src(" ".join(line.split()))[: t.src_pieces] + ["</s>"]
+        tgt_pieces = [tok.tgt.id_to_piece(i) for i in hyp.tokens] + ["</s>"]
+        plot_attention(hyp.attention, src_pieces, tgt_pieces, plot_dir / f"{index:06d}.png")
+
+
+def _score_stream(model, tok, cfg, dev, chunks: Iterator[list[str]], reference: Path,
+                  out: IO[str], stats: TranslateStats) -> None:
+    refs = read_lines(reference)
+    for chunk in chunks:
+        ref_chunk = [line for _, line in zip(range(len(chunk)), refs)]
+        if len(ref_chunk) < len(chunk):
+            raise DataError(f"the reference has fewer lines ({stats.sentences + len(ref_chunk)}) "
+                            "than the input; give one reference line per input line", reference)
+        for score in score_references(model, tok, chunk, ref_chunk, cfg, dev):
+            out.write(f"{score:.4f}\n")
+        stats.sentences += len(chunk)
+        stats.tgt_tokens += sum(len(ids) + 1 for ids in tok.encode_tgt(ref_chunk))
+        out.flush()
+    if next(refs, None) is not None:
+        raise DataError(f"the reference has more lines than the input ({stats.sentences}); give "
+                        "one reference line per input line", reference)

@@ -1,0 +1,117 @@
+"""Decoding speed: sentences/s and tokens/s for a checkpoint, a test file, a beam size, a batch
+size and a device.
+
+Two figures: "whole process" runs ``python -m nmt_cli translate`` as a fresh process and times it
+from start to exit (interpreter start, imports and model load included), the way a user meets it;
+"decode only" loads the model here and times translation alone, after one warm-up batch.
+
+    python bench/decode.py -m runs/m30k/checkpoints/best.pt -i test.de --beam-size 5 \\
+        --batch-size 64 --device cpu [--quantize int8] [--threads 2] [--output hyp.txt]
+
+tokens/s counts target subwords (EOS excluded) of the translations. Each line also gives the CPU
+time used, a steadier figure than wall time on a machine shared with other work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def whole_process(args, output: Path) -> tuple[float, float]:
+    cmd = [sys.executable, "-m", "nmt_cli", "translate", "-m", str(args.model), "-i",
+           str(args.input), "-o", str(output), "--beam-size", str(args.beam_size), "--batch-size",
+           str(args.batch_size), "--batch-type", args.batch_type, "--device", args.device, "-q"]
+    if args.quantize:
+        cmd += ["--quantize", args.quantize]
+    for name in ("max_len_a", "max_len_b"):
+        if getattr(args, name) is not None:
+            cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    start, before = time.perf_counter(), os.times()
+    subprocess.run(cmd, check=True, env=env)
+    after = os.times()
+    cpu = (after.children_user + after.children_system) - (before.children_user
+                                                           + before.children_system)
+    return time.perf_counter() - start, cpu
+
+
+def decode_only(args) -> tuple[float, float, int, int, list[str]]:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as nmt translate does
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from nmt_cli.bitext import read_lines
+    from nmt_cli.inference import translate_lines
+    from nmt_cli.runtime import pick_device
+    from nmt_cli.translate import load_models
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    model, tok, recipe = load_models([args.model], device, args.quantize)
+    cfg = replace(recipe.decode, beam_size=args.beam_size, batch_size=args.batch_size,
+                  batch_type=args.batch_type)
+    for name in ("max_len_a", "max_len_b"):
+        if getattr(args, name) is not None:
+            cfg = replace(cfg, **{name: getattr(args, name)})
+    lines = list(read_lines(args.input))
+    with torch.inference_mode():
+        translate_lines(model, tok, lines[: min(len(lines), 64)], cfg, device)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        found = translate_lines(model, tok, lines, cfg, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    tokens = sum(len(t.hypotheses[0].tokens) for t in found if t.hypotheses)
+    return seconds, cpu, len(lines), tokens, [t.text for t in found]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-m", "--model", type=Path, required=True)
+    parser.add_argument("-i", "--input", type=Path, required=True)
+    parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-type", choices=["sentences", "tokens"], default="sentences")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--quantize", choices=["int8"], default=None)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: default")
+    parser.add_argument("--max-len-a", type=float, default=None)
+    parser.add_argument("--max-len-b", type=int, default=None)
+    parser.add_argument("--output", type=Path, default=None, help="Keep the translations here.")
+    parser.add_argument("--skip-process", action="store_true", help="Only the decode-only run.")
+    args = parser.parse_args()
+
+    seconds, cpu, sentences, tokens, texts = decode_only(args)
+    setting = (f"beam {args.beam_size}, batch {args.batch_size} {args.batch_type}, "
+               f"{args.device}{', int8' if args.quantize else ''}"
+               f"{f', {args.threads} threads' if args.threads else ''}")
+    print(f"decode only   ({setting}): {sentences} sentences, {tokens} tokens in {seconds:.2f} s: "
+          f"{sentences / seconds:.1f} sentences/s, {tokens / seconds:.1f} tokens/s "
+          f"(CPU time {cpu:.2f} s)")
+    if not args.skip_process:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = args.output or Path(tmp) / "hyp.txt"
+            wall, cpu = whole_process(args, out)
+            same = out.read_text(encoding="utf-8").split("\n")[:-1] == texts
+        print(f"whole process ({setting}): {sentences} sentences, {tokens} tokens in {wall:.2f} s: "
+              f"{sentences / wall:.1f} sentences/s, {tokens / wall:.1f} tokens/s"
+              f" (CPU time {cpu:.2f} s)"
+              f"{'' if same else '  (warning: output differs from the decode-only run)'}")
+
+
+if __name__ == "__main__":
+    main()

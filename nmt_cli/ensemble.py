@@ -1,0 +1,55 @@
+"""An ensemble of models behind the single-model decoding contract.
+
+``Ensemble.encode`` and ``Ensemble.step`` look exactly like a model's, so every search in
+``nmt_cli.search`` decodes an ensemble unchanged. Each step averages the members' log-probabilities
+(a weighted product of experts, as Marian does) and their attention weights. Members must share
+the target vocabulary; the caller checks that their tokenizers are identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class EnsembleMemory:
+    parts: list[Any]  # one Memory per member
+
+    def select(self, index: Tensor) -> "EnsembleMemory":
+        return EnsembleMemory([m.select(index) for m in self.parts])
+
+
+@dataclass
+class EnsembleState:
+    parts: list[Any]  # one DecoderState per member
+
+    def select(self, index: Tensor) -> "EnsembleState":
+        return EnsembleState([s.select(index) for s in self.parts])
+
+
+class Ensemble(nn.Module):
+    def __init__(self, models: list[nn.Module]):
+        super().__init__()
+        if not models:
+            raise ValueError("an ensemble needs at least one model")
+        self.members = nn.ModuleList(models)
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[EnsembleMemory, EnsembleState]:
+        encoded = [m.encode(src, src_lengths) for m in self.members]
+        return EnsembleMemory([e[0] for e in encoded]), EnsembleState([e[1] for e in encoded])
+
+    def step(self, prev_tokens: Tensor, state: EnsembleState,
+             memory: EnsembleMemory) -> tuple[Tensor, EnsembleState, Tensor]:
+        """Mean log-probabilities (N, V) and mean attention (N, S) over the members."""
+        outs = [m.step(prev_tokens, s, mem)
+                for m, s, mem in zip(self.members, state.parts, memory.parts)]
+        if len(outs) == 1:
+            lp, st, att = outs[0]
+            return lp, EnsembleState([st]), att
+        log_probs = torch.stack([o[0] for o in outs]).mean(dim=0)
+        attention = torch.stack([o[2].float() for o in outs]).mean(dim=0)
+        return log_probs, EnsembleState([o[1] for o in outs]), attention

@@ -1,0 +1,84 @@
+"""A tiny model trained for a few steps on data/sample, made once per test session.
+
+Decoding tests import ``sample_model`` (a pytest fixture) from here; the training runs once per
+process through the plain functions (tokenizer, preprocess, Trainer), in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+
+
+def _head(src: Path, dst: Path, n: int) -> Path:
+    with open(src, encoding="utf-8") as fh:
+        lines = [next(fh) for _ in range(n)]
+    dst.write_text("".join(lines), encoding="utf-8")
+    return dst
+
+
+@functools.lru_cache(maxsize=1)
+def trained_checkpoint() -> Path:
+    import torch
+
+    from nmt_cli.preprocess import preprocess
+    from nmt_cli.recipes import recipe_from_dict
+    from nmt_cli.tokenizer import train_tokenizers
+    from nmt_cli.trainer import Trainer
+
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="nmt-decode-tests-"))
+    data = work / "data"
+    data.mkdir()
+    files = {}
+    for split, n in (("train", 3000), ("dev", 20)):
+        for side in ("src", "tgt"):
+            path = _head(SAMPLE / f"{split}.{side}", data / f"{split}.{side}", n)
+            files[(split, side)] = str(path)
+    raw = {
+        "name": "decode-tests", "workdir": str(work / "run"),
+        "data": {"train": {"src": files[("train", "src")], "tgt": files[("train", "tgt")]},
+                 "dev": {"src": files[("dev", "src")], "tgt": files[("dev", "tgt")]}},
+        "tokenizer": {"vocab_size": 200, "num_threads": 1},
+        "model": {"emb_size": 32, "emb_dropout": 0.0,
+                  "encoder": {"hidden_size": 32, "dropout": 0.0},
+                  "decoder": {"hidden_size": 64, "dropout": 0.0}},
+        "train": {"seed": 7, "batch_tokens": 1500, "max_steps": 60, "learning_rate": 0.01,
+                  "valid_every": 1000, "log_every": 1000, "valid_max_sentences": 5,
+                  "threads": 1, "device": "cpu"},
+        "decode": {"beam_size": 5, "batch_size": 64},
+    }
+    recipe = recipe_from_dict(raw)
+    train_tokenizers(recipe)
+    preprocess(recipe)
+    Trainer(recipe, "cpu").train()
+    ckpt = work / "run" / "checkpoints" / "last.pt"
+    import atexit
+
+    atexit.register(shutil.rmtree, work, True)
+    return ckpt
+
+
+@pytest.fixture(scope="session")
+def sample_checkpoint() -> Path:
+    return trained_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def sample_model(sample_checkpoint):
+    """(model, tokenizers, recipe) of the tiny trained model, on the CPU, in eval mode."""
+    from nmt_cli.checkpoint import load_checkpoint, model_from_checkpoint
+
+    return model_from_checkpoint(load_checkpoint(sample_checkpoint), sample_checkpoint, "cpu")
+
+
+def source_lines(n: int = 40) -> list[str]:
+    with open(SAMPLE / "test.src", encoding="utf-8") as fh:
+        return [next(fh).rstrip("\n") for _ in range(n)]

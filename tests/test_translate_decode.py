@@ -1,0 +1,158 @@
+"""nmt translate end to end: output forms, ensembles, alignments, robustness, streaming."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from _decode_fixtures import ROOT, sample_checkpoint, source_lines  # noqa: F401
+from nmt_cli.cli import app
+from nmt_cli.errors import NmtError
+from nmt_cli.translate import TranslateOptions, translate_file
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def _read(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").split("\n")[:-1]
+
+
+@pytest.fixture()
+def source(tmp_path) -> Path:
+    return _write(tmp_path / "in.src", source_lines(12))
+
+
+def test_robust_to_long_empty_and_blank_lines(sample_checkpoint, tmp_path):
+    lines = [source_lines(1)[0], " ".join(["word"] * 5000), "", "   \t  ", source_lines(2)[1]]
+    src = _write(tmp_path / "odd.src", lines)
+    out, align = tmp_path / "odd.hyp", tmp_path / "odd.align"
+    stats = translate_file(sample_checkpoint, src, out, device="cpu",
+                           decode={"max_src_len": 100, "beam_size": 2},
+                           options=TranslateOptions(alignments=align))
+    hyps = _read(out)
+    assert len(hyps) == len(lines) and hyps[2] == "" and hyps[3] == ""
+    assert hyps[0] and hyps[4]
+    assert len(_read(align)) == len(lines)
+    assert stats.sentences == len(lines) and stats.truncated == 1
+
+
+def test_alignments_are_pharaoh_within_the_sentence(sample_checkpoint, source, tmp_path):
+    out, align = tmp_path / "out.hyp", tmp_path / "out.align"
+    translate_file(sample_checkpoint, source, out, device="cpu",
+                   options=TranslateOptions(alignments=align))
+    rows = _read(align)
+    assert len(rows) == len(_read(source))
+    for row in rows:
+        pairs = [tuple(map(int, p.split("-"))) for p in row.split()]
+        assert [j for _, j in pairs] == list(range(len(pairs)))  # one link per target subword
+        assert all(i >= 0 for i, _ in pairs)
+
+
+def test_n_best_tsv_sorted_and_scores_match_forced_decoding(sample_checkpoint, source, tmp_path):
+    nbest = tmp_path / "nbest.tsv"
+    translate_file(sample_checkpoint, source, nbest, device="cpu",
+                   decode={"length_norm": "none"}, options=TranslateOptions(n_best=3))
+    rows = [r.split("\t") for r in _read(nbest)]
+    assert len(rows) == 3 * len(_read(source))
+    for i in range(len(_read(source))):
+        scores = [float(r[1]) for r in rows if r[0] == str(i)]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    # With raw scores, scoring each best hypothesis as a reference gives its score back.
+    best = _write(tmp_path / "best.txt", [r[2] for r in rows if True][::3])
+    scored = tmp_path / "scored.txt"
+    translate_file(sample_checkpoint, source, scored, device="cpu",
+                   options=TranslateOptions(score_reference=best))
+    forced = [float(x) for x in _read(scored)]
+    assert forced == pytest.approx([float(r[1]) for r in rows][::3], abs=2e-3)
+
+
+def test_ensemble_of_a_model_with_itself_matches_the_model(sample_checkpoint, source, tmp_path):
+    single, double = tmp_path / "one.hyp", tmp_path / "two.hyp"
+    translate_file(sample_checkpoint, source, single, device="cpu")
+    translate_file([sample_checkpoint, sample_checkpoint], source, double, device="cpu")
+    assert _read(single) == _read(double)
+
+
+def test_int8_quantization_keeps_one_line_per_line(sample_checkpoint, source, tmp_path):
+    out = tmp_path / "q.hyp"
+    translate_file(sample_checkpoint, source, out, device="cpu",
+                   options=TranslateOptions(quantize="int8"))
+    assert len(_read(out)) == len(_read(source))
+
+
+def test_plot_attention_without_matplotlib_says_how_to_install(sample_checkpoint, source,
+                                                               tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(NmtError, match="pip install matplotlib"):
+        translate_file(sample_checkpoint, source, tmp_path / "x.hyp", device="cpu",
+                       options=TranslateOptions(plot_attention=tmp_path / "plots"))
+
+
+def test_plot_attention_writes_one_png_per_sentence(sample_checkpoint, tmp_path):
+    pytest.importorskip("matplotlib")
+    src = _write(tmp_path / "in.src", source_lines(2) + [""])
+    plots = tmp_path / "plots"
+    translate_file(sample_checkpoint, src, tmp_path / "out.hyp", device="cpu",
+                   options=TranslateOptions(plot_attention=plots))
+    assert sorted(p.name for p in plots.iterdir()) == ["000000.png", "000001.png"]
+
+
+def test_cli_average_and_n_best_errors(sample_checkpoint, source, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "avg.pt"
+    result = runner.invoke(app, ["average", "-o", str(out), str(sample_checkpoint),
+                                 str(sample_checkpoint)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    result = runner.invoke(app, ["translate", "-m", str(out), "-i", str(source), "--beam-size",
+                                 "2", "--n-best", "3", "--device", "cpu"])
+    assert result.exit_code != 0 and "--n-best 3 is larger than --beam-size 2" in result.output
+
+
+def test_stdin_streams_first_translation_before_input_ends(sample_checkpoint):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "nmt_cli", "translate", "-m",
+                             str(sample_checkpoint), "--device", "cpu", "--beam-size", "2", "-q"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=ROOT)
+    first: list[bytes] = []
+    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
+    try:
+        lines = source_lines(3)
+        proc.stdin.write((lines[0] + "\n").encode())
+        proc.stdin.flush()
+        reader.start()
+        reader.join(timeout=60)
+        assert first and first[0].strip(), "no translation before the input was closed"
+        assert proc.poll() is None  # still waiting for more input
+        proc.stdin.write(("\n".join(lines[1:]) + "\n").encode())
+        proc.stdin.close()
+        rest = proc.stdout.read().decode().split("\n")[:-1]
+        assert proc.wait(timeout=60) == 0
+        assert len(rest) == 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_output_to_a_link_to_a_device_writes_through_it(sample_checkpoint, source, tmp_path):
+    link = tmp_path / "sink"
+    link.symlink_to(os.devnull)  # like --alignments /dev/stdout: must not be renamed over
+    translate_file(sample_checkpoint, source, link, device="cpu",
+                   options=TranslateOptions(alignments=link))
+    assert link.is_symlink() and not link.is_file()
+    target = tmp_path / "real.hyp"
+    target.write_text("old\n", encoding="utf-8")
+    to_file = tmp_path / "to_file"
+    to_file.symlink_to(target)  # like /dev/stderr when stderr is redirected to a file
+    translate_file(sample_checkpoint, source, to_file, device="cpu")
+    assert to_file.is_symlink() and len(_read(target)) == len(_read(source))
