@@ -1,19 +1,24 @@
-"""Reading line-aligned bitexts (plain or compressed), cleaning and filtering them. No torch here."""
+"""Reading line-aligned bitexts: plain, .gz, .xz or .bz2 files, or one two-column TSV file.
+
+Corpora are read in chunks of raw bytes, so the reading process never holds more than a chunk;
+decoding and clean-up happen where the chunk is encoded. No torch here.
+"""
 
 from __future__ import annotations
 
 import bz2
 import gzip
-import hashlib
 import lzma
-import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import IO, Iterator
 
+from nmt_cli.config import Corpus
 from nmt_cli.errors import DataError
 
 _OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+BOM = b"\xef\xbb\xbf"
 
 
 def open_binary(path: Path) -> IO[bytes]:
@@ -22,12 +27,15 @@ def open_binary(path: Path) -> IO[bytes]:
     if not path.is_file():
         raise DataError("file not found; check the path in the recipe", path)
     opener = _OPENERS.get(path.suffix.lower())
-    return opener(path, "rb") if opener else open(path, "rb")  # type: ignore[operator]
+    try:
+        return opener(path, "rb") if opener else open(path, "rb")  # type: ignore[operator]
+    except OSError as exc:
+        raise DataError(f"cannot open: {exc}", path) from None
 
 
 def decode_line(raw: bytes, path: Path, lineno: int, errors: str = "strict") -> str:
     """Bytes of one line to text, without the line ending; a BOM on the first line is dropped."""
-    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+    if lineno == 1 and raw.startswith(BOM):
         raw = raw[3:]
     try:
         text = raw.decode("utf-8", errors=errors)
@@ -44,14 +52,53 @@ def read_lines(path: Path, errors: str = "strict") -> Iterator[str]:
             yield decode_line(raw, path, lineno, errors)
 
 
-def count_lines(path: Path) -> int:
-    n = 0
+def _scan(path: Path) -> tuple[int, int]:
+    """Lines and tab characters in a file, read in large blocks (a missing final newline counts)."""
+    lines = tabs = 0
     last = b"\n"
+    try:
+        with open_binary(path) as fh:
+            while chunk := fh.read(1 << 20):
+                lines += chunk.count(b"\n")
+                tabs += chunk.count(b"\t")
+                last = chunk[-1:]
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        raise DataError(f"cannot read: {exc}", path) from None
+    return lines + (0 if last == b"\n" else 1), tabs
+
+
+def count_lines(path: Path) -> int:
+    return _scan(path)[0]
+
+
+def count_pairs(corpus: Corpus) -> int:
+    """The number of pairs in a corpus, checking alignment first; raises DataError naming files.
+
+    Two files must have the same number of lines; each TSV line must have exactly one tab.
+    """
+    if corpus.tsv is not None:
+        n, tabs = _scan(corpus.tsv)
+        if tabs != n:
+            lineno, found = _first_bad_tsv_line(corpus.tsv)
+            raise DataError(f"the TSV bitext is misaligned: line {lineno} has {found} columns, "
+                            f"expected 2 (source<TAB>target); {n} lines hold {tabs} tabs",
+                            corpus.tsv)
+        return n
+    src, tgt = corpus.src, corpus.tgt
+    assert src is not None and tgt is not None
+    n_src, n_tgt = count_lines(src), count_lines(tgt)
+    if n_src != n_tgt:
+        raise DataError(f"the bitext is misaligned: {src} has {n_src} lines but {tgt} has {n_tgt}; "
+                        "both files must have one sentence per line, in the same order")
+    return n_src
+
+
+def _first_bad_tsv_line(path: Path) -> tuple[int, int]:
     with open_binary(path) as fh:
-        while chunk := fh.read(1 << 20):
-            n += chunk.count(b"\n")
-            last = chunk[-1:]
-    return n + (0 if last == b"\n" else 1)
+        for lineno, raw in enumerate(fh, 1):
+            if raw.count(b"\t") != 1:
+                return lineno, raw.count(b"\t") + 1
+    return 0, 0  # pragma: no cover - only called when a bad line exists
 
 
 def read_bitext(src: Path, tgt: Path, errors: str = "strict") -> Iterator[tuple[str, str]]:
@@ -59,66 +106,77 @@ def read_bitext(src: Path, tgt: Path, errors: str = "strict") -> Iterator[tuple[
 
     Counts are checked before anything is yielded, so a caller never writes half an output.
     """
-    n_src, n_tgt = count_lines(src), count_lines(tgt)
-    if n_src != n_tgt:
-        raise DataError(f"the bitext is misaligned: {src} has {n_src} lines but {tgt} has {n_tgt}; "
-                        "both files must have one sentence per line, in the same order")
+    count_pairs(Corpus(src=src, tgt=tgt))
     yield from zip(read_lines(src, errors), read_lines(tgt, errors))
 
 
-def normalize(text: str) -> str:
-    """NFC, with runs of whitespace collapsed to one space and the ends trimmed."""
-    return " ".join(unicodedata.normalize("NFC", text).split())
-
-
 @dataclass
-class FilterReport:
-    """How many pairs came in, how many each filter dropped, and how many were kept."""
+class RawChunk:
+    """Consecutive raw lines of one corpus (without their ``\\n``), starting at line ``first``."""
 
-    pairs_in: int = 0
-    kept: int = 0
-    dropped: dict[str, int] = field(default_factory=lambda: {
-        "empty": 0, "too_short": 0, "too_long": 0, "length_ratio": 0, "duplicate": 0})
+    corpus: int
+    first: int
+    src: list[bytes]
+    tgt: list[bytes]
+    src_path: str
+    tgt_path: str
 
-    def as_dict(self) -> dict[str, object]:
-        return {"pairs_in": self.pairs_in, "kept": self.kept, "dropped": dict(self.dropped)}
+    def __len__(self) -> int:
+        return len(self.src)
 
 
-@dataclass
-class PairFilter:
-    """Drops empty, too short, too long, badly proportioned and duplicate pairs, counting each.
+def _strip_newlines(lines: list[bytes]) -> list[bytes]:
+    return [line[:-1] if line.endswith(b"\n") else line for line in lines]
 
-    Lengths are in subword tokens when the caller passes token counts, else in whitespace words.
+
+def read_chunks(corpus: Corpus, index: int, size: int) -> Iterator[RawChunk]:
+    """Yield a corpus as chunks of ``size`` raw line pairs. Call ``count_pairs`` first."""
+    if corpus.tsv is not None:
+        path = str(corpus.tsv)
+        with open_binary(corpus.tsv) as fh:
+            first = 1
+            while lines := _strip_newlines(list(islice(fh, size))):
+                cols = [line.split(b"\t", 1) for line in lines]
+                for i, col in enumerate(cols):
+                    if len(col) != 2:
+                        raise DataError("the TSV bitext is misaligned: this line has no tab; "
+                                        "expected source<TAB>target", path, first + i)
+                yield RawChunk(index, first, [c[0] for c in cols], [c[-1] for c in cols], path, path)
+                first += len(lines)
+        return
+    assert corpus.src is not None and corpus.tgt is not None
+    with open_binary(corpus.src) as fs, open_binary(corpus.tgt) as ft:
+        first = 1
+        while src := _strip_newlines(list(islice(fs, size))):
+            tgt = _strip_newlines(list(islice(ft, size)))
+            if len(tgt) != len(src):  # the file changed since it was counted
+                raise DataError(f"the bitext is misaligned: {corpus.tgt} ends at line "
+                                f"{first + len(tgt) - 1} but {corpus.src} goes on")
+            yield RawChunk(index, first, src, tgt, str(corpus.src), str(corpus.tgt))
+            first += len(src)
+
+
+def decode_side(raw: list[bytes], policy: str, path: str, first: int,
+                counts: dict[str, int]) -> tuple[list[str], list[int]]:
+    """Decode raw lines with the invalid-UTF-8 ``policy``; return the text and the bad line indices.
+
+    ``drop`` and ``replace`` count the line in ``counts['invalid_utf8']``; ``error`` raises
+    DataError naming the file and line. Bad lines decode with U+FFFD in either case.
     """
-
-    min_len: int = 1
-    max_len: int = 100
-    max_ratio: float = 3.0
-    dedup: bool = True
-    report: FilterReport = field(default_factory=FilterReport)
-    _seen: set[bytes] = field(default_factory=set, repr=False)
-
-    def keep(self, src: str, tgt: str, src_len: int, tgt_len: int) -> bool:
-        self.report.pairs_in += 1
-        reason = self._reason(src, tgt, src_len, tgt_len)
-        if reason:
-            self.report.dropped[reason] += 1
-            return False
-        self.report.kept += 1
-        return True
-
-    def _reason(self, src: str, tgt: str, src_len: int, tgt_len: int) -> str | None:
-        if not src.strip() or not tgt.strip():
-            return "empty"
-        if min(src_len, tgt_len) < self.min_len:
-            return "too_short"
-        if max(src_len, tgt_len) > self.max_len:
-            return "too_long"
-        if max(src_len, tgt_len) > self.max_ratio * max(1, min(src_len, tgt_len)):
-            return "length_ratio"
-        if self.dedup:
-            digest = hashlib.blake2b(f"{src}\t{tgt}".encode("utf-8"), digest_size=12).digest()
-            if digest in self._seen:
-                return "duplicate"
-            self._seen.add(digest)
-        return None
+    try:
+        return b"\n".join(raw).decode("utf-8").split("\n"), []
+    except UnicodeDecodeError:
+        pass
+    text, bad = [], []
+    for i, line in enumerate(raw):
+        try:
+            text.append(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            if policy == "error":
+                raise DataError(f"invalid UTF-8 at byte {exc.start}; fix the encoding (for example "
+                                "with iconv), or set preprocess.normalize.invalid_utf8 to drop or "
+                                "replace", path, first + i) from None
+            counts["invalid_utf8"] = counts.get("invalid_utf8", 0) + 1
+            bad.append(i)
+            text.append(line.decode("utf-8", errors="replace"))
+    return text, bad
