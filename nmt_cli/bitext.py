@@ -9,8 +9,8 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+from collections import Counter
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -112,21 +112,56 @@ def read_bitext(src: Path, tgt: Path, errors: str = "strict") -> Iterator[tuple[
 
 @dataclass
 class RawChunk:
-    """Consecutive raw lines of one corpus (without their ``\\n``), starting at line ``first``."""
+    """``n`` consecutive raw lines of one corpus joined by ``\\n``, starting at line ``first``.
+
+    For a TSV corpus ``tgt`` is None and ``src`` holds whole lines; ``split_tsv`` separates them.
+    """
 
     corpus: int
     first: int
-    src: list[bytes]
-    tgt: list[bytes]
+    n: int
+    src: bytes
+    tgt: bytes | None
     src_path: str
     tgt_path: str
 
     def __len__(self) -> int:
-        return len(self.src)
+        return self.n
 
 
-def _strip_newlines(lines: list[bytes]) -> list[bytes]:
-    return [line[:-1] if line.endswith(b"\n") else line for line in lines]
+class LineReader:
+    """Hands out lines of a binary stream ``n`` at a time, reading it in large blocks."""
+
+    def __init__(self, fh: IO[bytes], block: int = 1 << 20):
+        self.fh, self.block = fh, block
+        self.lines: list[bytes] = []
+        self.pos = 0
+        self.rest = b""
+        self.eof = False
+
+    def take(self, n: int) -> list[bytes]:
+        out: list[bytes] = []
+        while len(out) < n:
+            if self.pos >= len(self.lines) and not self._fill():
+                break
+            k = min(n - len(out), len(self.lines) - self.pos)
+            out += self.lines[self.pos:self.pos + k]
+            self.pos += k
+        return out
+
+    def _fill(self) -> bool:
+        while not self.eof:
+            data = self.fh.read(self.block)
+            if not data:
+                self.eof = True
+                self.lines, self.pos, self.rest = ([self.rest] if self.rest else []), 0, b""
+                return bool(self.lines)
+            lines = (self.rest + data).split(b"\n") if self.rest else data.split(b"\n")
+            self.rest = lines.pop()
+            if lines:
+                self.lines, self.pos = lines, 0
+                return True
+        return False
 
 
 def read_chunks(corpus: Corpus, index: int, size: int) -> Iterator[RawChunk]:
@@ -134,41 +169,48 @@ def read_chunks(corpus: Corpus, index: int, size: int) -> Iterator[RawChunk]:
     if corpus.tsv is not None:
         path = str(corpus.tsv)
         with open_binary(corpus.tsv) as fh:
-            first = 1
-            while lines := _strip_newlines(list(islice(fh, size))):
-                cols = [line.split(b"\t", 1) for line in lines]
-                for i, col in enumerate(cols):
-                    if len(col) != 2:
-                        raise DataError("the TSV bitext is misaligned: this line has no tab; "
-                                        "expected source<TAB>target", path, first + i)
-                yield RawChunk(index, first, [c[0] for c in cols], [c[-1] for c in cols], path, path)
+            reader, first = LineReader(fh), 1
+            while lines := reader.take(size):
+                yield RawChunk(index, first, len(lines), b"\n".join(lines), None, path, path)
                 first += len(lines)
         return
     assert corpus.src is not None and corpus.tgt is not None
     with open_binary(corpus.src) as fs, open_binary(corpus.tgt) as ft:
-        first = 1
-        while src := _strip_newlines(list(islice(fs, size))):
-            tgt = _strip_newlines(list(islice(ft, size)))
+        src_reader, tgt_reader, first = LineReader(fs), LineReader(ft), 1
+        while src := src_reader.take(size):
+            tgt = tgt_reader.take(size)
             if len(tgt) != len(src):  # the file changed since it was counted
                 raise DataError(f"the bitext is misaligned: {corpus.tgt} ends at line "
                                 f"{first + len(tgt) - 1} but {corpus.src} goes on")
-            yield RawChunk(index, first, src, tgt, str(corpus.src), str(corpus.tgt))
+            yield RawChunk(index, first, len(src), b"\n".join(src), b"\n".join(tgt),
+                           str(corpus.src), str(corpus.tgt))
             first += len(src)
 
 
-def decode_side(raw: list[bytes], policy: str, path: str, first: int,
-                counts: dict[str, int]) -> tuple[list[str], list[int]]:
-    """Decode raw lines with the invalid-UTF-8 ``policy``; return the text and the bad line indices.
+def split_tsv(chunk: RawChunk) -> tuple[bytes, bytes]:
+    """The source and target columns of a TSV chunk, each as lines joined by ``\\n``."""
+    cols = [line.split(b"\t", 1) for line in chunk.src.split(b"\n")]
+    for i, col in enumerate(cols):
+        if len(col) != 2:
+            raise DataError("the TSV bitext is misaligned: this line has no tab; expected "
+                            "source<TAB>target", chunk.src_path, chunk.first + i)
+    return b"\n".join(c[0] for c in cols), b"\n".join(c[1] for c in cols)
 
-    ``drop`` and ``replace`` count the line in ``counts['invalid_utf8']``; ``error`` raises
-    DataError naming the file and line. Bad lines decode with U+FFFD in either case.
+
+def decode_side(block: bytes, n: int, policy: str, path: str, first: int,
+                counts: Counter) -> tuple[list[str], list[int]]:
+    """Decode ``n`` raw lines joined by newlines with the invalid-UTF-8 ``policy``.
+
+    Returns the text and the indices of undecodable lines. ``drop`` and ``replace`` count such a
+    line in ``counts['invalid_utf8']`` (and decode it with U+FFFD); ``error`` raises DataError
+    naming the file and line.
     """
     try:
-        return b"\n".join(raw).decode("utf-8").split("\n"), []
+        return block.decode("utf-8").split("\n") if n else [], []
     except UnicodeDecodeError:
         pass
     text, bad = [], []
-    for i, line in enumerate(raw):
+    for i, line in enumerate(block.split(b"\n")):
         try:
             text.append(line.decode("utf-8"))
         except UnicodeDecodeError as exc:
@@ -176,7 +218,7 @@ def decode_side(raw: list[bytes], policy: str, path: str, first: int,
                 raise DataError(f"invalid UTF-8 at byte {exc.start}; fix the encoding (for example "
                                 "with iconv), or set preprocess.normalize.invalid_utf8 to drop or "
                                 "replace", path, first + i) from None
-            counts["invalid_utf8"] = counts.get("invalid_utf8", 0) + 1
+            counts["invalid_utf8"] += 1
             bad.append(i)
             text.append(line.decode("utf-8", errors="replace"))
     return text, bad

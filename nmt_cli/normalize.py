@@ -25,13 +25,29 @@ _ZERO_WIDTH_RE = re.compile(f"[{ZERO_WIDTH_CHARS}]")
 STEPS = ("crlf", "bom", "control", "zero_width", "unicode", "whitespace")
 
 
+_FIELD = 21  # bits per count in the packed per-line sums below
+_LONG = 1 << (_FIELD - 1)  # lines at least this long are counted exactly, one by one
+
+
 @functools.lru_cache(maxsize=1)
 def char_table() -> np.ndarray:
-    """Flags for every code point: control, zero-width, whitespace other than ' ', letter, space."""
+    """Flags for every code point: control, zero-width, whitespace other than ' ', letter, space.
+
+    Letters are what ``re`` calls ``[^\\W\\d_]`` (Unicode letters, plus a few numeric symbols such as
+    circled digits); spaces are ``\\s``. Built with two regex passes, so it takes a fraction of a
+    second.
+    """
+    every = "".join(map(chr, range(0x110000)))
+
+    def marks(pattern: str) -> np.ndarray:
+        text = re.sub(pattern, "\x01", every).encode("utf-32-le", "surrogatepass")
+        hit = np.frombuffer(text, dtype=np.uint32) == 1
+        hit[1] = re.fullmatch(pattern, "\x01") is not None
+        return hit
+
     table = np.zeros(0x110000, dtype=np.uint8)
-    chars = [chr(c) for c in range(0x110000)]
-    table[np.fromiter((c.isalpha() for c in chars), bool, 0x110000)] |= LETTER
-    table[np.fromiter((c.isspace() for c in chars), bool, 0x110000)] |= SPACE | ODD_SPACE
+    table[marks(r"[^\W\d_]")] |= LETTER
+    table[marks(r"\s")] |= SPACE | ODD_SPACE
     table[32] = SPACE
     for lo, hi in ((0x00, 0x08), (0x0E, 0x1B), (0x7F, 0x84), (0x86, 0x9F)):  # as _CONTROL_RE
         table[lo:hi + 1] |= CONTROL
@@ -40,29 +56,28 @@ def char_table() -> np.ndarray:
     return table
 
 
-def _code_points(lines: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The lines joined by newlines as a code-point array, with each line's start and end."""
-    text = "\n".join(lines)
-    cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+def _code_points(text: str, lines: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``text`` (the lines joined by newlines) as code points, with each line's start and end."""
+    cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
     ends = np.cumsum(lengths + 1) - 1
     return cps, ends - lengths, ends
 
 
-def _nonletter(flags: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    letters = np.concatenate([[0], np.cumsum((flags & LETTER) != 0)])
-    spaces = np.concatenate([[0], np.cumsum((flags & SPACE) != 0)])
-    n_letters = letters[ends] - letters[starts]
-    n_visible = (ends - starts) - (spaces[ends] - spaces[starts])
-    return np.where(n_visible > 0, 1.0 - n_letters / np.maximum(n_visible, 1), 0.0)
+def _ratio(letters: np.ndarray, spaces: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    visible = lengths - spaces
+    return np.where(visible > 0, 1.0 - letters / np.maximum(visible, 1), 0.0)
 
 
 def nonletter_ratio(lines: list[str]) -> np.ndarray:
     """Per line, the share of its non-space characters that are not letters (0 for a blank line)."""
-    if not lines:
-        return np.zeros(0)
-    cps, starts, ends = _code_points(lines)
-    return _nonletter(char_table()[cps], starts, ends)
+    table = char_table()
+    out = np.zeros(len(lines))
+    for i, line in enumerate(lines):
+        flags = table[np.frombuffer(line.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)]
+        out[i] = _ratio(np.count_nonzero(flags & LETTER), np.count_nonzero(flags & SPACE),
+                        len(line))
+    return out
 
 
 class Normalizer:
@@ -78,7 +93,12 @@ class Normalizer:
             mask |= ZERO_WIDTH
         if cfg.collapse_whitespace:
             mask |= ODD_SPACE
-        self.mask = mask
+        # One int64 per flag combination packing three counters, so one cumulative sum counts
+        # letters, spaces and characters some step would change, for every line of a chunk.
+        flags = np.arange(256)
+        self.codes = (((flags & LETTER) != 0).astype(np.int64)
+                      | (((flags & SPACE) != 0).astype(np.int64) << _FIELD)
+                      | (((flags & mask) != 0).astype(np.int64) << (2 * _FIELD)))
 
     def clean_lines(self, lines: list[str], file_start: bool,
                     counts: Counter) -> tuple[list[str], np.ndarray]:
@@ -88,42 +108,40 @@ class Normalizer:
         """
         if not lines:
             return lines, np.zeros(0)
-        if any(line.endswith("\r") for line in lines):
+        text = "\n".join(lines)
+        if "\r" in text:
             stripped = [line[:-1] if line.endswith("\r") else line for line in lines]
             counts["crlf"] += sum(a is not b for a, b in zip(lines, stripped))
             lines = stripped
+            text = "\n".join(lines)
         if file_start and lines[0].startswith("\ufeff"):
             lines = [lines[0][1:]] + lines[1:]
             counts["bom"] += 1
-        cps, starts, ends = _code_points(lines)
-        flags = char_table()[cps]
-        ratio = _nonletter(flags, starts, ends)
-        dirty = self._dirty(lines, cps, flags, starts, ends)
-        if dirty.size:
-            lines = list(lines)
-            for i in dirty.tolist():
-                lines[i] = self.clean_line(lines[i], counts)
-            ratio[dirty] = nonletter_ratio([lines[i] for i in dirty.tolist()])
-        return lines, ratio
-
-    def _dirty(self, lines: list[str], cps: np.ndarray, flags: np.ndarray, starts: np.ndarray,
-               ends: np.ndarray) -> np.ndarray:
-        """Indices of lines some enabled step may change."""
-        bad = np.zeros(len(cps) + 1, dtype=bool)
-        if self.mask:
-            bad[:-1] = (flags & self.mask) != 0
-        if self.cfg.collapse_whitespace and len(cps):
+            text = text[1:]
+        cps, starts, ends = _code_points(text, lines)
+        sums = np.concatenate([[0], np.cumsum(self.codes[char_table()[cps]])])
+        per_line = sums[ends] - sums[starts]
+        field = (1 << _FIELD) - 1
+        lengths = ends - starts
+        ratio = _ratio(per_line & field, (per_line >> _FIELD) & field, lengths)
+        dirty = (per_line >> (2 * _FIELD)) > 0
+        dirty |= lengths >= _LONG
+        if self.cfg.collapse_whitespace:
             space = cps == 32
-            bad[:-2] |= space[:-1] & space[1:]  # two spaces in a row
-            nonempty = ends > starts
-            bad[starts[nonempty]] |= space[starts[nonempty]]  # leading space
-            bad[ends[nonempty] - 1] |= space[ends[nonempty] - 1]  # trailing space
-        marked = np.concatenate([[0], np.cumsum(bad[:-1])])
-        dirty = (marked[ends] - marked[starts]) > 0
-        if self.form and not unicodedata.is_normalized(self.form, "\n".join(lines)):
+            doubled = np.flatnonzero(space[:-1] & space[1:])
+            dirty[np.searchsorted(ends, doubled, side="left")] = True
+            nonempty = lengths > 0
+            dirty[nonempty] |= space[starts[nonempty]] | space[ends[nonempty] - 1]
+        if self.form and not unicodedata.is_normalized(self.form, text):
             dirty |= np.fromiter((not unicodedata.is_normalized(self.form, line) for line in lines),
                                  bool, len(lines))
-        return np.flatnonzero(dirty)
+        rows = np.flatnonzero(dirty).tolist()
+        if rows:
+            lines = list(lines)
+            for i in rows:
+                lines[i] = self.clean_line(lines[i], counts)
+            ratio[rows] = nonletter_ratio([lines[i] for i in rows])
+        return lines, ratio
 
     def clean_line(self, line: str, counts: Counter) -> str:
         """Every enabled step on one line, in order, counting the steps that changed it."""

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from nmt_cli.bitext import RawChunk, count_pairs, decode_side, read_chunks
+from nmt_cli.bitext import RawChunk, count_pairs, decode_side, read_chunks, split_tsv
 from nmt_cli.config import PreprocessConfig, Recipe, Split
 from nmt_cli.errors import DataError
 from nmt_cli.files import atomic_write_text, sha256_file
@@ -88,8 +88,9 @@ def _init_worker(src_model: bytes, tgt_model: bytes, cfg: PreprocessConfig) -> N
 
 
 def _flat(ids: list[list[int]], rows: np.ndarray, lengths: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    return np.fromiter(chain.from_iterable(ids[j] for j in rows.tolist()), dtype=dtype,
-                       count=int(lengths.sum()))
+    if len(rows) < len(ids):
+        ids = [ids[j] for j in rows.tolist()]
+    return np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
 
 
 def encode_chunk(chunk: RawChunk, full: bool) -> EncodedChunk:
@@ -97,9 +98,10 @@ def encode_chunk(chunk: RawChunk, full: bool) -> EncodedChunk:
     cfg: PreprocessConfig = _WORKER["cfg"]
     policy = cfg.normalize.invalid_utf8
     norm = {"src": Counter(), "tgt": Counter()}
-    src, bad_src = decode_side(chunk.src, policy, chunk.src_path, chunk.first, norm["src"])
-    tgt, bad_tgt = decode_side(chunk.tgt, policy, chunk.tgt_path, chunk.first, norm["tgt"])
-    tsv = chunk.src_path == chunk.tgt_path
+    tsv = chunk.tgt is None
+    src_block, tgt_block = split_tsv(chunk) if tsv else (chunk.src, chunk.tgt)
+    src, bad_src = decode_side(src_block, chunk.n, policy, chunk.src_path, chunk.first, norm["src"])
+    tgt, bad_tgt = decode_side(tgt_block, chunk.n, policy, chunk.tgt_path, chunk.first, norm["tgt"])
     src, src_nonletter = _WORKER["normalizer"].clean_lines(src, chunk.first == 1, norm["src"])
     tgt, tgt_nonletter = _WORKER["normalizer"].clean_lines(tgt, chunk.first == 1 and not tsv,
                                                            norm["tgt"])
@@ -340,12 +342,12 @@ def preprocess(recipe: Recipe, dry_run: bool = False,
     splits = recipe.data.splits()
     if "train" not in splits:
         raise DataError("the recipe has no data.train section; add data.train.src and data.train.tgt")
+    start = time.time()
     pairs = {name: sum(count_pairs(c) for c in split.sources()) for name, split in splits.items()}
     tok = Tokenizers.load(recipe)
     out = None if dry_run else data_dir(recipe)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    start = time.time()
     reports: dict[str, Any] = {}
     encoder = Encoder(tok, recipe.preprocess)
     failed = True

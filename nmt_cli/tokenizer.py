@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import sentencepiece as spm
 
-from nmt_cli.bitext import count_pairs, read_chunks
+from nmt_cli.bitext import count_pairs, read_chunks, split_tsv
 from nmt_cli.config import NormalizeConfig, Recipe, Split, TokenizerConfig
 from nmt_cli.errors import DataError, NmtError
 from nmt_cli.files import atomic_write_bytes
@@ -35,9 +35,10 @@ def _sample_lines(split: Split, sides: tuple[str, ...], limit: int, seed: int,
     for index, corpus in enumerate(split.sources()):
         count_pairs(corpus)
         for chunk in read_chunks(corpus, index, 10_000):
+            blocks = split_tsv(chunk) if chunk.tgt is None else (chunk.src, chunk.tgt)
             for side in sides:
-                raw = chunk.src if side == "src" else chunk.tgt
-                text = [line.decode("utf-8", errors="replace") for line in raw]
+                raw = blocks[0] if side == "src" else blocks[1]
+                text = raw.decode("utf-8", errors="replace").split("\n") if chunk.n else []
                 lines, _ = normalizer.clean_lines(text, chunk.first == 1, Counter())
                 for line in lines:
                     if not line:
