@@ -150,19 +150,24 @@ class DedupTable:
         inside[first] = False
         dup |= inside
         todo = np.sort(first)
-        room = self.limit - self.size
-        if len(todo) > room:  # full: the overflow stays unchecked and is kept
-            self.unchecked += len(todo) - max(room, 0)
-            todo = todo[:max(room, 0)]
         slot = digests[todo] & self.mask
         while len(todo):
             found = self.table[slot]
             seen = found == digests[todo]
             dup[todo[seen]] = True
-            empty = found == 0
+            empty = np.flatnonzero(found == 0)
+            room = max(self.limit - self.size, 0)
+            if len(empty) > room:  # full: new pairs are kept unchecked, old ones still found
+                self.unchecked += len(empty) - room
+                overflow = np.zeros(len(todo), dtype=bool)
+                overflow[empty[room:]] = True
+                empty = empty[:room]
+            else:
+                overflow = np.zeros(len(todo), dtype=bool)
             self.table[slot[empty]] = digests[todo[empty]]  # rivals for one slot: one wins
-            won = empty & (self.table[slot] == digests[todo])
+            won = np.zeros(len(todo), dtype=bool)
+            won[empty] = self.table[slot[empty]] == digests[todo[empty]]
             self.size += int(won.sum())
-            moving = ~(seen | won)
+            moving = ~(seen | won | overflow)
             todo, slot = todo[moving], (slot[moving] + np.uint64(1)) & self.mask
         return dup
