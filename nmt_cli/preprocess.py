@@ -87,12 +87,6 @@ def _init_worker(src_model: bytes, tgt_model: bytes, cfg: PreprocessConfig) -> N
     char_table()
 
 
-def _flat(ids: list[list[int]], rows: np.ndarray, lengths: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if len(rows) < len(ids):
-        ids = [ids[j] for j in rows.tolist()]
-    return np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
-
-
 def encode_chunk(chunk: RawChunk, full: bool) -> EncodedChunk:
     """Decode, clean, filter and encode one chunk (runs in a worker process)."""
     cfg: PreprocessConfig = _WORKER["cfg"]
@@ -110,10 +104,8 @@ def encode_chunk(chunk: RawChunk, full: bool) -> EncodedChunk:
     keep = text_filter(cfg, full, src, tgt, bad, src_nonletter, tgt_nonletter, counts)
     src = [src[i] for i in keep]
     tgt = [tgt[i] for i in keep]
-    src_ids = _WORKER["src"].encode(src)
-    tgt_ids = _WORKER["tgt"].encode(tgt)
-    src_len = np.fromiter(map(len, src_ids), dtype=np.int64, count=len(src_ids))
-    tgt_len = np.fromiter(map(len, tgt_ids), dtype=np.int64, count=len(tgt_ids))
+    src_ids, src_len = _encode(_WORKER["src"], src, _WORKER["dtypes"][0])
+    tgt_ids, tgt_len = _encode(_WORKER["tgt"], tgt, _WORKER["dtypes"][1])
     ok = np.ones(len(src), dtype=bool)
     for name, mask in token_filter(cfg, full, src_len, tgt_len).items():
         for j in np.flatnonzero(mask).tolist():
@@ -125,10 +117,19 @@ def encode_chunk(chunk: RawChunk, full: bool) -> EncodedChunk:
         digests = np.frombuffer(b"".join(
             hashlib.blake2b(f"{src[j]}\t{tgt[j]}".encode("utf-8"), digest_size=8).digest()
             for j in rows.tolist()), dtype=np.uint64)
-    src_dtype, tgt_dtype = _WORKER["dtypes"]
-    return EncodedChunk(chunk.corpus, len(chunk), norm, counts,
-                        _flat(src_ids, rows, src_len[rows], src_dtype), src_len[rows],
-                        _flat(tgt_ids, rows, tgt_len[rows], tgt_dtype), tgt_len[rows], digests)
+    if len(rows) < len(ok):
+        src_ids, tgt_ids = src_ids[np.repeat(ok, src_len)], tgt_ids[np.repeat(ok, tgt_len)]
+        src_len, tgt_len = src_len[rows], tgt_len[rows]
+    return EncodedChunk(chunk.corpus, len(chunk), norm, counts, src_ids, src_len, tgt_ids, tgt_len,
+                        digests)
+
+
+def _encode(sp, lines: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Encode lines into one flat id array of ``dtype`` and the per-line lengths."""
+    ids = sp.encode(lines, num_threads=1)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    return flat, lengths
 
 
 class Encoder:
