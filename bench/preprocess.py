@@ -137,19 +137,27 @@ def main() -> None:
             tok_dir = workdir / "tokenizer"
         elif tok_dir != workdir / "tokenizer":
             shutil.copytree(tok_dir, workdir / "tokenizer", dirs_exist_ok=True)
+        load = os.getloadavg()[0]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         wall, peak, _ = run_measured(nmt + ["preprocess", str(recipe), "--no-progress"], env)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         manifest = json.loads((workdir / "data" / "manifest.json").read_text())
         train = manifest["splits"]["train"]
         children_max = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
         results.append({"pairs": n, "written": train["written"], "wall_s": round(wall, 2),
                         "pairs_per_s": round(n / wall), "inner_pairs_per_s":
                         manifest["pairs_per_second"], "peak_rss_mb": round(peak / 2**20, 1),
-                        "largest_process_rss_mb": round(children_max / 2**20, 1)})
+                        "largest_process_rss_mb": round(children_max / 2**20, 1),
+                        "cpu_s": round(cpu, 1), "pairs_per_cpu_s": round(n / cpu),
+                        "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)})
         r = results[-1]
         print(f"{n:>10,} pairs: {r['written']:,} written in {r['wall_s']} s end to end = "
               f"{r['pairs_per_s']:,} pairs/s ({r['inner_pairs_per_s']:,} inside preprocess); "
               f"peak RSS {r['peak_rss_mb']} MB summed over the process tree "
-              f"(largest single process so far {r['largest_process_rss_mb']} MB)", flush=True)
+              f"(largest single process so far {r['largest_process_rss_mb']} MB); "
+              f"{r['cpu_s']} CPU-s over all processes = {r['pairs_per_cpu_s']:,} pairs per CPU-s; "
+              f"load average {r['load_before']} before, {r['load_after']} after", flush=True)
     if len(results) >= 2:
         small, large = results[0], results[-1]
         growth = large["peak_rss_mb"] / small["peak_rss_mb"] - 1
