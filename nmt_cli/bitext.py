@@ -52,7 +52,7 @@ def read_lines(path: Path, errors: str = "strict") -> Iterator[str]:
             yield decode_line(raw, path, lineno, errors)
 
 
-def _scan(path: Path) -> tuple[int, int]:
+def scan_file(path: Path) -> tuple[int, int]:
     """Lines and tab characters in a file, read in large blocks (a missing final newline counts)."""
     lines = tabs = 0
     last = b"\n"
@@ -68,16 +68,22 @@ def _scan(path: Path) -> tuple[int, int]:
 
 
 def count_lines(path: Path) -> int:
-    return _scan(path)[0]
+    return scan_file(path)[0]
 
 
-def count_pairs(corpus: Corpus) -> int:
+def count_pairs(corpus: Corpus, scans: dict[Path, tuple[int, int]] | None = None) -> int:
     """The number of pairs in a corpus, checking alignment first; raises DataError naming files.
 
     Two files must have the same number of lines; each TSV line must have exactly one tab.
+    ``scans`` may hold ``scan_file`` results already computed (in parallel, say).
     """
+    scans = scans or {}
+
+    def scan(path: Path) -> tuple[int, int]:
+        return scans[path] if path in scans else scan_file(path)
+
     if corpus.tsv is not None:
-        n, tabs = _scan(corpus.tsv)
+        n, tabs = scan(corpus.tsv)
         if tabs != n:
             lineno, found = _first_bad_tsv_line(corpus.tsv)
             raise DataError(f"the TSV bitext is misaligned: line {lineno} has {found} columns, "
@@ -86,7 +92,7 @@ def count_pairs(corpus: Corpus) -> int:
         return n
     src, tgt = corpus.src, corpus.tgt
     assert src is not None and tgt is not None
-    n_src, n_tgt = count_lines(src), count_lines(tgt)
+    n_src, n_tgt = scan(src)[0], scan(tgt)[0]
     if n_src != n_tgt:
         raise DataError(f"the bitext is misaligned: {src} has {n_src} lines but {tgt} has {n_tgt}; "
                         "both files must have one sentence per line, in the same order")

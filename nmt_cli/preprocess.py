@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from nmt_cli.bitext import RawChunk, count_pairs, decode_side, read_chunks, split_tsv
+from nmt_cli.bitext import RawChunk, count_pairs, decode_side, read_chunks, scan_file, split_tsv
 from nmt_cli.config import PreprocessConfig, Recipe, Split
 from nmt_cli.errors import DataError
 from nmt_cli.files import atomic_write_text, sha256_file
@@ -145,6 +145,12 @@ class Encoder:
             self.pool = ctx.Pool(self.workers, _init_worker, args)
         else:
             _init_worker(*args)
+
+    def scan(self, paths: list[Path]) -> dict[Path, tuple[int, int]]:
+        """``scan_file`` on every path, in parallel when there are workers."""
+        paths = list(dict.fromkeys(paths))
+        results = self.pool.map(scan_file, paths, chunksize=1) if self.pool else map(scan_file, paths)
+        return dict(zip(paths, results))
 
     def map(self, chunks: Iterable[RawChunk], full: bool) -> Iterator[EncodedChunk]:
         if self.pool is None:
@@ -344,15 +350,23 @@ def preprocess(recipe: Recipe, dry_run: bool = False,
     if "train" not in splits:
         raise DataError("the recipe has no data.train section; add data.train.src and data.train.tgt")
     start = time.time()
-    pairs = {name: sum(count_pairs(c) for c in split.sources()) for name, split in splits.items()}
+    for split in splits.values():
+        for corpus in split.sources():
+            for path in corpus.files():
+                if not path.is_file():
+                    raise DataError("file not found; check the path in the recipe", path)
     tok = Tokenizers.load(recipe)
-    out = None if dry_run else data_dir(recipe)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    reports: dict[str, Any] = {}
     encoder = Encoder(tok, recipe.preprocess)
     failed = True
     try:
+        # Every corpus is counted and checked for alignment before anything is written.
+        scans = encoder.scan([p for s in splits.values() for c in s.sources() for p in c.files()])
+        pairs = {name: sum(count_pairs(c, scans) for c in split.sources())
+                 for name, split in splits.items()}
+        out = None if dry_run else data_dir(recipe)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        reports: dict[str, Any] = {}
         for name, split in splits.items():
             reports[name] = preprocess_split(name, split, tok, encoder, recipe, pairs[name], out,
                                              progress)
