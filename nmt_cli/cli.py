@@ -142,7 +142,7 @@ def _print_summary(manifest: dict, con) -> None:
             st = info[side]
             pct = " ".join(f"{k}={v}" for k, v in st.get("percentiles", {}).items())
             con.print(f"  {side}: {st['tokens']:,} tokens, length {pct}, unknown pieces "
-                      f"{st['unk_rate']:.3%}; lines cleaned: {norm}")
+                      f"{st['unk_rate']:.3%}; lines cleaned: {norm}", soft_wrap=True)
     con.print(f"{manifest['pairs_per_second']:,} pairs/s over {manifest['seconds']:.1f} s")
 
 
