@@ -146,11 +146,12 @@ class Encoder:
         else:
             _init_worker(*args)
 
-    def scan(self, paths: list[Path]) -> dict[Path, tuple[int, int]]:
-        """``scan_file`` on every path, in parallel when there are workers."""
-        paths = list(dict.fromkeys(paths))
-        results = self.pool.map(scan_file, paths, chunksize=1) if self.pool else map(scan_file, paths)
-        return dict(zip(paths, results))
+    def scan(self, files: list[tuple[Path, bool]]) -> dict[Path, tuple[int, int]]:
+        """``scan_file`` on every (path, is_tsv), in parallel when there are workers."""
+        files = list(dict.fromkeys(files))
+        results = (self.pool.starmap(scan_file, files, chunksize=1) if self.pool
+                   else [scan_file(*f) for f in files])
+        return {path: result for (path, _), result in zip(files, results)}
 
     def map(self, chunks: Iterable[RawChunk], full: bool) -> Iterator[EncodedChunk]:
         if self.pool is None:
@@ -360,7 +361,8 @@ def preprocess(recipe: Recipe, dry_run: bool = False,
     failed = True
     try:
         # Every corpus is counted and checked for alignment before anything is written.
-        scans = encoder.scan([p for s in splits.values() for c in s.sources() for p in c.files()])
+        scans = encoder.scan([(p, c.tsv is not None) for s in splits.values()
+                              for c in s.sources() for p in c.files()])
         pairs = {name: sum(count_pairs(c, scans) for c in split.sources())
                  for name, split in splits.items()}
         out = None if dry_run else data_dir(recipe)

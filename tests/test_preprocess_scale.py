@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from nmt_cli.config import TokenizerConfig
+from nmt_cli.bitext import scan_file
 from nmt_cli.errors import DataError
 from nmt_cli.filters import DedupTable
 from nmt_cli.preprocess import data_dir, preprocess
@@ -94,10 +95,13 @@ def test_dedup_table_memory_is_bounded_and_overflow_is_kept(tmp_path):
     assert small.nbytes == 1024 * 8  # sized to the corpus when that is smaller than the cap
 
 
-def test_misaligned_bitext_fails_before_writing_and_names_both_counts(tmp_path, model_bytes):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_misaligned_bitext_fails_before_writing_and_names_both_counts(tmp_path, model_bytes,
+                                                                    workers):
     src = write(tmp_path / "train.src", [sentence(i)[0] for i in range(5)])
     tgt = write(tmp_path / "train.tgt.gz", [sentence(i)[1] for i in range(4)])
-    recipe = make_recipe(tmp_path, model_bytes, {"train": {"src": str(src), "tgt": str(tgt)}})
+    recipe = make_recipe(tmp_path, model_bytes, {"train": {"src": str(src), "tgt": str(tgt)}},
+                         {"workers": workers})
     with pytest.raises(DataError) as err:
         preprocess(recipe)
     message = str(err.value)
@@ -114,6 +118,20 @@ def test_misaligned_dev_set_also_stops_before_train_is_written(tmp_path, model_b
     recipe = make_recipe(tmp_path, model_bytes, {"train": {"src": str(src), "tgt": str(tgt)},
                                                  "dev": {"src": str(dev_src), "tgt": str(dev_tgt)}})
     with pytest.raises(DataError, match="2 lines"):
+        preprocess(recipe)
+    assert not data_dir(recipe).exists()
+
+
+def test_tsv_line_without_a_tab_is_named(tmp_path, model_bytes):
+    tsv = write(tmp_path / "train.tsv", ["a\tb", "no tab here", "c\td\te"])
+    assert scan_file(tsv, tsv=True) == (3, 2)
+    tsv.write_bytes(b"a\tb\n" * 100_000 + b"c\td\te")  # the last line, without a newline
+    assert scan_file(tsv, tsv=True) == (100_001, 100_001)
+    tsv.write_bytes(b"a\tb\n" * 300_000 + b"c\td")
+    assert scan_file(tsv, tsv=True) == (300_001, 0)
+    tsv = write(tmp_path / "train.tsv", ["a\tb", "no tab here", "c\td\te"])
+    recipe = make_recipe(tmp_path, model_bytes, {"train": {"tsv": str(tsv)}})
+    with pytest.raises(DataError, match=r"train\.tsv: .*line 2 does not have exactly two"):
         preprocess(recipe)
     assert not data_dir(recipe).exists()
 
