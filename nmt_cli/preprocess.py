@@ -140,6 +140,7 @@ class Encoder:
         self.pool = None
         args = (tok.src_bytes, tok.tgt_bytes, cfg)
         if self.workers > 1:
+            char_table()  # built once here; forked workers share it
             methods = multiprocessing.get_all_start_methods()
             ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
             self.pool = ctx.Pool(self.workers, _init_worker, args)
