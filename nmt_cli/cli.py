@@ -137,12 +137,17 @@ def _print_summary(manifest: dict, con) -> None:
         con.print(table)
         for name, (src, tgt) in shown:
             con.print(f"  dropped by {name}: {src[:70]!r} ||| {tgt[:70]!r}", soft_wrap=True)
+        lengths = Table(title=f"{split}: subword lengths of the pairs written", title_justify="left")
+        for col in ("side", "tokens", "p50", "p90", "p95", "p99", "max", "unk rate", "lines cleaned"):
+            lengths.add_column(col, justify="left" if col in ("side", "lines cleaned") else "right")
         for side in ("src", "tgt"):
-            norm = ", ".join(f"{k} {v:,}" for k, v in info["normalized"][side].items()) or "none"
             st = info[side]
-            pct = " ".join(f"{k}={v}" for k, v in st.get("percentiles", {}).items())
-            con.print(f"  {side}: {st['tokens']:,} tokens, length {pct}, unknown pieces "
-                      f"{st['unk_rate']:.3%}; lines cleaned: {norm}", soft_wrap=True)
+            pct = st.get("percentiles", {})
+            norm = ", ".join(f"{k} {v:,}" for k, v in info["normalized"][side].items()) or "none"
+            lengths.add_row(side, f"{st['tokens']:,}", *(str(pct.get(k, "-")) for k in
+                                                          ("p50", "p90", "p95", "p99", "p100")),
+                            f"{st['unk_rate']:.3%}", norm)
+        con.print(lengths)
     con.print(f"{manifest['pairs_per_second']:,} pairs/s over {manifest['seconds']:.1f} s")
 
 
