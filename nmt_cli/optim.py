@@ -12,8 +12,12 @@ from nmt_cli.config import TrainConfig
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas),  # type: ignore[arg-type]
-               weight_decay=cfg.weight_decay)
+    params = list(params)
+    kwargs = dict(lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    try:  # the fused kernel is several times faster, on the CPU too (torch >= 2.4)
+        return cls(params, fused=True, **kwargs)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError, ValueError):
+        return cls(params, **kwargs)  # type: ignore[arg-type]
 
 
 class LrSchedule:

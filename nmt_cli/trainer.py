@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from nmt_cli.bitext import read_bitext
 from nmt_cli.checkpoint import make_checkpoint, save_checkpoint
@@ -37,13 +36,21 @@ from nmt_cli.tokenizer import PAD_ID, Tokenizers
 
 def sequence_loss(logits: torch.Tensor, target: torch.Tensor,
                   label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed label-smoothed cross-entropy and summed plain NLL, padding ignored."""
-    flat_logits, flat_target = logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1)
-    loss = F.cross_entropy(flat_logits, flat_target, ignore_index=PAD_ID,
-                           label_smoothing=label_smoothing, reduction="sum")
-    with torch.no_grad():
-        nll = F.cross_entropy(flat_logits, flat_target, ignore_index=PAD_ID, reduction="sum")
-    return loss, nll
+    """Summed label-smoothed cross-entropy and summed plain NLL over non-padding positions.
+
+    Same value as ``F.cross_entropy(..., label_smoothing=eps, ignore_index=PAD)`` summed, but with
+    one log-softmax shared by both sums: ``(1 - eps) * nll + eps * mean_v(-log p_v)``.
+    """
+    flat_target = target.reshape(-1)
+    keep = (flat_target != PAD_ID).to(logits.dtype if logits.is_floating_point() else torch.float)
+    log_probs = torch.log_softmax(logits.reshape(-1, logits.size(-1)).float(), dim=-1)
+    nll = -log_probs.gather(1, flat_target.unsqueeze(1)).squeeze(1) * keep
+    if label_smoothing > 0:
+        smooth = -log_probs.mean(dim=-1) * keep
+        loss = ((1.0 - label_smoothing) * nll + label_smoothing * smooth).sum()
+    else:
+        loss = nll.sum()
+    return loss, nll.detach().sum()
 
 
 @dataclass

@@ -115,8 +115,9 @@ class RecurrentDecoder(nn.Module):
             rnn_out, _ = self._run_rnn(embedded, state)
             return self._attend(rnn_out, memory)
         outputs, all_weights = [], []
-        for t in range(embedded.size(1)):
-            att, state, weights = self.step(embedded[:, t], state, memory)
+        # unbind, not embedded[:, t]: the backward of T slices would build T full-size gradients
+        for emb_t in embedded.unbind(1):
+            att, state, weights = self.step(emb_t, state, memory)
             outputs.append(att)
             all_weights.append(weights)
         return torch.stack(outputs, dim=1), torch.stack(all_weights, dim=1)
