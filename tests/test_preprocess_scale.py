@@ -216,3 +216,18 @@ def test_filters_report_counts_and_examples(tmp_path, model_bytes):
         assert filters[name]["examples"], name
     assert filters["too_long_chars"]["examples"][0][0].endswith("(1600 chars)")
     assert filters["nonletter"]["params"] == {"max_nonletter": 0.5}
+
+
+@pytest.mark.parametrize("data", [b"", b"a\n", b"a", b"ab\ncd\n\nefghijklmnop\nq", b"\n\n\n"])
+def test_line_reader_matches_splitlines_whatever_the_block_size(data):
+    import io
+
+    from nmt_cli.bitext import LineReader
+
+    expected = data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n")
+    expected = expected if data else []
+    for block in (1, 2, 3, 7, 1 << 20):
+        reader, got = LineReader(io.BytesIO(data), block), []
+        while lines := reader.take(2):
+            got += lines
+        assert got == expected, block
