@@ -240,3 +240,21 @@ def decode_side(block: bytes, n: int, policy: str, path: str, first: int,
             bad.append(i)
             text.append(line.decode("utf-8", errors="replace"))
     return text, bad
+
+
+def read_split(split: Corpus, errors: str = "strict") -> Iterator[tuple[str, str]]:
+    """Yield the raw (source, target) text of every corpus of a split, TSV included, in order.
+
+    Line endings and a leading BOM are removed; nothing else is changed. Alignment is checked
+    first, corpus by corpus. ``errors`` is the UTF-8 error handler ('strict' raises DataError).
+    """
+    for index, corpus in enumerate(split.sources()):
+        count_pairs(corpus)
+        for chunk in read_chunks(corpus, index, 10_000):
+            blocks = split_tsv(chunk) if chunk.tgt is None else (chunk.src, chunk.tgt)
+            sides = []
+            for block, path in zip(blocks, (chunk.src_path, chunk.tgt_path)):
+                lines = [decode_line(raw, Path(path), chunk.first + i, errors)
+                         for i, raw in enumerate(block.split(b"\n"))] if chunk.n else []
+                sides.append(lines)
+            yield from zip(*sides)

@@ -52,6 +52,9 @@ class Corpus:
     def files(self) -> list[Path]:
         return [self.tsv] if self.tsv is not None else [self.src, self.tgt]  # type: ignore[list-item]
 
+    def sources(self) -> list["Corpus"]:
+        return [self]
+
 
 @dataclass(frozen=True)
 class Split(Corpus):
@@ -59,7 +62,7 @@ class Split(Corpus):
 
     corpora: list[Corpus] = field(default_factory=list)
 
-    def sources(self) -> list[Corpus]:
+    def sources(self) -> list[Corpus]:  # type: ignore[override]
         """The corpora of this split, in order."""
         if self.corpora:
             return list(self.corpora)

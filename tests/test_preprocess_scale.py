@@ -231,3 +231,15 @@ def test_line_reader_matches_splitlines_whatever_the_block_size(data):
         while lines := reader.take(2):
             got += lines
         assert got == expected, block
+
+
+def test_read_split_yields_raw_pairs_of_every_corpus(tmp_path):
+    from nmt_cli.bitext import read_split
+    from nmt_cli.config import Corpus, Split
+
+    src = tmp_path / "a.src"
+    src.write_bytes(b"\xef\xbb\xbfone\r\ntwo\n")
+    tgt = write(tmp_path / "a.tgt.gz", ["eins", "zwei"])
+    tsv = write(tmp_path / "b.tsv", ["three\tdrei"])
+    split = Split(corpora=[Corpus(src=src, tgt=tgt), Corpus(tsv=tsv)])
+    assert list(read_split(split)) == [("one", "eins"), ("two", "zwei"), ("three", "drei")]
