@@ -135,6 +135,10 @@ def _print_summary(manifest: dict, con) -> None:
             table.add_row("weights", ", ".join(map(str, weights)), f"{info['kept']:,}", "",
                           f"{info['written']:,}")
         con.print(table)
+        unchecked = info["filters"].get("duplicate", {}).get("unchecked", 0)
+        if unchecked:
+            con.print(f"warning: the duplicate table was full; {unchecked:,} pairs were kept "
+                      "without a duplicate check; raise preprocess.dedup_memory_mb", style="yellow")
         for name, (src, tgt) in shown:
             con.print(f"  dropped by {name}: {src[:70]!r} ||| {tgt[:70]!r}", soft_wrap=True)
         lengths = Table(title=f"{split}: subword lengths of the pairs written", title_justify="left")

@@ -270,7 +270,7 @@ def preprocess_split(name: str, split: Split, tok: Tokenizers, encoder: Encoder,
     sources = split.sources()
     report = _split_report(name, split, cfg, full)
     counts = FilterCounts(cfg.examples)
-    dedup = DedupTable(pairs, cfg.dedup_memory_mb) if full and cfg.dedup else None
+    dedup = DedupTable(cfg.dedup_memory_mb) if full and cfg.dedup else None
     rng = np.random.default_rng(recipe.train.seed)
     lengths = {"src": Lengths(), "tgt": Lengths()}
     writers: dict[str, ShardWriter] = {}
