@@ -48,8 +48,11 @@ def filter_params(cfg: PreprocessConfig, full: bool = True) -> dict[str, dict[st
 
 
 def example(src: str, tgt: str) -> list[str]:
+    """A dropped pair as the report shows it, each side cut to ``EXAMPLE_CHARS``."""
     def cut(text: str) -> str:
-        return text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS] + f"... ({len(text)} chars)"
+        if len(text) <= EXAMPLE_CHARS:
+            return text
+        return text[:EXAMPLE_CHARS] + f"... ({len(text)} chars)"
     return [cut(src), cut(tgt)]
 
 

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from nmt_cli.config import Split
-from nmt_cli.config import NormalizeConfig
+from nmt_cli.config import NormalizeConfig, Split
 from nmt_cli.recipes import load_recipe
 from nmt_cli.tokenizer import Tokenizers, _sample_lines, dev_statistics, train_tokenizers
 
