@@ -242,3 +242,21 @@ def test_read_split_yields_raw_pairs_of_every_corpus(tmp_path):
     tsv = write(tmp_path / "b.tsv", ["three\tdrei"])
     split = Split(corpora=[Corpus(src=src, tgt=tgt), Corpus(tsv=tsv)])
     assert list(read_split(split)) == [("one", "eins"), ("two", "zwei"), ("three", "drei")]
+
+
+def test_cli_dry_run_prints_the_report_and_writes_nothing(tmp_path, model_bytes):
+    from typer.testing import CliRunner
+
+    from nmt_cli.cli import app
+
+    pairs = [sentence(i) for i in range(30)] + [sentence(3), ("", "leer")]
+    src = write(tmp_path / "train.src", [s for s, _ in pairs])
+    tgt = write(tmp_path / "train.tgt", [t for _, t in pairs])
+    recipe = make_recipe(tmp_path, model_bytes, {"train": {"src": str(src), "tgt": str(tgt)}})
+    result = CliRunner().invoke(app, ["preprocess", str(tmp_path / "r.yaml"), "--dry-run",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "dry run: nothing written" in out
+    assert "duplicate" in out and "dropped by empty" in out and "p99" in out
+    assert not data_dir(recipe).exists()
