@@ -298,12 +298,14 @@ def preprocess_split(name: str, split: Split, tok: Tokenizers, encoder: Encoder,
             corpus["written"] += int(copies.sum())
             for r in range(int(copies.max(initial=0))):
                 sel = copies > r
+                every = bool(sel.all())
                 for side, ids, lens in (("src", res.src_ids, res.src_len),
                                         ("tgt", res.tgt_ids, res.tgt_len)):
-                    picked = ids[np.repeat(sel, lens)]
-                    lengths[side].add(lens[sel], picked)
+                    picked = ids if every else ids[np.repeat(sel, lens)]
+                    lens = lens if every else lens[sel]
+                    lengths[side].add(lens, picked)
                     if writers:
-                        writers[side].add(picked, lens[sel])
+                        writers[side].add(picked, lens)
             if progress:
                 progress.advance(res.pairs_in)
         for w in writers.values():
