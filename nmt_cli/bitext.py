@@ -119,6 +119,19 @@ def count_pairs(corpus: Corpus, scans: dict[Path, tuple[int, int]] | None = None
     return n_src
 
 
+def normalize(text: str) -> str:
+    """One line through the default clean-up (NFC, control and zero-width characters removed,
+    whitespace collapsed), as ``nmt preprocess`` applies it."""
+    from nmt_cli.normalize import normalize_text
+
+    return normalize_text(text)
+
+
+def check_aligned(split: Corpus) -> int:
+    """Return the number of pairs of a split (every corpus), or raise naming files and counts."""
+    return sum(count_pairs(corpus) for corpus in split.sources())
+
+
 def read_bitext(src: Path, tgt: Path, errors: str = "strict") -> Iterator[tuple[str, str]]:
     """Yield aligned (source, target) lines; differing line counts are an error naming both files.
 

@@ -1,16 +1,25 @@
 """Self-describing checkpoints: weights, recipe and tokenizer in one file, written atomically.
 
 A checkpoint is a plain dict saved with ``torch.save`` and read back with ``weights_only=True``, so
-loading one can never run code. Translating needs nothing but the checkpoint file.
+loading one can never run code. Translating needs nothing but the checkpoint file. Checkpoints
+written during training also hold everything needed to continue exactly: optimizer, schedule, grad
+scaler, RNG states (as tensors and plain numbers) and the data position.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
 import platform
+import random
+import re
+import signal
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from nmt_cli import __version__
@@ -46,7 +55,157 @@ def make_checkpoint(model: Seq2Seq, recipe: Recipe, tok: Tokenizers, **extra: An
 def save_checkpoint(path: Path, payload: dict) -> None:
     buf = io.BytesIO()
     torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    if os.environ.get(FAULT_ENV, "").startswith("kill-in-save:"):
+        _write_with_fault(Path(path), buf.getvalue())
+    else:
+        atomic_write_bytes(path, buf.getvalue())
+
+
+# Test-only fault injection: NMT_FAULT=kill-in-save:STEP makes the process SIGKILL itself halfway
+# through writing the checkpoint file for STEP, exactly as a crash or an OOM killer would.
+FAULT_ENV = "NMT_FAULT"
+
+
+def _write_with_fault(target: Path, data: bytes) -> None:
+    step = os.environ[FAULT_ENV].split(":", 1)[1]
+    if not re.search(rf"-0*{re.escape(step)}\.pt$", target.name):
+        atomic_write_bytes(target, data)
+        return
+    fd, _ = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data[: len(data) // 2])
+        fh.flush()
+        os.fsync(fh.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG states as tensors and plain numbers, so they load under weights_only=True
+
+
+def rng_state() -> dict[str, Any]:
+    version, mt, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's current device
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    nps = state["numpy"]
+    np.random.set_state((nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"],
+                         nps["has_gauss"], nps["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The checkpoint folder: step checkpoints, last.pt / best.pt, retention
+
+
+_STEP_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+INDEX = "index.json"
+
+
+class CheckpointStore:
+    """``ckpt-STEP.pt`` files plus stable ``last.pt`` and ``best.pt`` names.
+
+    ``index.json`` lists the step checkpoints with their dev metric (higher is better). After each
+    save the newest ``keep_last`` and the ``keep_best`` best-scoring step files are kept and the
+    rest deleted; ``last.pt`` and ``best.pt`` are hard links (copies where links are not possible),
+    so pruning never removes them.
+    """
+
+    def __init__(self, folder: Path, keep_last: int = 1, keep_best: int = 1):
+        self.folder, self.keep_last, self.keep_best = Path(folder), keep_last, keep_best
+
+    def _index(self) -> list[dict[str, Any]]:
+        try:
+            entries = json.loads((self.folder / INDEX).read_text(encoding="utf-8"))["checkpoints"]
+        except (OSError, ValueError, KeyError):
+            entries = []
+        return [e for e in entries if (self.folder / e["file"]).is_file()]
+
+    def _write_index(self, entries: list[dict[str, Any]]) -> None:
+        from nmt_cli.files import atomic_write_text
+
+        atomic_write_text(self.folder / INDEX, json.dumps({"checkpoints": entries}, indent=1) + "\n")
+
+    def _link(self, source: Path, name: str) -> None:
+        """Point ``name`` at ``source`` atomically: link (or copy) under a temporary name, rename."""
+        target = self.folder / name
+        tmp = self.folder / f".{name}.link.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            atomic_write_bytes(tmp, source.read_bytes())
+        os.replace(tmp, target)
+
+    def save(self, payload: dict, step: int, metric: float | None, is_best: bool) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"ckpt-{step:08d}.pt"
+        save_checkpoint(path, payload)
+        self._link(path, "last.pt")
+        if is_best:
+            self._link(path, "best.pt")
+        entries = [e for e in self._index() if e["step"] != step]
+        entries.append({"file": path.name, "step": step, "metric": metric})
+        self._prune(entries)
+        return path
+
+    def _prune(self, entries: list[dict[str, Any]]) -> None:
+        by_step = sorted(entries, key=lambda e: e["step"])
+        keep = {e["file"] for e in by_step[-self.keep_last:]}
+        scored = [e for e in entries if e["metric"] is not None]
+        scored.sort(key=lambda e: (-e["metric"], e["step"]))
+        keep |= {e["file"] for e in scored[: self.keep_best]}
+        kept = [e for e in by_step if e["file"] in keep]
+        self._write_index(kept)
+        for e in by_step:
+            if e["file"] not in keep:
+                (self.folder / e["file"]).unlink(missing_ok=True)
+        for stale in self.folder.glob(".*.tmp"):  # left by a process killed while writing
+            stale.unlink(missing_ok=True)
+
+    def latest(self) -> tuple[Path, dict] | None:
+        """The newest training checkpoint that loads: step files newest first, then ``last.pt``.
+
+        A step file is complete or absent (atomic writes), and a crash between writing it and
+        relinking ``last.pt`` leaves it the newer of the two, so it is tried first.
+        """
+        steps = sorted((p for p in self.folder.glob("ckpt-*.pt") if _STEP_NAME.match(p.name)),
+                       key=lambda p: int(_STEP_NAME.match(p.name).group(1)), reverse=True)
+        for path in steps + [self.folder / "last.pt"]:
+            if not path.is_file():
+                continue
+            try:
+                payload = load_checkpoint(path)
+            except CheckpointError:
+                continue
+            if "train_state" in payload:
+                return path, payload
+        return None
+
+    def has_run(self) -> bool:
+        return (self.folder / "last.pt").exists() or any(self.folder.glob("ckpt-*.pt"))
+
+    def clear(self) -> None:
+        """Remove every checkpoint of a previous run (for ``--overwrite``)."""
+        for path in list(self.folder.glob("ckpt-*.pt")) + list(self.folder.glob(".*.tmp")):
+            path.unlink(missing_ok=True)
+        for name in ("last.pt", "best.pt", INDEX):
+            (self.folder / name).unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path | str) -> dict:

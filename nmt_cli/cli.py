@@ -49,6 +49,11 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
     except BrokenPipeError:
         raise typer.Exit(0) from None
+    except OSError as exc:  # unwritable output folder, full disk, permissions
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; check the path and its permissions",
+              file=sys.stderr)
+        raise typer.Exit(1) from None
 
 
 RECIPE = typer.Argument(..., help="YAML recipe file (see recipes/).", show_default=False)
@@ -205,26 +210,59 @@ class _TrainProgress:
 @app.command()
 def train(recipe: Path = RECIPE, set_: List[str] = SET,
           device: Optional[Device] = typer.Option(None, help="Overrides train.device."),
+          resume: bool = typer.Option(False, "--resume",
+                                      help="Continue the run in the recipe's workdir from its "
+                                           "newest checkpoint."),
           overwrite: bool = typer.Option(False, "--overwrite",
-                                         help="Start afresh even if the run folder has "
-                                              "checkpoints.")) -> None:
-    """Train an attention encoder-decoder; keeps the best and last checkpoints."""
+                                         help="Delete the run folder's checkpoints and metrics "
+                                              "and start afresh."),
+          init_from: Optional[Path] = typer.Option(None, "--init-from", metavar="CKPT",
+                                                   help="Start from this checkpoint's weights "
+                                                        "with a fresh optimizer and schedule "
+                                                        "(fine-tuning).")) -> None:
+    """Train an attention encoder-decoder; keeps the last and best checkpoints.
+
+    Under torchrun (--nproc-per-node N) it trains data-parallel on N processes.
+    """
     with user_errors():
+        from nmt_cli.runs import prepare_run
         from nmt_cli.trainer import Trainer
 
         rcp = _load(recipe, set_)
-        last = rcp.workdir / "checkpoints" / "last.pt"
-        if last.exists() and not overwrite:
-            raise NmtError(f"{rcp.workdir} already holds a run ({last}); pass --overwrite to start "
-                           "afresh, or set workdir to a new folder")
+        prepare_run(rcp, resume=resume, overwrite=overwrite, init_from=init_from)
         con = _stderr()
-        trainer = Trainer(rcp, device.value if device else None, console=con)
-        summary = trainer.train(_TrainProgress())
+        trainer = Trainer(rcp, device.value if device else None, console=con, resume=resume,
+                          init_from=init_from)
+        try:
+            summary = trainer.train(_TrainProgress() if trainer.dist.is_main else None)
+        finally:
+            from nmt_cli.distributed import teardown
+
+            teardown()
+        if not trainer.dist.is_main:
+            return
         best = f"{summary.best_bleu:.2f}" if summary.best_bleu is not None else "n/a"
         con.print(f"done: {summary.steps} steps in {summary.seconds:.0f} s "
                   f"({summary.tokens_per_second:,.0f} target tok/s), stopped by "
-                  f"{summary.stopped_by}; best dev BLEU {best} at step {summary.best_step}")
+                  f"{summary.stopped_by}; best dev BLEU {best} at step {summary.best_step}; "
+                  f"skipped updates: {summary.nonfinite_skipped} non-finite, "
+                  f"{summary.oom_skipped} out of memory")
+        if summary.stopped_by == "interrupted":
+            con.print("continue with the same command plus --resume")
         print(f"best checkpoint: {rcp.workdir / 'checkpoints' / 'best.pt'}")
+
+
+@app.command()
+def plot(run_dir: Path = typer.Argument(..., help="A training run folder (the recipe's workdir).",
+                                        show_default=False),
+         output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                               help="PNG to write; default RUN_DIR/curves.png.")
+         ) -> None:
+    """Plot training loss, dev BLEU and learning rate against steps from metrics.jsonl."""
+    with user_errors():
+        from nmt_cli.plot import plot_run
+
+        print(f"wrote {plot_run(run_dir, output)}")
 
 
 @app.command()

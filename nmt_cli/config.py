@@ -175,7 +175,8 @@ class TrainConfig:
     batch_tokens: int = _num(2000, ge=1)
     max_steps: int = _num(10_000, ge=0)
     max_epochs: int = _num(100, ge=1)
-    max_time: float = _num(0.0, ge=0.0, doc="wall-clock budget in minutes; 0 means none")
+    max_time: float = _num(0.0, ge=0.0, doc="training wall time in minutes, summed over resumes; "
+                                            "0 means none")
     optimizer: Literal["adam", "adamw"] = "adam"
     learning_rate: float = _num(1e-3, gt=0.0)
     weight_decay: float = _num(0.0, ge=0.0)
@@ -193,7 +194,12 @@ class TrainConfig:
     valid_beam_size: int = _num(1, ge=1)
     valid_max_sentences: int = _num(0, ge=0, doc="0 means the whole dev set")
     early_stopping_patience: int = _num(0, ge=0, doc="validations without improvement; 0 is off")
-    keep_last: int = _num(1, ge=1)
+    keep_last: int = _num(1, ge=1, doc="most recent step checkpoints kept besides last.pt")
+    keep_best: int = _num(1, ge=0, doc="best-scoring step checkpoints kept besides best.pt")
+    save_every: int = _num(0, ge=0, doc="steps between checkpoints; 0 saves at each validation")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    max_nonfinite: int = _num(10, ge=1, doc="skipped non-finite updates in a row before stopping")
+    tensorboard: bool = False
     threads: int = _num(0, ge=0, doc="torch CPU threads; 0 leaves torch's default")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -324,6 +330,10 @@ def build(cls: type, raw: dict[str, Any], prefix: str = "", base_dir: Path | Non
         converted = _coerce(value, hints[name], key, base_dir)
         _check_range(converted, fields[name].metadata, key)
         kwargs[name] = converted
+    for name, f in fields.items():  # a relative default path is relative to the recipe, too
+        if name not in kwargs and base_dir is not None and hints[name] is Path \
+                and isinstance(f.default, Path) and not f.default.is_absolute():
+            kwargs[name] = (base_dir / f.default).resolve()
     missing = [n for n, f in fields.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -15,6 +16,20 @@ from nmt_cli.files import atomic_write_text
 RESOLVED_NAME = "recipe.yaml"
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``5e-4`` as a string; recipes mean a number, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"""),
+    list("-+0123456789"))
+
+
+def _yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``a.b=value``; the value is read as YAML (``0.1`` is a number, ``[a, b]`` a list)."""
     if "=" not in text:
@@ -24,7 +39,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override {text!r} has no key before '='")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot read value {raw!r}: {exc.__class__.__name__}", key) from None
     return key, value
@@ -71,7 +86,7 @@ def load_recipe(path: str | os.PathLike[str], overrides: Iterable[str] = (),
         raise ConfigError(f"is not UTF-8 text (byte {exc.start}); save it as UTF-8",
                           source=str(path)) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _yaml_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -37,6 +37,14 @@ def _forbid_specials(log_probs: Tensor, allow_eos: bool) -> None:
         log_probs[:, EOS_ID] = float("-inf")
 
 
+def _force_eos(log_probs: Tensor, rows: Tensor) -> None:
+    """Rows at their length limit may only end; EOS keeps the model's own log-probability."""
+    if bool(rows.any()):
+        eos = log_probs[:, EOS_ID].clone()
+        log_probs.masked_fill_(rows.unsqueeze(1), float("-inf"))
+        log_probs[:, EOS_ID] = eos
+
+
 @dataclass
 class Hypothesis:
     tokens: list[int]  # without BOS and EOS
@@ -72,10 +80,7 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, max_len_a: float = 1.
     for t in range(int(limit.max()) + 1):
         lp, state, weights = model.step(prev, state, memory)
         _forbid_specials(lp, allow_eos=t >= min_len)
-        force_eos = t >= limit
-        if force_eos.any():
-            lp[force_eos] = torch.where(
-                torch.arange(lp.size(1), device=lp.device) == EOS_ID, 0.0, float("-inf"))
+        _force_eos(lp, t >= limit)
         best_lp, best = lp.max(dim=-1)
         best = best.masked_fill(done, EOS_ID)
         log_prob += best_lp.masked_fill(done, 0.0)
@@ -134,10 +139,7 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5, alp
         lp, state, weights = model.step(prefix[:, -1], state, memory)
         vocab = lp.size(-1)
         _forbid_specials(lp, allow_eos=step >= min_len)
-        at_limit = (step >= limit[active]).repeat_interleave(k)
-        if at_limit.any():
-            lp[at_limit] = torch.where(torch.arange(vocab, device=device) == EOS_ID, 0.0,
-                                       float("-inf"))
+        _force_eos(lp, (step >= limit[active]).repeat_interleave(k))
         cand = (scores.view(-1, 1) + lp).view(n_act, k * vocab)
         top_scores, top_ids = cand.topk(min(2 * k, k * vocab), dim=-1)  # (n_act, 2k)
         beam_origin = top_ids // vocab

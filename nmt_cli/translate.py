@@ -19,6 +19,7 @@ import torch
 
 from nmt_cli.bitext import decode_line, open_binary
 from nmt_cli.checkpoint import load_checkpoint, model_from_checkpoint
+from nmt_cli.files import default_mode
 from nmt_cli.inference import translate_lines
 from nmt_cli.runtime import pick_device
 
@@ -80,6 +81,7 @@ def translate_file(checkpoint: Path, input_path: Path | None, output_path: Path 
     if output_path is not None:
         output_path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_path = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
+        os.chmod(tmp_path, default_mode())
         out: IO[str] = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
     else:
         out = sys.stdout

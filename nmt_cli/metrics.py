@@ -1,0 +1,115 @@
+"""What a training run records in its folder: ``metrics.jsonl``, optional TensorBoard logs and
+``environment.json`` (library versions, hardware, input-data hashes)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from nmt_cli.errors import NmtError
+from nmt_cli.files import atomic_write_text
+
+METRICS = "metrics.jsonl"
+ENVIRONMENT = "environment.json"
+_TB_SCALARS = ("loss", "nll", "lr", "tok_per_s", "dev_loss", "dev_ppl", "dev_bleu")
+
+
+def _summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise NmtError("train.tensorboard is true but the tensorboard package is missing; "
+                       "install it with: pip install 'nmt[tensorboard]'") from None
+    return SummaryWriter
+
+
+class MetricsLog:
+    """One JSON object per line: ``start``, ``train``, ``valid``, ``resume`` and ``end`` events.
+
+    Only the main process writes (``enabled``); other ranks call it as a no-op. With
+    ``tensorboard`` the numeric fields of train and valid events also go to ``RUN_DIR/tensorboard``.
+    """
+
+    def __init__(self, workdir: Path, enabled: bool = True, tensorboard: bool = False):
+        self.path = Path(workdir) / METRICS
+        self.enabled = enabled
+        self._tb_dir = Path(workdir) / "tensorboard" if tensorboard and enabled else None
+        self._writer_cls = _summary_writer() if self._tb_dir else None  # fail before training
+        self._tb = None
+
+    def start(self, resume_step: int | None) -> None:
+        """A fresh log, or one cut back to ``resume_step`` so resumed steps are not logged twice."""
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.unlink(missing_ok=True)
+        elif self.path.is_file():
+            kept = [r for r in _records(self.path) if r.get("step", -1) <= resume_step]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        if self._writer_cls is not None:
+            self._tb = self._writer_cls(str(self._tb_dir),
+                                        purge_step=None if resume_step is None else resume_step + 1)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self._tb is not None and record.get("event") in ("train", "valid"):
+            prefix = "train" if record["event"] == "train" else "valid"
+            for key in _TB_SCALARS:
+                if isinstance(record.get(key), (int, float)):
+                    self._tb.add_scalar(f"{prefix}/{key}", record[key], record["step"])
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(workdir: Path) -> list[dict[str, Any]]:
+    path = Path(workdir) / METRICS
+    if not path.is_file():
+        raise NmtError(f"{path}: no metrics log; is {workdir} a training run folder?")
+    return _records(path)
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The log's records; a line cut short by a killed process is left out."""
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def write_environment(workdir: Path, versions: dict[str, str], manifest: dict[str, Any],
+                      session: dict[str, Any]) -> None:
+    """Record library versions, hardware and input-data SHA-256s; each resume adds a session."""
+    import torch
+
+    path = Path(workdir) / ENVIRONMENT
+    try:
+        sessions = json.loads(path.read_text(encoding="utf-8"))["sessions"]
+    except (OSError, ValueError, KeyError):
+        sessions = []
+    if session.get("resumed_from_step") is None:
+        sessions = []
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **session,
+                     "versions": versions, "host": platform.node(),
+                     "cuda": torch.version.cuda, "gpu": gpu})
+    splits = manifest.get("splits", {})
+    data = {name: {"files": info["files"], "sha256": info["sha256"]}
+            for name, info in splits.items()}
+    record = {"versions": versions, "data": data,
+              "tokenizer_sha256": manifest.get("tokenizer_sha256"), "sessions": sessions}
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
