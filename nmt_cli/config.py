@@ -41,12 +41,15 @@ class Corpus:
     tsv: Optional[Path] = None
     weight: float = _num(1.0, gt=0.0, le=100.0)
 
-    def problem(self) -> str | None:
-        """Why this corpus is not usable, or None."""
+    def problem(self) -> tuple[str, str] | None:
+        """Why this corpus is not usable, as (key, message), or None."""
         if self.tsv is not None and (self.src is not None or self.tgt is not None):
-            return "give either tsv or src and tgt, not both"
-        if self.tsv is None and (self.src is None or self.tgt is None):
-            return "needs both src and tgt (or one tsv file with two tab-separated columns)"
+            return "tsv", "give either tsv or src and tgt, not both"
+        if self.tsv is None:
+            for key in ("src", "tgt"):
+                if getattr(self, key) is None:
+                    return key, "this key is required (or give one tsv file with two " \
+                                "tab-separated columns)"
         return None
 
     def files(self) -> list[Path]:
@@ -68,13 +71,14 @@ class Split(Corpus):
             return list(self.corpora)
         return [Corpus(self.src, self.tgt, self.tsv, self.weight)]
 
-    def problem(self) -> str | None:
+    def problem(self) -> tuple[str, str] | None:
         if self.corpora:
             if self.src is not None or self.tgt is not None or self.tsv is not None:
-                return "give either corpora or src/tgt/tsv, not both"
+                return "corpora", "give either corpora or src/tgt/tsv, not both"
             for i, corpus in enumerate(self.corpora):
-                if corpus.problem():
-                    return f"corpora[{i}]: {corpus.problem()}"
+                found = corpus.problem()
+                if found:
+                    return f"corpora[{i}].{found[0]}", found[1]
             return None
         return super().problem()
 
@@ -90,8 +94,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         for name in ("train", "dev", "test"):
             split = getattr(self, name)
-            if split is not None and split.problem():
-                raise ConfigError(str(split.problem()), f"data.{name}")
+            found = split.problem() if split is not None else None
+            if found:
+                raise ConfigError(found[1], f"data.{name}.{found[0]}")
 
     def splits(self) -> dict[str, Split]:
         """The splits the recipe gives, train first."""

@@ -382,6 +382,8 @@ def preprocess(recipe: Recipe, dry_run: bool = False,
     for name, split in splits.items():
         for corpus, info in zip(split.sources(), reports[name]["corpora"]):
             info["sha256"] = [sha256_file(p) for p in corpus.files()]
+        reports[name]["files"] = [f for c in reports[name]["corpora"] for f in c["files"]]
+        reports[name]["sha256"] = [h for c in reports[name]["corpora"] for h in c["sha256"]]
     manifest = {
         "format": FORMAT,
         "tokenizer_sha256": tok.sha256(),

@@ -8,9 +8,10 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 import sentencepiece as spm
 
-from nmt_cli.bitext import count_pairs, read_chunks, split_tsv
+from nmt_cli.bitext import LineReader, open_binary, read_chunks, split_tsv
 from nmt_cli.config import NormalizeConfig, Recipe, Split, TokenizerConfig
 from nmt_cli.errors import DataError, NmtError
 from nmt_cli.files import atomic_write_bytes
@@ -24,6 +25,24 @@ def tokenizer_dir(recipe: Recipe) -> Path:
     return recipe.workdir / "tokenizer"
 
 
+def _side_blocks(split: Split, sides: tuple[str, ...]) -> Iterator[tuple[bytes, int, bool]]:
+    """Raw blocks of lines (joined by newlines) of the wanted sides of every corpus, each with its
+    line count and whether it opens its file. Sides are read separately: no alignment needed."""
+    for index, corpus in enumerate(split.sources()):
+        if corpus.tsv is not None:
+            for chunk in read_chunks(corpus, index, 10_000):
+                blocks = split_tsv(chunk)
+                for side in sides:
+                    yield blocks[0 if side == "src" else 1], chunk.n, chunk.first == 1
+            continue
+        for side in sides:
+            with open_binary(corpus.src if side == "src" else corpus.tgt) as fh:
+                reader, first = LineReader(fh), True
+                while lines := reader.take(10_000):
+                    yield b"\n".join(lines), len(lines), first
+                    first = False
+
+
 def _sample_lines(split: Split, sides: tuple[str, ...], limit: int, seed: int,
                   cfg: NormalizeConfig) -> list[str]:
     """Cleaned non-empty lines of ``sides`` of every corpus, a uniform random sample of at most
@@ -32,24 +51,19 @@ def _sample_lines(split: Split, sides: tuple[str, ...], limit: int, seed: int,
     normalizer = Normalizer(cfg)
     sample: list[str] = []
     seen = 0
-    for index, corpus in enumerate(split.sources()):
-        count_pairs(corpus)
-        for chunk in read_chunks(corpus, index, 10_000):
-            blocks = split_tsv(chunk) if chunk.tgt is None else (chunk.src, chunk.tgt)
-            for side in sides:
-                raw = blocks[0] if side == "src" else blocks[1]
-                text = raw.decode("utf-8", errors="replace").split("\n") if chunk.n else []
-                lines, _ = normalizer.clean_lines(text, chunk.first == 1, Counter())
-                for line in lines:
-                    if not line:
-                        continue
-                    seen += 1
-                    if not limit or len(sample) < limit:
-                        sample.append(line)
-                    else:
-                        j = rng.randrange(seen)
-                        if j < limit:
-                            sample[j] = line
+    for raw, n, file_start in _side_blocks(split, sides):
+        text = raw.decode("utf-8", errors="replace").split("\n") if n else []
+        lines, _ = normalizer.clean_lines(text, file_start, Counter())
+        for line in lines:
+            if not line:
+                continue
+            seen += 1
+            if not limit or len(sample) < limit:
+                sample.append(line)
+            else:
+                j = rng.randrange(seen)
+                if j < limit:
+                    sample[j] = line
     return sample
 
 

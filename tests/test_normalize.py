@@ -123,8 +123,8 @@ def test_nonletter_ratio_ignores_spaces():
 def test_split_needs_files(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"data": {"train": {"src": "a.txt"}}}))
-    with pytest.raises(ConfigError, match="data.train: needs both src and tgt"):
+    with pytest.raises(ConfigError, match="data.train.tgt: this key is required"):
         load_recipe(path, [])
     path.write_text(yaml.safe_dump({"data": {"dev": {"tsv": "a.tsv", "src": "b"}}}))
-    with pytest.raises(ConfigError, match="data.dev: give either tsv or src and tgt"):
+    with pytest.raises(ConfigError, match="data.dev.tsv: give either tsv or src and tgt"):
         load_recipe(path, [])
