@@ -121,8 +121,8 @@ def _print_summary(manifest: dict, con) -> None:
     from rich.table import Table
 
     for split, info in manifest["splits"].items():
-        table = Table(title=f"{split}: {info['pairs_in']:,} pairs in, {info['kept']:,} kept, "
-                            f"{info['written']:,} written", title_justify="left")
+        table = Table(title=f"{split}: {info['pairs_in']} pairs in, {info['kept']} kept, "
+                            f"{info['written']} written", title_justify="left")
         for col in ("step", "parameters", "pairs in", "dropped", "pairs out"):
             table.add_column(col, justify="left" if col in ("step", "parameters") else "right")
         left = info["pairs_in"]
@@ -177,8 +177,12 @@ def preprocess(recipe: Path = RECIPE, set_: List[str] = SET,
         finally:
             if bars is not None:
                 bars.stop()
-        _print_summary(manifest, _stderr())
-        print("dry run: nothing written" if dry_run else f"wrote {data_dir(rcp)}")
+        con = _stderr()
+        _print_summary(manifest, con)
+        if dry_run:
+            con.print("dry run: nothing written")
+        else:
+            print(f"wrote {data_dir(rcp)}")
 
 
 class _TrainProgress:
