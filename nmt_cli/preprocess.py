@@ -380,10 +380,15 @@ def preprocess(recipe: Recipe, dry_run: bool = False,
         encoder.close(failed)
     seconds = time.time() - start
     for name, split in splits.items():
+        files, hashes = [], []
         for corpus, info in zip(split.sources(), reports[name]["corpora"]):
             info["sha256"] = [sha256_file(p) for p in corpus.files()]
-        reports[name]["files"] = [f for c in reports[name]["corpora"] for f in c["files"]]
-        reports[name]["sha256"] = [h for c in reports[name]["corpora"] for h in c["sha256"]]
+            keys = ("tsv",) if corpus.tsv is not None else ("src", "tgt")
+            files.append(dict(zip(keys, info["files"])))
+            hashes.append(dict(zip(keys, info["sha256"])))
+        # One corpus: {"src": ..., "tgt": ...} (or {"tsv": ...}); several: a list of those.
+        reports[name]["files"] = files[0] if len(files) == 1 else files
+        reports[name]["sha256"] = hashes[0] if len(hashes) == 1 else hashes
     manifest = {
         "format": FORMAT,
         "tokenizer_sha256": tok.sha256(),

@@ -260,3 +260,14 @@ def test_cli_dry_run_prints_the_report_and_writes_nothing(tmp_path, model_bytes)
     assert "dry run: nothing written" in out
     assert "duplicate" in out and "dropped by empty" in out and "p99" in out
     assert not data_dir(recipe).exists()
+
+
+def test_manifest_names_input_files_and_their_hashes(tmp_path, model_bytes):
+    import hashlib
+
+    src = write(tmp_path / "train.src", [sentence(i)[0] for i in range(5)])
+    tgt = write(tmp_path / "train.tgt", [sentence(i)[1] for i in range(5)])
+    recipe = make_recipe(tmp_path, model_bytes, {"train": {"src": str(src), "tgt": str(tgt)}})
+    train = preprocess(recipe, dry_run=True)["splits"]["train"]
+    assert train["files"] == {"src": str(src), "tgt": str(tgt)}
+    assert train["sha256"]["tgt"] == hashlib.sha256(tgt.read_bytes()).hexdigest()
