@@ -1,20 +1,25 @@
-"""Reading line-aligned bitexts (plain or compressed), cleaning and filtering them. No torch here."""
+"""Reading line-aligned bitexts: plain, .gz, .xz or .bz2 files, or one two-column TSV file.
+
+Corpora are read in chunks of raw bytes, so the reading process never holds more than a chunk;
+decoding and clean-up happen where the chunk is encoded. No torch here.
+"""
 
 from __future__ import annotations
 
 import bz2
 import gzip
-import hashlib
 import lzma
-import unicodedata
-from dataclasses import dataclass, field
+import re
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
-from nmt_cli.config import Split
+from nmt_cli.config import Corpus
 from nmt_cli.errors import DataError
 
 _OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+BOM = b"\xef\xbb\xbf"
 
 
 def open_binary(path: Path) -> IO[bytes]:
@@ -23,12 +28,15 @@ def open_binary(path: Path) -> IO[bytes]:
     if not path.is_file():
         raise DataError("file not found; check the path in the recipe", path)
     opener = _OPENERS.get(path.suffix.lower())
-    return opener(path, "rb") if opener else open(path, "rb")  # type: ignore[operator]
+    try:
+        return opener(path, "rb") if opener else open(path, "rb")  # type: ignore[operator]
+    except OSError as exc:
+        raise DataError(f"cannot open: {exc}", path) from None
 
 
 def decode_line(raw: bytes, path: Path, lineno: int, errors: str = "strict") -> str:
     """Bytes of one line to text, without the line ending; a BOM on the first line is dropped."""
-    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+    if lineno == 1 and raw.startswith(BOM):
         raw = raw[3:]
     try:
         text = raw.decode("utf-8", errors=errors)
@@ -45,23 +53,83 @@ def read_lines(path: Path, errors: str = "strict") -> Iterator[str]:
             yield decode_line(raw, path, lineno, errors)
 
 
+_BAD_TSV_LINE = re.compile(rb"^[^\t\n]*$|^[^\t\n]*\t[^\t\n]*\t", re.M)
+
+
+def scan_file(path: Path, tsv: bool = False) -> tuple[int, int]:
+    """Lines in a file (a missing final newline counts) and, for a TSV file, the number of the
+    first line without exactly one tab (0: none). Reads large blocks; the regex runs in C."""
+    lines = bad = 0
+    rest, last = b"", b"\n"
+    try:
+        with open_binary(path) as fh:
+            while block := fh.read(1 << 20):
+                if tsv and not bad:
+                    text = rest + block
+                    cut = text.rfind(b"\n") + 1
+                    bad = _first_bad(text[:cut], lines)
+                    rest = text[cut:]
+                lines += block.count(b"\n")
+                last = block[-1:]
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        raise DataError(f"cannot read: {exc}", path) from None
+    if last != b"\n":
+        lines += 1
+        if tsv and not bad:
+            bad = _first_bad(rest, lines - 1)
+    return lines, bad
+
+
+def _first_bad(text: bytes, lines_before: int) -> int:
+    """1-based number of the first malformed TSV line in ``text`` (whole lines), or 0."""
+    body = text[:-1] if text.endswith(b"\n") else text
+    if not body:
+        return 0
+    found = _BAD_TSV_LINE.search(body)
+    return lines_before + body.count(b"\n", 0, found.start()) + 1 if found else 0
+
+
 def count_lines(path: Path) -> int:
-    n = 0
-    last = b"\n"
-    with open_binary(path) as fh:
-        while chunk := fh.read(1 << 20):
-            n += chunk.count(b"\n")
-            last = chunk[-1:]
-    return n + (0 if last == b"\n" else 1)
+    return scan_file(path)[0]
 
 
-def check_aligned(split: Split) -> int:
-    """Return the line count of a bitext, or raise naming both files and both counts."""
-    n_src, n_tgt = count_lines(split.src), count_lines(split.tgt)
+def count_pairs(corpus: Corpus, scans: dict[Path, tuple[int, int]] | None = None) -> int:
+    """The number of pairs in a corpus, checking alignment first; raises DataError naming files.
+
+    Two files must have the same number of lines; each TSV line must have exactly one tab.
+    ``scans`` may hold ``scan_file`` results already computed (in parallel, say).
+    """
+    scans = scans or {}
+
+    def scan(path: Path, tsv: bool = False) -> tuple[int, int]:
+        return scans[path] if path in scans else scan_file(path, tsv)
+
+    if corpus.tsv is not None:
+        n, bad = scan(corpus.tsv, True)
+        if bad:
+            raise DataError(f"the TSV bitext is misaligned: line {bad} does not have exactly two "
+                            "tab-separated columns (source<TAB>target)", corpus.tsv)
+        return n
+    src, tgt = corpus.src, corpus.tgt
+    assert src is not None and tgt is not None
+    n_src, n_tgt = scan(src)[0], scan(tgt)[0]
     if n_src != n_tgt:
-        raise DataError(f"the bitext is misaligned: {split.src} has {n_src} lines but {split.tgt} "
-                        f"has {n_tgt}; both files must have one sentence per line, in the same order")
+        raise DataError(f"the bitext is misaligned: {src} has {n_src} lines but {tgt} has {n_tgt}; "
+                        "both files must have one sentence per line, in the same order")
     return n_src
+
+
+def normalize(text: str) -> str:
+    """One line through the default clean-up (NFC, control and zero-width characters removed,
+    whitespace collapsed), as ``nmt preprocess`` applies it."""
+    from nmt_cli.normalize import normalize_text
+
+    return normalize_text(text)
+
+
+def check_aligned(split: Corpus) -> int:
+    """Return the number of pairs of a split (every corpus), or raise naming files and counts."""
+    return sum(count_pairs(corpus) for corpus in split.sources())
 
 
 def read_bitext(src: Path, tgt: Path, errors: str = "strict") -> Iterator[tuple[str, str]]:
@@ -69,63 +137,137 @@ def read_bitext(src: Path, tgt: Path, errors: str = "strict") -> Iterator[tuple[
 
     Counts are checked before anything is yielded, so a caller never writes half an output.
     """
-    check_aligned(Split(src, tgt))
+    count_pairs(Corpus(src=src, tgt=tgt))
     yield from zip(read_lines(src, errors), read_lines(tgt, errors))
 
 
-def normalize(text: str) -> str:
-    """NFC, with runs of whitespace collapsed to one space and the ends trimmed."""
-    return " ".join(unicodedata.normalize("NFC", text).split())
-
-
 @dataclass
-class FilterReport:
-    """How many pairs came in, how many each filter dropped, and how many were kept."""
+class RawChunk:
+    """``n`` consecutive raw lines of one corpus joined by ``\\n``, starting at line ``first``.
 
-    pairs_in: int = 0
-    kept: int = 0
-    dropped: dict[str, int] = field(default_factory=lambda: {
-        "empty": 0, "too_short": 0, "too_long": 0, "length_ratio": 0, "duplicate": 0})
-
-    def as_dict(self) -> dict[str, object]:
-        return {"pairs_in": self.pairs_in, "kept": self.kept, "dropped": dict(self.dropped)}
-
-
-@dataclass
-class PairFilter:
-    """Drops empty, too short, too long, badly proportioned and duplicate pairs, counting each.
-
-    Lengths are in subword tokens when the caller passes token counts, else in whitespace words.
+    For a TSV corpus ``tgt`` is None and ``src`` holds whole lines; ``split_tsv`` separates them.
     """
 
-    min_len: int = 1
-    max_len: int = 100
-    max_ratio: float = 3.0
-    dedup: bool = True
-    report: FilterReport = field(default_factory=FilterReport)
-    _seen: set[bytes] = field(default_factory=set, repr=False)
+    corpus: int
+    first: int
+    n: int
+    src: bytes
+    tgt: bytes | None
+    src_path: str
+    tgt_path: str
 
-    def keep(self, src: str, tgt: str, src_len: int, tgt_len: int) -> bool:
-        self.report.pairs_in += 1
-        reason = self._reason(src, tgt, src_len, tgt_len)
-        if reason:
-            self.report.dropped[reason] += 1
-            return False
-        self.report.kept += 1
-        return True
+    def __len__(self) -> int:
+        return self.n
 
-    def _reason(self, src: str, tgt: str, src_len: int, tgt_len: int) -> str | None:
-        if not src.strip() or not tgt.strip():
-            return "empty"
-        if min(src_len, tgt_len) < self.min_len:
-            return "too_short"
-        if max(src_len, tgt_len) > self.max_len:
-            return "too_long"
-        if max(src_len, tgt_len) > self.max_ratio * max(1, min(src_len, tgt_len)):
-            return "length_ratio"
-        if self.dedup:
-            digest = hashlib.blake2b(f"{src}\t{tgt}".encode("utf-8"), digest_size=12).digest()
-            if digest in self._seen:
-                return "duplicate"
-            self._seen.add(digest)
-        return None
+
+class LineReader:
+    """Hands out lines of a binary stream ``n`` at a time, reading it in large blocks."""
+
+    def __init__(self, fh: IO[bytes], block: int = 1 << 20):
+        self.fh, self.block = fh, block
+        self.lines: list[bytes] = []
+        self.pos = 0
+        self.rest = b""
+        self.eof = False
+
+    def take(self, n: int) -> list[bytes]:
+        out: list[bytes] = []
+        while len(out) < n:
+            if self.pos >= len(self.lines) and not self._fill():
+                break
+            k = min(n - len(out), len(self.lines) - self.pos)
+            out += self.lines[self.pos:self.pos + k]
+            self.pos += k
+        return out
+
+    def _fill(self) -> bool:
+        while not self.eof:
+            data = self.fh.read(self.block)
+            if not data:
+                self.eof = True
+                self.lines, self.pos, self.rest = ([self.rest] if self.rest else []), 0, b""
+                return bool(self.lines)
+            lines = (self.rest + data).split(b"\n") if self.rest else data.split(b"\n")
+            self.rest = lines.pop()
+            if lines:
+                self.lines, self.pos = lines, 0
+                return True
+        return False
+
+
+def read_chunks(corpus: Corpus, index: int, size: int) -> Iterator[RawChunk]:
+    """Yield a corpus as chunks of ``size`` raw line pairs. Call ``count_pairs`` first."""
+    if corpus.tsv is not None:
+        path = str(corpus.tsv)
+        with open_binary(corpus.tsv) as fh:
+            reader, first = LineReader(fh), 1
+            while lines := reader.take(size):
+                yield RawChunk(index, first, len(lines), b"\n".join(lines), None, path, path)
+                first += len(lines)
+        return
+    assert corpus.src is not None and corpus.tgt is not None
+    with open_binary(corpus.src) as fs, open_binary(corpus.tgt) as ft:
+        src_reader, tgt_reader, first = LineReader(fs), LineReader(ft), 1
+        while src := src_reader.take(size):
+            tgt = tgt_reader.take(size)
+            if len(tgt) != len(src):  # the file changed since it was counted
+                raise DataError(f"the bitext is misaligned: {corpus.tgt} ends at line "
+                                f"{first + len(tgt) - 1} but {corpus.src} goes on")
+            yield RawChunk(index, first, len(src), b"\n".join(src), b"\n".join(tgt),
+                           str(corpus.src), str(corpus.tgt))
+            first += len(src)
+
+
+def split_tsv(chunk: RawChunk) -> tuple[bytes, bytes]:
+    """The source and target columns of a TSV chunk, each as lines joined by ``\\n``."""
+    cols = [line.split(b"\t", 1) for line in chunk.src.split(b"\n")]
+    for i, col in enumerate(cols):
+        if len(col) != 2:
+            raise DataError("the TSV bitext is misaligned: this line has no tab; expected "
+                            "source<TAB>target", chunk.src_path, chunk.first + i)
+    return b"\n".join(c[0] for c in cols), b"\n".join(c[1] for c in cols)
+
+
+def decode_side(block: bytes, n: int, policy: str, path: str, first: int,
+                counts: Counter) -> tuple[list[str], list[int]]:
+    """Decode ``n`` raw lines joined by newlines with the invalid-UTF-8 ``policy``.
+
+    Returns the text and the indices of undecodable lines. ``drop`` and ``replace`` count such a
+    line in ``counts['invalid_utf8']`` (and decode it with U+FFFD); ``error`` raises DataError
+    naming the file and line.
+    """
+    try:
+        return block.decode("utf-8").split("\n") if n else [], []
+    except UnicodeDecodeError:
+        pass
+    text, bad = [], []
+    for i, line in enumerate(block.split(b"\n")):
+        try:
+            text.append(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            if policy == "error":
+                raise DataError(f"invalid UTF-8 at byte {exc.start}; fix the encoding (for example "
+                                "with iconv), or set preprocess.normalize.invalid_utf8 to drop or "
+                                "replace", path, first + i) from None
+            counts["invalid_utf8"] += 1
+            bad.append(i)
+            text.append(line.decode("utf-8", errors="replace"))
+    return text, bad
+
+
+def read_split(split: Corpus, errors: str = "strict") -> Iterator[tuple[str, str]]:
+    """Yield the raw (source, target) text of every corpus of a split, TSV included, in order.
+
+    Line endings and a leading BOM are removed; nothing else is changed. Alignment is checked
+    first, corpus by corpus. ``errors`` is the UTF-8 error handler ('strict' raises DataError).
+    """
+    for index, corpus in enumerate(split.sources()):
+        count_pairs(corpus)
+        for chunk in read_chunks(corpus, index, 10_000):
+            blocks = split_tsv(chunk) if chunk.tgt is None else (chunk.src, chunk.tgt)
+            sides = []
+            for block, path in zip(blocks, (chunk.src_path, chunk.tgt_path)):
+                lines = [decode_line(raw, Path(path), chunk.first + i, errors)
+                         for i, raw in enumerate(block.split(b"\n"))] if chunk.n else []
+                sides.append(lines)
+            yield from zip(*sides)

@@ -70,9 +70,9 @@ def _load(recipe: Path, overrides: List[str]):
 
 @app.command()
 def tokenizer(recipe: Path = RECIPE, set_: List[str] = SET) -> None:
-    """Train SentencePiece (joint or one per language) on the recipe's training bitext."""
+    """Train SentencePiece (joint or one per language) on a random sample of the training bitext."""
     with user_errors():
-        from nmt_cli.tokenizer import Tokenizers, train_tokenizers
+        from nmt_cli.tokenizer import Tokenizers, dev_statistics, train_tokenizers
 
         rcp = _load(recipe, set_)
         paths = train_tokenizers(rcp)
@@ -81,26 +81,108 @@ def tokenizer(recipe: Path = RECIPE, set_: List[str] = SET) -> None:
             print(f"wrote {side}")
         print(f"vocabulary: {tok.src_vocab_size} source / {tok.tgt_vocab_size} target pieces"
               f"{' (joint)' if tok.joint else ''}")
+        where = "dev" if rcp.data.dev is not None else "train"
+        for side, st in dev_statistics(rcp, tok).items():
+            print(f"{where} {side}: unknown pieces {st['unk_rate']:.3%}, "
+                  f"{st['pieces_per_word']:.2f} pieces per word ({st['lines']} lines)")
+
+
+class _PreprocessProgress:
+    """One rich progress bar per split, with pairs/s."""
+
+    def __init__(self) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.bar = Progress(TextColumn("{task.description:>5}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]} pairs/s"), TimeElapsedColumn(),
+                            TimeRemainingColumn(), console=_stderr())
+        self.task = None
+
+    def start(self, split: str, total: int) -> None:
+        import time
+
+        self.bar.start()
+        self.task = self.bar.add_task(split, total=total, rate="-")
+        self.t0, self.done = time.perf_counter(), 0
+
+    def advance(self, pairs: int) -> None:
+        import time
+
+        self.done += pairs
+        rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.update(self.task, advance=pairs, rate=f"{rate:,.0f}")
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def _print_summary(manifest: dict, con) -> None:
+    """Rich tables: pairs in and out per filter, then lengths and unknown-piece rates."""
+    from rich.table import Table
+
+    for split, info in manifest["splits"].items():
+        table = Table(title=f"{split}: {info['pairs_in']} pairs in, {info['kept']} kept, "
+                            f"{info['written']} written", title_justify="left")
+        for col in ("step", "parameters", "pairs in", "dropped", "pairs out"):
+            table.add_column(col, justify="left" if col in ("step", "parameters") else "right")
+        left = info["pairs_in"]
+        shown = []
+        for name, f in info["filters"].items():
+            params = ", ".join(f"{k}={v}" for k, v in f["params"].items())
+            if f.get("unchecked"):
+                params += f", unchecked={f['unchecked']:,}"
+            table.add_row(name, params, f"{left:,}", f"{f['dropped']:,}",
+                          f"{left - f['dropped']:,}")
+            left -= f["dropped"]
+            shown += [(name, ex) for ex in f["examples"]]
+        weights = [c["weight"] for c in info["corpora"]]
+        if any(w != 1.0 for w in weights):
+            table.add_row("weights", ", ".join(map(str, weights)), f"{info['kept']:,}", "",
+                          f"{info['written']:,}")
+        con.print(table)
+        unchecked = info["filters"].get("duplicate", {}).get("unchecked", 0)
+        if unchecked:
+            con.print(f"warning: the duplicate table was full; {unchecked:,} pairs were kept "
+                      "without a duplicate check; raise preprocess.dedup_memory_mb", style="yellow")
+        for name, (src, tgt) in shown:
+            con.print(f"  dropped by {name}: {src[:70]!r} ||| {tgt[:70]!r}", soft_wrap=True)
+        lengths = Table(title=f"{split}: subword lengths of the pairs written", title_justify="left")
+        for col in ("side", "tokens", "p50", "p90", "p95", "p99", "max", "unk rate", "lines cleaned"):
+            lengths.add_column(col, justify="left" if col in ("side", "lines cleaned") else "right")
+        for side in ("src", "tgt"):
+            st = info[side]
+            pct = st.get("percentiles", {})
+            norm = ", ".join(f"{k} {v:,}" for k, v in info["normalized"][side].items()) or "none"
+            lengths.add_row(side, f"{st['tokens']:,}", *(str(pct.get(k, "-")) for k in
+                                                          ("p50", "p90", "p95", "p99", "p100")),
+                            f"{st['unk_rate']:.3%}", norm)
+        con.print(lengths)
+    con.print(f"{manifest['pairs_per_second']:,} pairs/s over {manifest['seconds']:.1f} s")
 
 
 @app.command()
 def preprocess(recipe: Path = RECIPE, set_: List[str] = SET,
                dry_run: bool = typer.Option(False, "--dry-run",
-                                            help="Report what the filters would do; write nothing.")
-               ) -> None:
-    """Clean, filter, dedup, encode and binarize the bitext for training."""
+                                            help="Report what the filters would do; write nothing."),
+               progress: bool = typer.Option(True, "--progress/--no-progress",
+                                             help="Show progress bars with pairs/s.")) -> None:
+    """Clean, filter, dedup, encode and binarize every split of the recipe for training."""
     with user_errors():
         from nmt_cli.preprocess import data_dir, preprocess as run
 
         rcp = _load(recipe, set_)
-        manifest = run(rcp, dry_run=dry_run)
+        bars = _PreprocessProgress() if progress else None
+        try:
+            manifest = run(rcp, dry_run=dry_run, progress=bars)
+        finally:
+            if bars is not None:
+                bars.stop()
         con = _stderr()
-        for split, info in manifest["splits"].items():  # type: ignore[union-attr]
-            f = info["filters"]
-            dropped = ", ".join(f"{k} {v}" for k, v in f["dropped"].items() if v) or "none"
-            con.print(f"{split}: {f['pairs_in']} pairs in, {f['kept']} kept (dropped: {dropped}); "
-                      f"{info['src_tokens']} source / {info['tgt_tokens']} target tokens")
-        if not dry_run:
+        _print_summary(manifest, con)
+        if dry_run:
+            con.print("dry run: nothing written")
+        else:
             print(f"wrote {data_dir(rcp)}")
 
 

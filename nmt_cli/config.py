@@ -29,11 +29,58 @@ def _num(default: Any, *, ge: float | None = None, gt: float | None = None,
 
 
 @dataclass(frozen=True)
-class Split:
-    """One line-aligned bitext: a source file and a target file (plain text or .gz)."""
+class Corpus:
+    """One line-aligned bitext: a source and a target file, or one two-column TSV file.
 
-    src: Path
-    tgt: Path
+    Files may be plain text or .gz/.xz/.bz2. ``weight`` resamples the corpus after filtering:
+    2.0 writes every kept pair twice, 0.5 keeps each with probability one half.
+    """
+
+    src: Optional[Path] = None
+    tgt: Optional[Path] = None
+    tsv: Optional[Path] = None
+    weight: float = _num(1.0, gt=0.0, le=100.0)
+
+    def problem(self) -> tuple[str, str] | None:
+        """Why this corpus is not usable, as (key, message), or None."""
+        if self.tsv is not None and (self.src is not None or self.tgt is not None):
+            return "tsv", "give either tsv or src and tgt, not both"
+        if self.tsv is None:
+            for key in ("src", "tgt"):
+                if getattr(self, key) is None:
+                    return key, "this key is required (or give one tsv file with two " \
+                                "tab-separated columns)"
+        return None
+
+    def files(self) -> list[Path]:
+        return [self.tsv] if self.tsv is not None else [self.src, self.tgt]  # type: ignore[list-item]
+
+    def sources(self) -> list["Corpus"]:
+        return [self]
+
+
+@dataclass(frozen=True)
+class Split(Corpus):
+    """A split: one corpus given inline (``{src, tgt}`` or ``{tsv}``) or a list of ``corpora``."""
+
+    corpora: list[Corpus] = field(default_factory=list)
+
+    def sources(self) -> list[Corpus]:  # type: ignore[override]
+        """The corpora of this split, in order."""
+        if self.corpora:
+            return list(self.corpora)
+        return [Corpus(self.src, self.tgt, self.tsv, self.weight)]
+
+    def problem(self) -> tuple[str, str] | None:
+        if self.corpora:
+            if self.src is not None or self.tgt is not None or self.tsv is not None:
+                return "corpora", "give either corpora or src/tgt/tsv, not both"
+            for i, corpus in enumerate(self.corpora):
+                found = corpus.problem()
+                if found:
+                    return f"corpora[{i}].{found[0]}", found[1]
+            return None
+        return super().problem()
 
 
 @dataclass(frozen=True)
@@ -44,6 +91,17 @@ class DataConfig:
     dev: Optional[Split] = None
     test: Optional[Split] = None
 
+    def __post_init__(self) -> None:
+        for name in ("train", "dev", "test"):
+            split = getattr(self, name)
+            found = split.problem() if split is not None else None
+            if found:
+                raise ConfigError(found[1], f"data.{name}.{found[0]}")
+
+    def splits(self) -> dict[str, Split]:
+        """The splits the recipe gives, train first."""
+        return {n: s for n in ("train", "dev", "test") if (s := getattr(self, n)) is not None}
+
 
 @dataclass(frozen=True)
 class TokenizerConfig:
@@ -51,19 +109,38 @@ class TokenizerConfig:
     vocab_size: int = _num(8000, ge=16, le=1_000_000)
     joint: bool = True
     character_coverage: float = _num(1.0, gt=0.0, le=1.0)
-    input_sentence_size: int = _num(2_000_000, ge=0)
+    input_sentence_size: int = _num(2_000_000, ge=0, doc="random sample of lines; 0 means all")
     byte_fallback: bool = False
     user_defined_symbols: list[str] = field(default_factory=list)
     num_threads: int = _num(2, ge=1)
 
 
 @dataclass(frozen=True)
+class NormalizeConfig:
+    """Text clean-up applied to every line before filtering, encoding and tokenizer training."""
+
+    unicode: Literal["nfc", "nfkc", "none"] = "nfc"
+    remove_control: bool = True  # C0/C1 control characters, NUL included (tab is whitespace)
+    remove_zero_width: bool = True  # U+200B-U+200D, U+2060 and U+FEFF
+    collapse_whitespace: bool = True  # runs of whitespace -> one space, ends trimmed
+    invalid_utf8: Literal["drop", "replace", "error"] = "drop"
+
+
+@dataclass(frozen=True)
 class PreprocessConfig:
-    min_len: int = _num(1, ge=0)
-    max_len: int = _num(100, ge=1)
-    max_ratio: float = _num(3.0, ge=1.0)
+    min_len: int = _num(1, ge=0, doc="fewest subword tokens per side")
+    max_len: int = _num(100, ge=1, doc="most subword tokens per side")
+    max_chars: int = _num(1000, ge=0, doc="most characters per side; 0 is off")
+    max_ratio: float = _num(3.0, ge=1.0, doc="longer / shorter side, in tokens")
+    max_nonletter: float = _num(0.5, ge=0.0, le=1.0,
+                                doc="highest share of non-letter, non-space characters; 1 is off")
+    drop_copies: bool = True  # pairs whose source equals their target
     dedup: bool = True
+    dedup_memory_mb: int = _num(128, ge=1, doc="most memory the duplicate table may use")
+    examples: int = _num(3, ge=0, doc="dropped pairs kept per filter for the report")
     workers: int = _num(1, ge=1)
+    chunk_size: int = _num(10_000, ge=1, doc="pairs per unit of work")
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
 
 
 @dataclass(frozen=True)

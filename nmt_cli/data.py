@@ -14,17 +14,24 @@ from nmt_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 class TokenArray:
-    """A list of id sequences stored flat in a ``.bin`` file with an offsets array beside it."""
+    """A list of id sequences stored flat in a ``.bin`` file with an offsets array beside it.
+
+    Both files are memory-mapped, so opening a split costs no memory and no reading up front.
+    """
 
     def __init__(self, bin_path: Path, dtype: str):
         idx_path = bin_path.with_suffix(".idx.npy")
         if not bin_path.is_file() or not idx_path.is_file():
             raise DataError("binarized data is missing; run 'nmt preprocess' on this recipe",
                             bin_path)
-        self.offsets = np.load(idx_path)
+        self.offsets = np.load(idx_path, mmap_mode="r")
         size = int(self.offsets[-1])
-        self.ids = (np.memmap(bin_path, dtype=np.dtype(dtype), mode="r", shape=(size,))
-                    if size else np.zeros(0, dtype=np.dtype(dtype)))
+        dt = np.dtype(dtype)
+        if bin_path.stat().st_size != size * dt.itemsize:
+            raise DataError(f"holds {bin_path.stat().st_size} bytes but its offsets say {size} "
+                            f"{dt.name} ids; run 'nmt preprocess' again", bin_path)
+        self.ids = (np.memmap(bin_path, dtype=dt, mode="r", shape=(size,))
+                    if size else np.zeros(0, dtype=dt))
         self.lengths = np.diff(self.offsets)
 
     def __len__(self) -> int:

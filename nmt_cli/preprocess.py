@@ -1,29 +1,44 @@
-"""Clean, filter, encode and binarize a bitext into flat token-id files that training memory-maps.
+"""Clean, filter, deduplicate, encode and binarize the recipe's splits into flat token-id files.
+
+The main process reads raw chunks of lines and hands them to ``preprocess.workers`` processes,
+each of which loads the SentencePiece model(s) once and decodes, cleans, filters and encodes whole
+chunks. At most ``2 * workers`` chunks are in flight and results come back in input order, so
+memory depends on the chunk size, not on the corpus size. The main process removes duplicates
+(``filters.DedupTable``), resamples weighted corpora and appends ids to the output.
 
 Layout in ``WORKDIR/data``: for each split and side, ``{split}.{side}.bin`` holds every sentence's
-ids back to back (uint16 when the vocabulary fits, else int32) and ``{split}.{side}.idx.npy`` holds
-the ``n + 1`` offsets into it. ``manifest.json`` records counts, filters, lengths and hashes.
+ids back to back (uint8, uint16 or int32, the smallest the vocabulary fits) and
+``{split}.{side}.idx.npy`` holds the ``n + 1`` int64 offsets into it. ``manifest.json`` records
+counts per filter with examples, length percentiles, unknown-piece rates and SHA-256 hashes of
+the tokenizer model(s) and of every input file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import multiprocessing
 import os
 import time
-from dataclasses import dataclass
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from nmt_cli.bitext import PairFilter, check_aligned, normalize, read_bitext
-from nmt_cli.config import Recipe, Split
+from nmt_cli.bitext import RawChunk, count_pairs, decode_side, read_chunks, scan_file, split_tsv
+from nmt_cli.config import PreprocessConfig, Recipe, Split
 from nmt_cli.errors import DataError
 from nmt_cli.files import atomic_write_text, sha256_file
-from nmt_cli.tokenizer import Tokenizers
+from nmt_cli.filters import (DedupTable, FilterCounts, example, filter_params, text_filter,
+                             token_filter)
+from nmt_cli.normalize import Normalizer, char_table
+from nmt_cli.tokenizer import UNK_ID, Tokenizers, processor
 
-CHUNK = 10_000
 MANIFEST = "manifest.json"
+FORMAT = "nmt-binarized-1"
 
 
 def data_dir(recipe: Recipe) -> Path:
@@ -31,134 +46,365 @@ def data_dir(recipe: Recipe) -> Path:
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
+    """The smallest integer type that holds every id of the vocabulary."""
+    for dtype in (np.uint8, np.uint16):
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    return np.dtype(np.int32)
 
 
-def _chunks(pairs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
-    chunk: list[tuple[str, str]] = []
-    for pair in pairs:
-        chunk.append(pair)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+class Progress(Protocol):
+    def start(self, split: str, total: int) -> None: ...
+    def advance(self, pairs: int) -> None: ...
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker side: one chunk in, its ids, lengths, digests and counts out.
 
 
 @dataclass
-class _ShardWriter:
-    """Appends id sequences to a .bin file under a temporary name; ``commit`` renames it in place."""
+class EncodedChunk:
+    corpus: int
+    pairs_in: int
+    normalized: dict[str, Counter]
+    filters: FilterCounts
+    src_ids: np.ndarray  # flat ids of the kept pairs
+    src_len: np.ndarray  # (kept,)
+    tgt_ids: np.ndarray
+    tgt_len: np.ndarray
+    digests: np.ndarray  # (kept,) uint64, empty when dedup is off
 
-    path: Path
-    dtype: np.dtype
 
-    def __post_init__(self) -> None:
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(src_model: bytes, tgt_model: bytes, cfg: PreprocessConfig) -> None:
+    """Load the model(s) once per process."""
+    src = processor(src_model)
+    tgt = src if tgt_model == src_model else processor(tgt_model)
+    _WORKER.update(src=src, tgt=tgt, cfg=cfg, normalizer=Normalizer(cfg.normalize),
+                   dtypes=(id_dtype(src.get_piece_size()), id_dtype(tgt.get_piece_size())))
+    char_table()
+
+
+def encode_chunk(chunk: RawChunk, full: bool) -> EncodedChunk:
+    """Decode, clean, filter and encode one chunk (runs in a worker process)."""
+    cfg: PreprocessConfig = _WORKER["cfg"]
+    policy = cfg.normalize.invalid_utf8
+    norm = {"src": Counter(), "tgt": Counter()}
+    tsv = chunk.tgt is None
+    src_block, tgt_block = split_tsv(chunk) if tsv else (chunk.src, chunk.tgt)
+    src, bad_src = decode_side(src_block, chunk.n, policy, chunk.src_path, chunk.first, norm["src"])
+    tgt, bad_tgt = decode_side(tgt_block, chunk.n, policy, chunk.tgt_path, chunk.first, norm["tgt"])
+    src, src_nonletter = _WORKER["normalizer"].clean_lines(src, chunk.first == 1, norm["src"])
+    tgt, tgt_nonletter = _WORKER["normalizer"].clean_lines(tgt, chunk.first == 1 and not tsv,
+                                                           norm["tgt"])
+    counts = FilterCounts(cfg.examples)
+    bad = set(bad_src) | set(bad_tgt) if policy == "drop" else set()
+    keep = text_filter(cfg, full, src, tgt, bad, src_nonletter, tgt_nonletter, counts)
+    src = [src[i] for i in keep]
+    tgt = [tgt[i] for i in keep]
+    src_ids, src_len = _encode(_WORKER["src"], src, _WORKER["dtypes"][0])
+    tgt_ids, tgt_len = _encode(_WORKER["tgt"], tgt, _WORKER["dtypes"][1])
+    ok = np.ones(len(src), dtype=bool)
+    for name, mask in token_filter(cfg, full, src_len, tgt_len).items():
+        for j in np.flatnonzero(mask).tolist():
+            counts.drop(name, src[j], tgt[j])
+        ok &= ~mask
+    rows = np.flatnonzero(ok)
+    digests = np.zeros(0, dtype=np.uint64)
+    if full and cfg.dedup:
+        digests = np.frombuffer(b"".join(
+            hashlib.blake2b(f"{src[j]}\t{tgt[j]}".encode("utf-8"), digest_size=8).digest()
+            for j in rows.tolist()), dtype=np.uint64)
+    if len(rows) < len(ok):
+        src_ids, tgt_ids = src_ids[np.repeat(ok, src_len)], tgt_ids[np.repeat(ok, tgt_len)]
+        src_len, tgt_len = src_len[rows], tgt_len[rows]
+    return EncodedChunk(chunk.corpus, len(chunk), norm, counts, src_ids, src_len, tgt_ids, tgt_len,
+                        digests)
+
+
+def _encode(sp, lines: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Encode lines into one flat id array of ``dtype`` and the per-line lengths."""
+    ids = sp.encode(lines, num_threads=1)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    return flat, lengths
+
+
+class Encoder:
+    """Runs ``encode_chunk`` in worker processes (or in this one when workers is 1), in order."""
+
+    def __init__(self, tok: Tokenizers, cfg: PreprocessConfig):
+        self.workers = cfg.workers
+        self.pool = None
+        args = (tok.src_bytes, tok.tgt_bytes, cfg)
+        if self.workers > 1:
+            char_table()  # built once here; forked workers share it
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            self.pool = ctx.Pool(self.workers, _init_worker, args)
+        else:
+            _init_worker(*args)
+
+    def scan(self, files: list[tuple[Path, bool]]) -> dict[Path, tuple[int, int]]:
+        """``scan_file`` on every (path, is_tsv), in parallel when there are workers."""
+        files = list(dict.fromkeys(files))
+        results = (self.pool.starmap(scan_file, files, chunksize=1) if self.pool
+                   else [scan_file(*f) for f in files])
+        return {path: result for (path, _), result in zip(files, results)}
+
+    def map(self, chunks: Iterable[RawChunk], full: bool) -> Iterator[EncodedChunk]:
+        if self.pool is None:
+            yield from (encode_chunk(c, full) for c in chunks)
+            return
+        # Pool.imap would read the whole input ahead of the workers; a bounded window does not.
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(self.pool.apply_async(encode_chunk, (chunk, full)))
+            if len(pending) >= 2 * self.workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+    def close(self, failed: bool = False) -> None:
+        if self.pool is not None:
+            if failed:
+                self.pool.terminate()
+            else:
+                self.pool.close()
+            self.pool.join()
+
+
+# ----------------------------------------------------------------------------------------------
+# Main side: output files and statistics.
+
+
+class ShardWriter:
+    """Appends id sequences to ``.bin`` under a temporary name; ``commit`` writes the offsets and
+    renames both into place. Lengths go to a temporary file, so memory stays flat."""
+
+    def __init__(self, path: Path, dtype: np.dtype):
+        self.path, self.dtype = path, dtype
+        self._tmp = path.with_name(path.name + ".tmp")
+        self._len_tmp = path.with_name(path.name + ".len.tmp")
         self._fh = open(self._tmp, "wb")
-        self._offsets = [0]
+        self._len_fh = open(self._len_tmp, "wb")
+        self.count = 0
 
-    def add(self, ids: list[int]) -> None:
-        self._fh.write(np.asarray(ids, dtype=self.dtype).tobytes())
-        self._offsets.append(self._offsets[-1] + len(ids))
+    def add(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        self._fh.write(ids.astype(self.dtype, copy=False).tobytes())
+        self._len_fh.write(lengths.astype(np.int64, copy=False).tobytes())
+        self.count += len(lengths)
 
-    def commit(self) -> np.ndarray:
+    def commit(self) -> None:
         self._fh.close()
-        offsets = np.asarray(self._offsets, dtype=np.int64)
+        self._len_fh.close()
         idx_path = self.path.with_suffix(".idx.npy")
-        np.save(str(idx_path) + ".tmp.npy", offsets)
-        os.replace(str(idx_path) + ".tmp.npy", idx_path)
+        idx_tmp = idx_path.with_name(idx_path.name + ".tmp")
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int64)),
+                  "fortran_order": False, "shape": (self.count + 1,)}
+        with open(idx_tmp, "wb") as out, open(self._len_tmp, "rb") as lengths:
+            np.lib.format.write_array_header_1_0(out, header)
+            total = 0
+            out.write(np.zeros(1, dtype=np.int64).tobytes())
+            while block := lengths.read(1 << 20):
+                offsets = total + np.cumsum(np.frombuffer(block, dtype=np.int64))
+                out.write(offsets.tobytes())
+                total = int(offsets[-1])
+        os.replace(idx_tmp, idx_path)
         os.replace(self._tmp, self.path)
-        return np.diff(offsets)
+        self._len_tmp.unlink()
 
     def abort(self) -> None:
-        self._fh.close()
-        self._tmp.unlink(missing_ok=True)
+        for fh in (self._fh, self._len_fh):
+            fh.close()
+        for tmp in (self._tmp, self._len_tmp, self.path.with_suffix(".idx.npy.tmp")):
+            tmp.unlink(missing_ok=True)
 
 
-def _percentiles(lengths: np.ndarray) -> dict[str, float]:
-    if lengths.size == 0:
-        return {}
-    return {f"p{q}": float(np.percentile(lengths, q)) for q in (50, 90, 99, 100)}
+@dataclass
+class Lengths:
+    """A histogram of sequence lengths, for exact percentiles in constant memory."""
+
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
+    unk: int = 0
+
+    def add(self, lengths: np.ndarray, ids: np.ndarray) -> None:
+        hist = np.bincount(lengths, minlength=len(self.counts))
+        if len(hist) > len(self.counts):
+            self.counts = np.concatenate([self.counts, np.zeros(len(hist) - len(self.counts),
+                                                                dtype=np.int64)])
+        self.counts += hist
+        self.unk += int(np.count_nonzero(ids == UNK_ID))
+
+    def summary(self) -> dict[str, Any]:
+        n, tokens = int(self.counts.sum()), int(self.counts @ np.arange(len(self.counts)))
+        out: dict[str, Any] = {"tokens": tokens, "unk_rate": self.unk / tokens if tokens else 0.0}
+        if n:
+            cum = np.cumsum(self.counts)
+            out["percentiles"] = {f"p{q}": int(np.searchsorted(cum, q / 100 * n))
+                                  for q in (50, 90, 95, 99, 100)}
+            out["mean"] = tokens / n
+        return out
 
 
-def preprocess_split(name: str, split: Split, tok: Tokenizers, recipe: Recipe, out: Path,
-                     dry_run: bool = False, filter_pairs: bool = True,
-                     progress: Callable[[int], None] | None = None) -> dict[str, object]:
-    """Encode one split; returns its manifest entry. Nothing is left behind on error."""
-    cfg = recipe.preprocess
-    filt = PairFilter(min_len=cfg.min_len, max_len=cfg.max_len, max_ratio=cfg.max_ratio,
-                      dedup=cfg.dedup) if filter_pairs else PairFilter(
-        min_len=0, max_len=10**9, max_ratio=10**9, dedup=False)
-    writers = {}
-    if not dry_run:
-        writers = {"src": _ShardWriter(out / f"{name}.src.bin", id_dtype(tok.src_vocab_size)),
-                   "tgt": _ShardWriter(out / f"{name}.tgt.bin", id_dtype(tok.tgt_vocab_size))}
-    src_lens: list[int] = []
-    tgt_lens: list[int] = []
+def _copies(weight: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """How many times each of ``n`` pairs is written: floor(weight), plus one with the remainder."""
+    base = int(weight)
+    extra = rng.random(n) < (weight - base) if weight != base else np.zeros(n, dtype=bool)
+    return base + extra.astype(np.int64)
+
+
+def _split_report(name: str, split: Split, cfg: PreprocessConfig, full: bool) -> dict[str, Any]:
+    return {"corpora": [{"files": [str(p) for p in c.files()], "weight": c.weight, "pairs_in": 0,
+                         "kept": 0, "written": 0} for c in split.sources()],
+            "pairs_in": 0, "kept": 0, "written": 0, "params": filter_params(cfg, full),
+            "normalized": {"src": Counter(), "tgt": Counter()}}
+
+
+def preprocess_split(name: str, split: Split, tok: Tokenizers, encoder: Encoder, recipe: Recipe,
+                     pairs: int, out: Path | None, progress: Progress | None) -> dict[str, Any]:
+    """Encode one split (train is filtered in full; dev and test lose only unusable pairs)."""
+    cfg, full = recipe.preprocess, name == "train"
+    sources = split.sources()
+    report = _split_report(name, split, cfg, full)
+    counts = FilterCounts(cfg.examples)
+    dedup = DedupTable(cfg.dedup_memory_mb) if full and cfg.dedup else None
+    rng = np.random.default_rng(recipe.train.seed)
+    lengths = {"src": Lengths(), "tgt": Lengths()}
+    writers: dict[str, ShardWriter] = {}
+    if out is not None:
+        writers = {"src": ShardWriter(out / f"{name}.src.bin", id_dtype(tok.src_vocab_size)),
+                   "tgt": ShardWriter(out / f"{name}.tgt.bin", id_dtype(tok.tgt_vocab_size))}
+    if progress:
+        progress.start(name, pairs)
+    chunks = (chunk for i, corpus in enumerate(sources)
+              for chunk in read_chunks(corpus, i, cfg.chunk_size))
     try:
-        for chunk in _chunks(read_bitext(split.src, split.tgt), CHUNK):
-            srcs = [normalize(s) for s, _ in chunk]
-            tgts = [normalize(t) for _, t in chunk]
-            src_ids = tok.encode_src(srcs)
-            tgt_ids = tok.encode_tgt(tgts)
-            for s, t, si, ti in zip(srcs, tgts, src_ids, tgt_ids):
-                if filt.keep(s, t, len(si), len(ti)):
-                    src_lens.append(len(si))
-                    tgt_lens.append(len(ti))
+        for res in encoder.map(chunks, full):
+            for side in ("src", "tgt"):
+                report["normalized"][side].update(res.normalized[side])
+            counts.merge(res.filters)
+            keep = np.ones(len(res.src_len), dtype=bool)
+            if dedup is not None:
+                dup = dedup.add(res.digests)
+                _count_duplicates(counts, dup, res, tok)
+                keep = ~dup
+            corpus = report["corpora"][res.corpus]
+            corpus["pairs_in"] += res.pairs_in
+            corpus["kept"] += int(keep.sum())
+            copies = np.where(keep, _copies(sources[res.corpus].weight, len(keep), rng), 0)
+            corpus["written"] += int(copies.sum())
+            for r in range(int(copies.max(initial=0))):
+                sel = copies > r
+                every = bool(sel.all())
+                for side, ids, lens in (("src", res.src_ids, res.src_len),
+                                        ("tgt", res.tgt_ids, res.tgt_len)):
+                    picked = ids if every else ids[np.repeat(sel, lens)]
+                    lens = lens if every else lens[sel]
+                    lengths[side].add(lens, picked)
                     if writers:
-                        writers["src"].add(si)
-                        writers["tgt"].add(ti)
+                        writers[side].add(picked, lens)
             if progress:
-                progress(len(chunk))
+                progress.advance(res.pairs_in)
         for w in writers.values():
             w.commit()
     except BaseException:
         for w in writers.values():
             w.abort()
         raise
-    return {
-        "files": {"src": str(split.src), "tgt": str(split.tgt)},
-        "sha256": {"src": sha256_file(split.src), "tgt": sha256_file(split.tgt)},
-        "filters": filt.report.as_dict(),
-        "src_tokens": int(sum(src_lens)), "tgt_tokens": int(sum(tgt_lens)),
-        "src_len": _percentiles(np.asarray(src_lens)), "tgt_len": _percentiles(np.asarray(tgt_lens)),
-    }
+    for key in ("pairs_in", "kept", "written"):
+        report[key] = sum(c[key] for c in report["corpora"])
+    report["normalized"] = {side: dict(c) for side, c in report["normalized"].items()}
+    report["filters"] = {f: {"params": p, "dropped": counts.dropped[f],
+                             "examples": counts.examples.get(f, [])}
+                         for f, p in report.pop("params").items()}
+    if dedup is not None:
+        report["filters"]["duplicate"].update(unchecked=dedup.unchecked, memory_bytes=dedup.nbytes)
+    report["src"], report["tgt"] = lengths["src"].summary(), lengths["tgt"].summary()
+    return report
+
+
+def _count_duplicates(counts: FilterCounts, dup: np.ndarray, res: EncodedChunk,
+                      tok: Tokenizers) -> None:
+    """Count duplicates; decode the first few back to text as examples."""
+    n = int(dup.sum())
+    if not n:
+        return
+    counts.dropped["duplicate"] += n
+    shown = counts.examples.setdefault("duplicate", [])
+    if len(shown) >= counts.max_examples:
+        return
+    src_off = np.concatenate([[0], np.cumsum(res.src_len)])
+    tgt_off = np.concatenate([[0], np.cumsum(res.tgt_len)])
+    for j in np.flatnonzero(dup)[: counts.max_examples - len(shown)].tolist():
+        shown.append(example(tok.src.decode(res.src_ids[src_off[j]:src_off[j + 1]].tolist()),
+                             tok.tgt.decode(res.tgt_ids[tgt_off[j]:tgt_off[j + 1]].tolist())))
 
 
 def preprocess(recipe: Recipe, dry_run: bool = False,
-               progress: Callable[[int], None] | None = None) -> dict[str, object]:
-    """Encode the train split (filtered) and dev split (kept whole) and write the manifest."""
-    if recipe.data.train is None:
+               progress: Progress | None = None) -> dict[str, Any]:
+    """Encode every split of the recipe and write the manifest; returns the manifest.
+
+    Every corpus is checked for alignment before anything is written. ``dry_run`` does all the
+    work but writes nothing.
+    """
+    splits = recipe.data.splits()
+    if "train" not in splits:
         raise DataError("the recipe has no data.train section; add data.train.src and data.train.tgt")
-    tok = Tokenizers.load(recipe)
-    for split in (recipe.data.train, recipe.data.dev):  # fail before anything is written
-        if split is not None:
-            check_aligned(split)
-    out = data_dir(recipe)
-    if not dry_run:
-        out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    splits: dict[str, object] = {}
-    splits["train"] = preprocess_split("train", recipe.data.train, tok, recipe, out, dry_run,
-                                       filter_pairs=True, progress=progress)
-    if recipe.data.dev is not None:
-        # Dev keeps every pair that has text on both sides, so its loss is comparable across runs.
-        splits["dev"] = preprocess_split("dev", recipe.data.dev, tok, recipe, out, dry_run,
-                                         filter_pairs=False, progress=progress)
+    for split in splits.values():
+        for corpus in split.sources():
+            for path in corpus.files():
+                if not path.is_file():
+                    raise DataError("file not found; check the path in the recipe", path)
+    tok = Tokenizers.load(recipe)
+    encoder = Encoder(tok, recipe.preprocess)
+    failed = True
+    try:
+        # Every corpus is counted and checked for alignment before anything is written.
+        scans = encoder.scan([(p, c.tsv is not None) for s in splits.values()
+                              for c in s.sources() for p in c.files()])
+        pairs = {name: sum(count_pairs(c, scans) for c in split.sources())
+                 for name, split in splits.items()}
+        out = None if dry_run else data_dir(recipe)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        reports: dict[str, Any] = {}
+        for name, split in splits.items():
+            reports[name] = preprocess_split(name, split, tok, encoder, recipe, pairs[name], out,
+                                             progress)
+        failed = False
+    finally:
+        encoder.close(failed)
+    seconds = time.time() - start
+    for name, split in splits.items():
+        files, hashes = [], []
+        for corpus, info in zip(split.sources(), reports[name]["corpora"]):
+            info["sha256"] = [sha256_file(p) for p in corpus.files()]
+            keys = ("tsv",) if corpus.tsv is not None else ("src", "tgt")
+            files.append(dict(zip(keys, info["files"])))
+            hashes.append(dict(zip(keys, info["sha256"])))
+        # One corpus: {"src": ..., "tgt": ...} (or {"tsv": ...}); several: a list of those.
+        reports[name]["files"] = files[0] if len(files) == 1 else files
+        reports[name]["sha256"] = hashes[0] if len(hashes) == 1 else hashes
     manifest = {
-        "format": "nmt-binarized-1",
+        "format": FORMAT,
         "tokenizer_sha256": tok.sha256(),
         "src_vocab_size": tok.src_vocab_size, "tgt_vocab_size": tok.tgt_vocab_size,
         "dtype": {"src": id_dtype(tok.src_vocab_size).name, "tgt": id_dtype(tok.tgt_vocab_size).name},
-        "splits": splits,
-        "seconds": round(time.time() - start, 3),
+        "normalize": {k: v for k, v in vars(recipe.preprocess.normalize).items()},
+        "splits": reports,
+        "seconds": round(seconds, 3),
+        "pairs_per_second": round(sum(r["pairs_in"] for r in reports.values()) / max(seconds, 1e-9)),
     }
-    if not dry_run:
+    if out is not None:
         atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def load_manifest(recipe: Recipe) -> dict[str, object]:
+def load_manifest(recipe: Recipe) -> dict[str, Any]:
     path = data_dir(recipe) / MANIFEST
     if not path.is_file():
         raise DataError("no preprocessed data; run 'nmt preprocess' on this recipe first", path)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
-
+from typing import Iterator
 import sentencepiece as spm
 
-from nmt_cli.bitext import read_lines
-from nmt_cli.config import Recipe, TokenizerConfig
+from nmt_cli.bitext import LineReader, open_binary, read_chunks, split_tsv
+from nmt_cli.config import NormalizeConfig, Recipe, Split, TokenizerConfig
 from nmt_cli.errors import DataError, NmtError
 from nmt_cli.files import atomic_write_bytes
+from nmt_cli.normalize import Normalizer
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIALS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
@@ -24,20 +25,42 @@ def tokenizer_dir(recipe: Recipe) -> Path:
     return recipe.workdir / "tokenizer"
 
 
-def _sample_lines(paths: Iterable[Path], limit: int, seed: int) -> list[str]:
-    """Read non-empty lines, keeping a uniform random sample of at most ``limit`` (0: all)."""
+def _side_blocks(split: Split, sides: tuple[str, ...]) -> Iterator[tuple[bytes, int, bool]]:
+    """Raw blocks of lines (joined by newlines) of the wanted sides of every corpus, each with its
+    line count and whether it opens its file. Sides are read separately: no alignment needed."""
+    for index, corpus in enumerate(split.sources()):
+        if corpus.tsv is not None:
+            for chunk in read_chunks(corpus, index, 10_000):
+                blocks = split_tsv(chunk)
+                for side in sides:
+                    yield blocks[0 if side == "src" else 1], chunk.n, chunk.first == 1
+            continue
+        for side in sides:
+            with open_binary(corpus.src if side == "src" else corpus.tgt) as fh:
+                reader, first = LineReader(fh), True
+                while lines := reader.take(10_000):
+                    yield b"\n".join(lines), len(lines), first
+                    first = False
+
+
+def _sample_lines(split: Split, sides: tuple[str, ...], limit: int, seed: int,
+                  cfg: NormalizeConfig) -> list[str]:
+    """Cleaned non-empty lines of ``sides`` of every corpus, a uniform random sample of at most
+    ``limit`` (0: all). Reservoir sampling keeps memory bounded however large the corpus is."""
     rng = random.Random(seed)
+    normalizer = Normalizer(cfg)
     sample: list[str] = []
     seen = 0
-    for path in paths:
-        for line in read_lines(path):
-            line = line.strip()
+    for raw, n, file_start in _side_blocks(split, sides):
+        text = raw.decode("utf-8", errors="replace").split("\n") if n else []
+        lines, _ = normalizer.clean_lines(text, file_start, Counter())
+        for line in lines:
             if not line:
                 continue
             seen += 1
             if not limit or len(sample) < limit:
                 sample.append(line)
-            else:  # reservoir sampling keeps memory bounded on huge corpora
+            else:
                 j = rng.randrange(seen)
                 if j < limit:
                     sample[j] = line
@@ -77,8 +100,8 @@ class Tokenizers:
 
     @classmethod
     def from_bytes(cls, src_bytes: bytes, tgt_bytes: bytes) -> "Tokenizers":
-        src = _processor(src_bytes)
-        tgt = src if tgt_bytes == src_bytes else _processor(tgt_bytes)
+        src = processor(src_bytes)
+        tgt = src if tgt_bytes == src_bytes else processor(tgt_bytes)
         return cls(src, tgt, src_bytes, tgt_bytes)
 
     @classmethod
@@ -120,7 +143,7 @@ class Tokenizers:
         return self.src.encode(line, out_type=str)
 
 
-def _processor(model: bytes) -> spm.SentencePieceProcessor:
+def processor(model: bytes) -> spm.SentencePieceProcessor:
     sp = spm.SentencePieceProcessor()
     sp.load_from_serialized_proto(model)
     return sp
@@ -137,22 +160,34 @@ def model_paths(recipe: Recipe) -> dict[str, Path]:
 
 def train_tokenizers(recipe: Recipe) -> dict[str, Path]:
     """Train the recipe's tokenizer(s) on its training bitext; return the written model paths."""
-    if recipe.data.train is None:
-        raise DataError("the recipe has no data.train section; add data.train.src and data.train.tgt")
-    cfg = recipe.tokenizer
     train = recipe.data.train
-    limit = cfg.input_sentence_size
+    if train is None:
+        raise DataError("the recipe has no data.train section; add data.train.src and data.train.tgt")
+    cfg, seed = recipe.tokenizer, recipe.train.seed
+    norm = recipe.preprocess.normalize
     paths = model_paths(recipe)
     if cfg.joint:
-        lines = _sample_lines([train.src, train.tgt], limit, recipe.train.seed)
-        atomic_write_bytes(paths["src"], train_model(lines, cfg, recipe.train.seed))
+        lines = _sample_lines(train, ("src", "tgt"), cfg.input_sentence_size, seed, norm)
+        atomic_write_bytes(paths["src"], train_model(lines, cfg, seed))
     else:
-        for side, path in (("src", train.src), ("tgt", train.tgt)):
-            lines = _sample_lines([path], limit, recipe.train.seed)
-            atomic_write_bytes(paths[side], train_model(lines, cfg, recipe.train.seed))
+        for side in ("src", "tgt"):
+            lines = _sample_lines(train, (side,), cfg.input_sentence_size, seed, norm)
+            atomic_write_bytes(paths[side], train_model(lines, cfg, seed))
     return paths
 
 
-def iter_encoded(sp: spm.SentencePieceProcessor, lines: Iterable[str]) -> Iterator[list[int]]:
-    for line in lines:
-        yield sp.encode(line)
+def dev_statistics(recipe: Recipe, tok: "Tokenizers") -> dict[str, dict[str, float]]:
+    """Unknown-piece rate and average pieces per word of each side of the dev set (or train)."""
+    split = recipe.data.dev or recipe.data.train
+    if split is None:
+        return {}
+    stats = {}
+    for side, sp in (("src", tok.src), ("tgt", tok.tgt)):
+        lines = _sample_lines(split, (side,), 100_000, 0, recipe.preprocess.normalize)
+        ids = sp.encode(lines)
+        pieces = sum(map(len, ids))
+        words = sum(len(line.split()) for line in lines)
+        unk = sum(row.count(UNK_ID) for row in ids)
+        stats[side] = {"lines": len(lines), "unk_rate": unk / max(pieces, 1),
+                       "pieces_per_word": pieces / max(words, 1)}
+    return stats

@@ -107,10 +107,11 @@ class Trainer:
         self.tok = Tokenizers.load(recipe)
         manifest = load_manifest(recipe)
         if manifest["tokenizer_sha256"] != self.tok.sha256():
+            data_sha, recipe_sha = manifest["tokenizer_sha256"], self.tok.sha256()
             raise DataError(
-                "the preprocessed data was encoded with tokenizer "
-                f"{manifest['tokenizer_sha256']['src'][:12]} but the recipe's tokenizer is "
-                f"{self.tok.sha256()['src'][:12]}; run 'nmt preprocess' again",
+                f"the preprocessed data was encoded with tokenizer sha256 src={data_sha['src']} "
+                f"tgt={data_sha['tgt']} but the recipe's tokenizer has sha256 "
+                f"src={recipe_sha['src']} tgt={recipe_sha['tgt']}; run 'nmt preprocess' again",
                 data_dir(recipe) / "manifest.json")
         self.manifest = manifest
         self.train_data = ParallelData(data_dir(recipe), "train", manifest["dtype"])

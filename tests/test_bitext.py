@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nmt_cli.bitext import PairFilter, count_lines, normalize, read_bitext, read_lines
+from nmt_cli.bitext import count_lines, normalize, read_bitext, read_lines
 from nmt_cli.errors import DataError
 
 LINES = ["Der Hund läuft.", "", "  spaces  inside  ", "naïve café – ☃", "last line"]
@@ -119,53 +119,23 @@ def test_normalize_nfc_and_whitespace():
     assert normalize("cafe\u0301") == "caf\u00e9"
 
 
-# -- PairFilter ----------------------------------------------------------------------------------
+# -- token filters (nmt_cli.filters; the rest is in test_preprocess_scale.py) --------------------
 
 
-def words(s: str) -> int:
-    return len(s.split())
+def test_token_filters_count_the_first_reason_and_boundaries_are_inclusive():
+    import numpy as np
 
+    from nmt_cli.config import PreprocessConfig
+    from nmt_cli.filters import token_filter
 
-def run_filter(pairs, **kwargs):
-    filt = PairFilter(**kwargs)
-    kept = [(s, t) for s, t in pairs if filt.keep(s, t, words(s), words(t))]
-    return filt, kept
-
-
-def test_pair_filter_counts_each_reason():
-    pairs = [
-        ("a b c", "x y z"),  # kept
-        ("", "x"),  # empty source
-        ("a", "   "),  # empty target
-        ("a b c d e f", "u v w x y z"),  # too long (6 > 5)
-        ("a", "x y z w"),  # ratio 4 > 3
-        ("a b c", "x y z"),  # duplicate of the first
-        ("a b c", "x y q"),  # different target: not a duplicate
-        ("a b c d", "x"),  # ratio 4 > 3
-        ("a b", "x y"),  # kept
-        ("a b", "x y"),  # duplicate
-    ]
-    filt, kept = run_filter(pairs, min_len=1, max_len=5, max_ratio=3.0, dedup=True)
-    report = filt.report.as_dict()
-    assert report["pairs_in"] == len(pairs)
-    assert report["dropped"] == {"empty": 2, "too_short": 0, "too_long": 1, "length_ratio": 2,
-                                 "duplicate": 2}
-    assert report["kept"] == 3 == len(kept)
-    assert kept == [("a b c", "x y z"), ("a b c", "x y q"), ("a b", "x y")]
-    assert report["kept"] + sum(report["dropped"].values()) == report["pairs_in"]
-
-
-def test_pair_filter_boundaries_are_inclusive():
-    filt, kept = run_filter([("a b c d e", "v w x y z"), ("a", "x y z")], max_len=5, max_ratio=3.0)
-    assert len(kept) == 2, filt.report.as_dict()
-
-
-def test_pair_filter_too_short():
-    filt, kept = run_filter([("a", "x y"), ("a b", "x y")], min_len=2)
-    assert filt.report.dropped["too_short"] == 1 and kept == [("a b", "x y")]
-
-
-def test_pair_filter_without_dedup_keeps_duplicates():
-    filt, kept = run_filter([("a", "x")] * 3, dedup=False)
-    assert len(kept) == 3 and filt.report.dropped["duplicate"] == 0
-
+    cfg = PreprocessConfig(min_len=2, max_len=5, max_ratio=3.0)
+    src = np.array([5, 2, 1, 6, 2, 2])
+    tgt = np.array([5, 6, 4, 6, 7, 2])
+    masks = token_filter(cfg, True, src, tgt)
+    assert masks["too_short"].tolist() == [False, False, True, False, False, False]
+    assert masks["too_long"].tolist() == [False, True, False, True, True, False]
+    assert masks["length_ratio"].tolist() == [False] * 6  # 2 vs 6 is too long first
+    ratio = token_filter(PreprocessConfig(max_len=100, max_ratio=3.0), True, np.array([1, 2]),
+                         np.array([3, 7]))["length_ratio"]
+    assert ratio.tolist() == [False, True]
+    assert not any(m.any() for m in token_filter(cfg, False, src, tgt).values())
