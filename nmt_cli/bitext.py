@@ -25,8 +25,10 @@ BOM = b"\xef\xbb\xbf"
 def open_binary(path: Path) -> IO[bytes]:
     """Open a plain, .gz, .xz or .bz2 file for binary reading, with a clear error if it is missing."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found; check the path in the recipe", path)
+    if not path.exists():  # a pipe such as <(zcat ...) is fine, only a missing path is not
+        raise DataError("file not found; check the path", path)
+    if path.is_dir():
+        raise DataError("is a folder, not a text file", path)
     opener = _OPENERS.get(path.suffix.lower())
     try:
         return opener(path, "rb") if opener else open(path, "rb")  # type: ignore[operator]

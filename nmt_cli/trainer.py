@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from nmt_cli import distributed as dist
-from nmt_cli.bitext import read_bitext
+from nmt_cli.bitext import read_split
 from nmt_cli.checkpoint import (FAULT_ENV, CheckpointStore, library_versions, make_checkpoint,
                                 rng_state, set_rng_state)
 from nmt_cli.config import Recipe
@@ -150,7 +150,7 @@ class Trainer:
         dev = self.recipe.data.dev
         if dev is None:
             return [], []
-        pairs = list(read_bitext(dev.src, dev.tgt))
+        pairs = list(read_split(dev))  # files or TSV, one corpus or several
         if self.cfg.valid_max_sentences:
             pairs = pairs[: self.cfg.valid_max_sentences]
         return [s for s, _ in pairs], [t for _, t in pairs]
