@@ -57,7 +57,8 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-RECIPE = typer.Argument(..., help="YAML recipe file (see recipes/).", show_default=False)
+RECIPE = typer.Argument(..., help="YAML recipe file (see recipes/).", show_default=False,
+                        metavar="RECIPE")
 SET = typer.Option([], "--set", help="Override a recipe key, e.g. --set train.max_steps=100; "
                                      "repeatable.", metavar="KEY.PATH=VALUE")
 
@@ -70,7 +71,10 @@ def _load(recipe: Path, overrides: List[str]):
 
 @app.command()
 def tokenizer(recipe: Path = RECIPE, set_: List[str] = SET) -> None:
-    """Train SentencePiece (joint or one per language) on a random sample of the training bitext."""
+    """Train SentencePiece subword models on the training bitext.
+
+    One joint model or one per language, on a random sample of the training bitext.
+    """
     with user_errors():
         from nmt_cli.tokenizer import Tokenizers, dev_statistics, train_tokenizers
 
@@ -167,7 +171,10 @@ def preprocess(recipe: Path = RECIPE, set_: List[str] = SET,
                                             help="Report what the filters would do; write nothing."),
                progress: bool = typer.Option(True, "--progress/--no-progress",
                                              help="Show progress bars with pairs/s.")) -> None:
-    """Clean, filter, dedup, encode and binarize every split of the recipe for training."""
+    """Clean, filter, dedup, encode and binarize the bitext.
+
+    Every split of the recipe is written as token-id shards that training reads.
+    """
     with user_errors():
         from nmt_cli.preprocess import data_dir, preprocess as run
 
@@ -225,7 +232,9 @@ def train(recipe: Path = RECIPE, set_: List[str] = SET,
                                                    help="Start from this checkpoint's weights "
                                                         "with a fresh optimizer and schedule "
                                                         "(fine-tuning).")) -> None:
-    """Train an attention encoder-decoder; keeps the last and best checkpoints.
+    """Train an attention encoder-decoder model.
+
+    Validates every train.valid_every steps and keeps the last and best checkpoints.
 
     Under torchrun (--nproc-per-node N) it trains data-parallel on N processes.
     """
@@ -278,7 +287,10 @@ def plot(run_dir: Path = typer.Argument(..., help="A training run folder (the re
          output: Optional[Path] = typer.Option(None, "-o", "--output",
                                                help="PNG to write; default RUN_DIR/curves.png.")
          ) -> None:
-    """Plot training loss, dev BLEU and learning rate against steps from metrics.jsonl."""
+    """Plot loss, dev BLEU and learning rate of a training run.
+
+    Reads RUN_DIR/metrics.jsonl and writes a PNG of the curves against steps.
+    """
     with user_errors():
         from nmt_cli.plot import plot_run
 
@@ -334,7 +346,10 @@ def translate(
                                 help="CPU threads for torch; 0 keeps torch's default (the cores)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No statistics on stderr."),
 ) -> None:
-    """Translate text with beam search; N lines in, N lines out, in order."""
+    """Translate text with beam search, greedy or sampling.
+
+    N lines in, N lines out, in order; an empty line stays empty.
+    """
     # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other work, spinning
     # threads made decoding several times slower; on an idle CPU the cost is negligible. Read by
     # the OpenMP runtime when torch is first imported, which happens just below.
@@ -376,7 +391,7 @@ def average(
     last: Optional[int] = typer.Option(None, "--last", min=1,
                                        help="Average the newest N checkpoints of the run folder."),
 ) -> None:
-    """Average the weights of several checkpoints of one model into a new checkpoint."""
+    """Average the weights of several checkpoints of one model."""
     with user_errors():
         from nmt_cli.average import average_to_file, run_checkpoints
 
@@ -409,7 +424,10 @@ def eval_(
     lowercase: bool = typer.Option(False, "--lowercase", "-lc"),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Score hypotheses with sacreBLEU (BLEU, chrF, TER) and print signatures."""
+    """Score translations with sacreBLEU: BLEU, chrF, TER.
+
+    Prints each score with its signature, or JSON with --json.
+    """
     with user_errors():
         from nmt_cli.scoring import score_files
 

@@ -296,7 +296,9 @@ class Trainer:
                 return self._skip_oom(shape, lr)
             loss_sum += loss.item()
             nll_sum += nll.item()
-        time_up = bool(cfg.max_time) and st.seconds + self._session_seconds() >= cfg.max_time * 60
+        # st.seconds is brought up to date after every update; count it once, plus this update
+        time_up = bool(cfg.max_time) and self._base_seconds + self._session_seconds() \
+            >= cfg.max_time * 60
         loss_sum, nll_sum, signalled, out_of_time = dist.all_reduce_sum(
             [loss_sum, nll_sum, float(self._signal is not None), float(time_up)], self.device)
         self.scaler.unscale_(self.optimizer)
@@ -367,7 +369,7 @@ class Trainer:
                   f"{len(self.train_data):,} pairs, precision {cfg.precision}")
         self.model.train()
         self._session_start = time.time()
-        base_seconds = st.seconds
+        base_seconds = self._base_seconds = st.seconds
         fault = os.environ.get(FAULT_ENV, "")
         kill_after = int(fault.split(":")[1]) if fault.startswith("kill-after-step:") else None
         window = {"tokens": 0, "loss": 0.0, "nll": 0.0, "start": time.time()}
