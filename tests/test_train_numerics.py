@@ -46,19 +46,24 @@ def test_non_finite_losses_skip_updates_then_stop(prepared, monkeypatch):  # noq
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["event"] for r in records].count("nonfinite") == 3
 
+def _infinite_loss_on_call(monkeypatch, module, n: int) -> None:
+    """Make the n-th call of the trainer's loss return an infinite loss (plain NLL untouched)."""
+    real, calls = module.sequence_loss, []
+
+    def poisoned(*args):
+        calls.append(1)
+        loss, nll = real(*args)
+        return (loss * float("inf"), nll) if len(calls) == n else (loss, nll)
+
+    monkeypatch.setattr(module, "sequence_loss", poisoned)
+
+
 
 def test_one_non_finite_update_is_skipped_and_counted(prepared, monkeypatch):  # noqa: F811
     trainer, _ = _trainer(prepared, "nan1", max_steps=4, valid_every=4)
     import nmt_cli.trainer as module
 
-    real, calls = module.sequence_loss, []
-
-    def once_nan(*args):
-        calls.append(1)
-        loss, nll = real(*args)
-        return (loss * float("inf"), nll) if len(calls) == 2 else (loss, nll)
-
-    monkeypatch.setattr(module, "sequence_loss", once_nan)
+    _infinite_loss_on_call(monkeypatch, module, 2)
     summary = trainer.train()
     assert (summary.steps, summary.nonfinite_skipped, summary.oom_skipped) == (4, 1, 0)
 
@@ -107,14 +112,7 @@ def test_fp16_grad_scaler_path_skips_overflow_and_saves_its_state(prepared, monk
     monkeypatch.setattr(module, "check_precision", lambda device, precision: None)
     trainer, workdir = _trainer(prepared, "fp16cpu", precision="fp16", max_steps=3, valid_every=3)
     assert trainer.scaler.is_enabled()
-    real, calls = module.sequence_loss, []
-
-    def overflow_once(*args):
-        calls.append(1)
-        loss, nll = real(*args)
-        return (loss * float("inf"), nll) if len(calls) == 1 else (loss, nll)
-
-    monkeypatch.setattr(module, "sequence_loss", overflow_once)
+    _infinite_loss_on_call(monkeypatch, module, 1)
     start_scale = trainer.scaler.get_scale()
     summary = trainer.train()
     assert (summary.steps, summary.nonfinite_skipped) == (3, 1)
