@@ -367,6 +367,21 @@ def _unknown_key_message(name: str, known: list[str], prefix: str) -> str:
     return f"unknown key (known keys {where}: {', '.join(known)})"
 
 
+def with_overrides(cfg: Any, overrides: typing.Mapping[str, Any], prefix: str = "") -> Any:
+    """``cfg`` with some keys changed, checked by the same rules as a recipe (types, ranges,
+    choices, unknown keys with a did-you-mean). The one way to change a config after loading:
+    recipe defaults, CLI options, the Python API and request settings all go through here."""
+    if not overrides:
+        return cfg
+    for name in overrides:  # unknown keys first, so the message names the key as given
+        if name not in {f.name for f in dataclasses.fields(cfg)}:
+            build(type(cfg), {name: overrides[name]}, prefix=prefix)
+    current = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+               if f.name not in overrides}
+    checked = build(type(cfg), dict(overrides), prefix=prefix)
+    return dataclasses.replace(checked, **current)
+
+
 def to_dict(obj: Any) -> Any:
     """A plain, YAML- and JSON-friendly view of a config object (paths become strings)."""
     if dataclasses.is_dataclass(obj):
