@@ -368,18 +368,22 @@ def _unknown_key_message(name: str, known: list[str], prefix: str) -> str:
 
 
 def with_overrides(cfg: Any, overrides: typing.Mapping[str, Any], prefix: str = "") -> Any:
-    """``cfg`` with some keys changed, checked by the same rules as a recipe (types, ranges,
-    choices, unknown keys with a did-you-mean). The one way to change a config after loading:
-    recipe defaults, CLI options, the Python API and request settings all go through here."""
+    """``cfg`` with some keys changed, each checked by the same rules as a recipe key (type,
+    range, choice, unknown key with a did-you-mean). The one way to change a config after it is
+    built: CLI options, the Python API and request settings all go through here."""
     if not overrides:
         return cfg
-    for name in overrides:  # unknown keys first, so the message names the key as given
-        if name not in {f.name for f in dataclasses.fields(cfg)}:
-            build(type(cfg), {name: overrides[name]}, prefix=prefix)
-    current = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-               if f.name not in overrides}
-    checked = build(type(cfg), dict(overrides), prefix=prefix)
-    return dataclasses.replace(checked, **current)
+    hints = typing.get_type_hints(type(cfg))
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    changed: dict[str, Any] = {}
+    for name, value in overrides.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            raise ConfigError(_unknown_key_message(str(name), list(fields), prefix), key)
+        converted = _coerce(value, hints[name], key, None)
+        _check_range(converted, fields[name].metadata, key)
+        changed[name] = converted
+    return dataclasses.replace(cfg, **changed)
 
 
 def to_dict(obj: Any) -> Any:
