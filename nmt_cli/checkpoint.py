@@ -25,7 +25,7 @@ import torch
 from nmt_cli import __version__
 from nmt_cli.config import Recipe, to_dict
 from nmt_cli.errors import CheckpointError, NmtError
-from nmt_cli.files import atomic_write_bytes
+from nmt_cli.files import atomic_write_bytes, replace_durably
 from nmt_cli.model import Seq2Seq, build_model
 from nmt_cli.recipes import recipe_from_dict
 from nmt_cli.tokenizer import Tokenizers
@@ -150,7 +150,7 @@ class CheckpointStore:
             os.link(source, tmp)
         except OSError:
             atomic_write_bytes(tmp, source.read_bytes())
-        os.replace(tmp, target)
+        replace_durably(tmp, target)
 
     def save(self, payload: dict, step: int, metric: float | None, is_best: bool) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -255,10 +255,12 @@ def train(recipe: Path = RECIPE, set_: List[str] = SET,
             teardown()
         if not trainer.dist.is_main:
             return
-        best = f"{summary.best_bleu:.2f}" if summary.best_bleu is not None else "n/a"
+        best = (f"best dev BLEU {summary.best_bleu:.2f} at step {summary.best_step}"
+                if summary.best_bleu is not None else "no dev set, best.pt is the last checkpoint"
+                if rcp.data.dev is None else "best dev BLEU n/a")
         con.print(f"done: {summary.steps} steps in {summary.seconds:.0f} s "
                   f"({summary.tokens_per_second:,.0f} target tok/s), stopped by "
-                  f"{summary.stopped_by}; best dev BLEU {best} at step {summary.best_step}; "
+                  f"{summary.stopped_by}; {best}; "
                   f"skipped updates: {summary.nonfinite_skipped} non-finite, "
                   f"{summary.oom_skipped} out of memory")
         if summary.stopped_by == "interrupted":

@@ -252,6 +252,26 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+def check_training(recipe: Recipe) -> None:
+    """Rules that tie training keys to each other and to the data; ConfigError names the key.
+
+    Checked for every recipe file that is loaded and by the trainer, but not when a checkpoint's
+    recipe is rebuilt, so a model trained before a rule existed still translates.
+    """
+    cfg = recipe.train
+    if cfg.schedule == "inverse_sqrt" and cfg.warmup_steps == 0:
+        raise ConfigError("schedule 'inverse_sqrt' needs a warmup, or it decays from the first "
+                          "step; set train.warmup_steps above 0 (4000 is common)",
+                          "train.warmup_steps")
+    if recipe.data.dev is None:
+        if cfg.early_stopping_patience:
+            raise ConfigError("early stopping needs a dev set; add data.dev or set "
+                              "train.early_stopping_patience to 0", "train.early_stopping_patience")
+        if cfg.schedule == "plateau":
+            raise ConfigError("the plateau schedule needs a dev set; add data.dev or choose "
+                              "'constant' or 'inverse_sqrt'", "train.schedule")
+
+
 # ----------------------------------------------------------------------------------------------
 # Building sections from dicts
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -19,10 +20,35 @@ def atomic_write_bytes(target: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        replace_durably(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_durably(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Rename ``source`` to ``target`` atomically, then fsync the folder so that the new name
+    itself is on disk: without it a power cut can bring back the old name, or none.
+
+    Every rename that publishes a finished file goes through here.
+    """
+    os.replace(source, target)
+    fsync_dir(Path(target).parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries to disk; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some network file systems refuse fsync on a folder
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def default_mode() -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import numpy as np
 from nmt_cli.bitext import RawChunk, count_pairs, decode_side, read_chunks, scan_file, split_tsv
 from nmt_cli.config import PreprocessConfig, Recipe, Split
 from nmt_cli.errors import DataError
-from nmt_cli.files import atomic_write_text, sha256_file
+from nmt_cli.files import atomic_write_text, replace_durably, sha256_file
 from nmt_cli.filters import (DedupTable, FilterCounts, example, filter_params, text_filter,
                              token_filter)
 from nmt_cli.normalize import Normalizer, char_table
@@ -212,8 +211,8 @@ class ShardWriter:
                 offsets = total + np.cumsum(np.frombuffer(block, dtype=np.int64))
                 out.write(offsets.tobytes())
                 total = int(offsets[-1])
-        os.replace(idx_tmp, idx_path)
-        os.replace(self._tmp, self.path)
+        replace_durably(idx_tmp, idx_path)
+        replace_durably(self._tmp, self.path)
         self._len_tmp.unlink()
 
     def abort(self) -> None:

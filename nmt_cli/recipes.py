@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from nmt_cli.config import Recipe, build, field_type, to_dict
+from nmt_cli.config import Recipe, build, check_training, field_type, to_dict
 from nmt_cli.errors import ConfigError, NmtError
 from nmt_cli.files import atomic_write_text
 
@@ -33,11 +33,13 @@ def _yaml_load(text: str):
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``a.b=value``; the value is read as YAML (``0.1`` is a number, ``[a, b]`` a list)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.path=value")
+        raise ConfigError(f"{text!r} has no '='; write it as KEY.PATH=VALUE, for example "
+                          "--set train.max_steps=100", source="--set")
     key, _, raw = text.partition("=")
     key = key.strip()
     if not key:
-        raise ConfigError(f"override {text!r} has no key before '='")
+        raise ConfigError(f"{text!r} has no key before '='; write it as KEY.PATH=VALUE",
+                          source="--set")
     try:
         value = _yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
@@ -78,6 +80,8 @@ def load_recipe(path: str | os.PathLike[str], overrides: Iterable[str] = (),
                 cwd: Path | None = None) -> Recipe:
     """Read and validate a recipe file; relative paths in it resolve against its own folder."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give a recipe file, such as recipes/sample.yaml")
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path} (see recipes/ for examples)")
     try:
@@ -92,17 +96,30 @@ def load_recipe(path: str | os.PathLike[str], overrides: Iterable[str] = (),
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"invalid YAML{where}: {problem}", source=str(path)) from None
-    if raw is None:
-        raw = {}
+    overrides = list(overrides)
+    if (raw is None or raw == {}) and not overrides:  # --set alone may still say everything
+        raise ConfigError("the recipe is empty (nothing but blank lines or comments); start from "
+                          "a copy of recipes/sample.yaml and set data.train at least",
+                          source=str(path))
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise ConfigError("the recipe must be a mapping of sections", source=str(path))
+        raise ConfigError("the recipe must be a mapping of sections (data:, model:, train:, ...), "
+                          f"not {_yaml_kind(raw)}", source=str(path))
     try:
         raw = apply_overrides(raw, overrides, cwd or Path.cwd())
-        return build(Recipe, raw, base_dir=path.resolve().parent)
+        recipe = build(Recipe, raw, base_dir=path.resolve().parent)
+        check_training(recipe)
+        return recipe
     except ConfigError as exc:
         if exc.source is None:
             raise ConfigError(str(exc), source=str(path)) from None
         raise
+
+
+def _yaml_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    return f"a single value ({str(value)[:40]!r})"
 
 
 def recipe_from_dict(raw: dict[str, Any], base_dir: Path | None = None) -> Recipe:

@@ -67,13 +67,81 @@ def _same_tokenizer(payload: dict, tok: Tokenizers) -> bool:
     return payload["tokenizer"] == {"src": tok.src_bytes, "tgt": tok.tgt_bytes}
 
 
-def check_resumable(payload: dict, path: Path, recipe: Recipe, tok: Tokenizers) -> None:
-    """--resume continues the same model with the same tokenizer; training keys may change."""
-    if payload["recipe"]["model"] != to_dict(recipe.model):
-        raise CheckpointError(f"{path}: the recipe's model section differs from the run's; "
-                              "--resume needs the same model (use --init-from to fine-tune)")
+# Keys a resumed run may change: they extend it (budgets), observe it (logging, validation,
+# checkpoint keeping, decoding and scoring of the dev set) or say where it runs. Every other key
+# defines the run: the model, the tokenizer, the epoch layout (batch_tokens, accum_steps, seed,
+# the preprocessing) or the optimisation, and a saved batch position is only valid under it.
+# The data section is compared by content (data_identity), so a moved file is not a change.
+RESUMABLE_CHANGES = (
+    "name", "workdir", "data", "decode", "eval",
+    "train.max_steps", "train.max_epochs", "train.max_time", "train.log_every",
+    "train.valid_every", "train.valid_beam_size", "train.valid_max_sentences",
+    "train.early_stopping_patience", "train.keep_last", "train.keep_best", "train.save_every",
+    "train.tensorboard", "train.max_nonfinite", "train.threads", "train.device",
+    "train.precision",
+)
+
+
+def data_identity(manifest: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
+    """What fixes the data a run trains and validates on: for the train split and (when the
+    recipe has one) the dev split, the SHA-256 of each input file and the number of pairs
+    preprocessing wrote from them."""
+    used = ("train", "dev") if recipe.data.dev is not None else ("train",)
+    return {name: {"sha256": info["sha256"], "written": info["written"]}
+            for name, info in manifest["splits"].items() if name in used}
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _may_change(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def resume_changes(saved_recipe: dict[str, Any], recipe: Recipe,
+                   saved_data: dict[str, Any] | None, data: dict[str, Any]) -> list[str]:
+    """The settings that differ from the saved run and may not change on --resume, as
+    ``key (old -> new)``. Keys only one side knows (the schema grew or shrank) are not compared;
+    nor is the data of a checkpoint that predates data identities."""
+    old, new = _flatten(saved_recipe), _flatten(to_dict(recipe))
+    changed = [f"{key} ({_short(old[key])} -> {_short(new[key])})" for key in new
+               if key in old and old[key] != new[key] and not _may_change(key)]
+    if saved_data is not None:
+        for split in sorted(set(saved_data) | set(data)):
+            if saved_data.get(split) != data.get(split):
+                if split not in data or split not in saved_data:
+                    what = "added" if split in data else "removed"
+                else:
+                    what = "other contents"
+                changed.append(f"data.{split} ({what})")
+    return changed
+
+
+def check_resumable(payload: dict, path: Path, recipe: Recipe, tok: Tokenizers,
+                    manifest: dict[str, Any]) -> None:
+    """--resume continues the same run: same tokenizer, same data, and only the settings in
+    RESUMABLE_CHANGES may differ."""
     if not _same_tokenizer(payload, tok):
-        raise CheckpointError(f"{path}: the run was trained with another tokenizer")
+        raise CheckpointError(f"{path}: the run was trained with another tokenizer; --resume "
+                              "needs the tokenizer it was trained with")
+    changed = resume_changes(payload["recipe"], recipe, payload.get("data"),
+                             data_identity(manifest, recipe))
+    if changed:
+        raise CheckpointError(f"{path}: --resume continues the run as it was saved, but these "
+                              f"settings differ from it: {', '.join(changed)}; put them back, or "
+                              "start a new run in another workdir (--init-from CKPT keeps the "
+                              "weights)")
 
 
 def load_init_weights(model, tok: Tokenizers, path: Path) -> None:

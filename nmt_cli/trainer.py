@@ -31,7 +31,7 @@ from nmt_cli import distributed as dist
 from nmt_cli.bitext import read_split
 from nmt_cli.checkpoint import (FAULT_ENV, CheckpointStore, library_versions, make_checkpoint,
                                 rng_state, set_rng_state)
-from nmt_cli.config import Recipe
+from nmt_cli.config import Recipe, check_training
 from nmt_cli.data import ParallelData
 from nmt_cli.errors import CheckpointError, DataError, NmtError
 from nmt_cli.files import atomic_write_text
@@ -41,7 +41,7 @@ from nmt_cli.model import build_model, count_parameters
 from nmt_cli.optim import LrSchedule, build_optimizer
 from nmt_cli.preprocess import data_dir, load_manifest
 from nmt_cli.recipes import write_resolved
-from nmt_cli.runs import TrainState, check_resumable, load_init_weights
+from nmt_cli.runs import TrainState, check_resumable, data_identity, load_init_weights
 from nmt_cli.runtime import (autocast, check_precision, free_device_memory, grad_scaler,
                              pick_device, seed_everything)
 from nmt_cli.scoring import score_lines
@@ -94,6 +94,7 @@ def epoch_batches(data: ParallelData, batch_tokens: int, seed: int, epoch: int) 
 class Trainer:
     def __init__(self, recipe: Recipe, device: str | None = None, console=None,
                  resume: bool = False, init_from: Path | None = None):
+        check_training(recipe)
         self.recipe, self.cfg = recipe, recipe.train
         self.console = console
         self.workdir = recipe.workdir
@@ -118,9 +119,14 @@ class Trainer:
         if len(self.train_data) == 0:
             raise DataError("no training pairs survived preprocessing; check the filters",
                             data_dir(recipe) / "manifest.json")
+        # Without data.dev there is no validation, and best.pt is always the newest checkpoint.
+        self.has_dev = recipe.data.dev is not None
         self.dev_data = (ParallelData(data_dir(recipe), "dev", manifest["dtype"])
-                         if "dev" in manifest["splits"] else None)
+                         if self.has_dev and "dev" in manifest["splits"] else None)
         self.dev_lines = self._dev_lines()
+        if self.has_dev and not self.dev_lines[0]:
+            raise DataError("the dev set is empty; give it lines, or leave data.dev out to train "
+                            "without validation", recipe.data.dev.sources()[0].files()[0])
         self.model = build_model(recipe.model, self.tok.src_vocab_size, self.tok.tgt_vocab_size,
                                  self.tok.joint).to(self.device)
         self.init_from = init_from
@@ -134,6 +140,7 @@ class Trainer:
         self.metrics = MetricsLog(self.workdir, self.dist.is_main, self.cfg.tensorboard)
         self.summary = TrainSummary()
         self.last_dev: dict[str, Any] = {}
+        self._saved_step: int | None = None
         self._signal: int | None = None
         if self.dist.enabled:
             torch.manual_seed(self.cfg.seed + self.dist.rank)  # own dropout masks per rank
@@ -164,7 +171,7 @@ class Trainer:
             raise CheckpointError(f"{self.ckpt_dir}: no checkpoint to resume from; start the run "
                                   "without --resume")
         path, payload = dist.broadcast_object(found)
-        check_resumable(payload, path, self.recipe, self.tok)
+        check_resumable(payload, path, self.recipe, self.tok, self.manifest)
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.schedule.load_state_dict(payload["schedule"])
@@ -174,7 +181,7 @@ class Trainer:
         rngs = payload["rng"]
         set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0])
         self.last_dev = dict(payload.get("dev") or {})
-        self.summary.resumed_from = self.state.step
+        self._saved_step = self.summary.resumed_from = self.state.step
         self._say(f"resuming from {path.name}: step {self.state.step}, epoch "
                   f"{self.state.epoch}, batch {self.state.batch}")
 
@@ -218,7 +225,9 @@ class Trainer:
         return result
 
     def save(self, dev: dict[str, Any] | None = None, is_best: bool = False) -> None:
-        """Every rank calls this (RNG states are gathered); only rank 0 writes."""
+        """Every rank calls this (RNG states are gathered); only rank 0 writes. Without a dev set
+        every checkpoint is also best.pt."""
+        is_best = is_best or not self.has_dev
         rngs = dist.all_gather_objects(rng_state())
         if self.dist.is_main:
             st = self.state
@@ -228,12 +237,18 @@ class Trainer:
                                       optimizer=self.optimizer.state_dict(),
                                       schedule=self.schedule.state_dict(),
                                       scaler=self.scaler.state_dict(),
-                                      train_state=asdict(st), rng=rngs)
+                                      train_state=asdict(st), rng=rngs,
+                                      data=data_identity(self.manifest, self.recipe))
             self.store.save(payload, st.step, metric, is_best)
+        self._saved_step = self.state.step
         dist.barrier()
 
     def _validate_and_save(self) -> bool:
-        """Validate on rank 0, save, and return True (on every rank) when early stopping says stop."""
+        """Validate on rank 0, save, and return True (on every rank) when early stopping says stop.
+        Without a dev set it only saves."""
+        if not self.has_dev:
+            self.save()
+            return False
         st, stop, dev = self.state, False, None
         improved = False
         if self.dist.is_main:
@@ -367,6 +382,9 @@ class Trainer:
                   + (f" x {self.dist.world_size} ranks" if self.dist.enabled else "")
                   + f": {count_parameters(self.model):,} parameters, "
                   f"{len(self.train_data):,} pairs, precision {cfg.precision}")
+        if not self.has_dev:
+            self._say("[yellow]no dev set[/] (data.dev): training without validation; best.pt "
+                      "is always the newest checkpoint")
         self.model.train()
         self._session_start = time.time()
         base_seconds = self._base_seconds = st.seconds
@@ -384,7 +402,7 @@ class Trainer:
         while not stop:
             every = epoch_batches(self.train_data, cfg.batch_tokens, cfg.seed, st.epoch)
             if st.epoch == 0 and st.batch == 0 and self.dist.is_main:
-                self._log({"event": "start", "pairs": len(self.train_data),
+                self._log({"event": "start", "step": st.step, "pairs": len(self.train_data),
                            "batches_per_epoch": len(every), "world_size": self.dist.world_size,
                            "padding_fraction": self.train_data.padding_fraction(every)})
             batches = dist.rank_share(every, self.dist)
@@ -433,7 +451,7 @@ class Trainer:
             self.save()
             self._say(f"interrupted at step {st.step}: checkpoint saved; continue with "
                       "'nmt train RECIPE --resume' (same --set options)")
-        elif st.step != self.last_dev.get("step"):
+        elif st.step != (self.last_dev.get("step") if self.has_dev else self._saved_step):
             self._validate_and_save()
         return self._finish(stop)
 
@@ -466,7 +484,7 @@ class Trainer:
         s.tgt_tokens, s.best_bleu, s.best_step = st.tgt_tokens, st.best_metric, st.best_step
         s.stopped_by, s.last_dev = stop, self.last_dev
         s.nonfinite_skipped, s.oom_skipped = st.nonfinite, st.oom
-        record = {"event": "end", "steps": st.step, "epochs": st.epoch,
+        record = {"event": "end", "step": st.step, "epochs": st.epoch,
                   "train_seconds": round(st.train_seconds, 2), "wall_seconds": round(st.seconds, 2),
                   "tgt_tokens": st.tgt_tokens, "tok_per_s": round(s.tokens_per_second, 1),
                   "best_dev_bleu": st.best_metric, "best_step": st.best_step,
@@ -475,7 +493,8 @@ class Trainer:
                   "stopped_by": stop}
         if self.dist.is_main:
             self._log(record)
+            summary = {("steps" if k == "step" else k): v for k, v in record.items()}
             atomic_write_text(self.workdir / "train_summary.json",
-                              json.dumps(record, indent=2) + "\n")
+                              json.dumps(summary, indent=2) + "\n")
         return s
 

@@ -25,7 +25,7 @@ import torch
 from nmt_cli.bitext import decode_line, open_binary, read_lines
 from nmt_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from nmt_cli.errors import CheckpointError, DataError, NmtError
-from nmt_cli.files import default_mode
+from nmt_cli.files import default_mode, replace_durably
 from nmt_cli.inference import Translation, score_references, translate_lines
 from nmt_cli.runtime import pick_device
 
@@ -137,7 +137,7 @@ class _Output:
         if self.fh is not sys.stdout:
             self.fh.close()
         if self.tmp is not None:
-            os.replace(self.tmp, self.path)  # type: ignore[arg-type]
+            replace_durably(self.tmp, self.path)  # type: ignore[arg-type]
             self.tmp = None
 
     def discard(self) -> None:

@@ -73,7 +73,7 @@ def test_train_used_the_override_and_logged(pipeline):
     wd = pipeline["workdir"]
     events = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
     end = events[-1]
-    assert end["event"] == "end" and end["steps"] == 12 and end["stopped_by"] == "max_steps"
+    assert end["event"] == "end" and end["step"] == 12 and end["stopped_by"] == "max_steps"
     assert [e["step"] for e in events if e["event"] == "valid"] == [6, 12]
     summary = json.loads((wd / "train_summary.json").read_text())
     assert summary["steps"] == 12

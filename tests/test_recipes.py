@@ -53,8 +53,22 @@ def test_recipe_must_be_a_mapping(tmp_path):
     assert "mapping" in str(info.value)
 
 
-def test_empty_recipe_is_all_defaults(tmp_path):
-    path = write(tmp_path / "empty.yaml", "")
+@pytest.mark.parametrize("text", ["", "\n\n", "# a recipe, some day\n# name: x\n", "{}\n"])
+def test_a_recipe_that_says_nothing_is_an_error_naming_the_file(tmp_path, text):
+    path = write(tmp_path / "empty.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    assert str(info.value).startswith(f"{path}: the recipe is empty")
+    assert "tokenizer" not in str(info.value)
+
+
+def test_a_folder_given_as_recipe_is_named_as_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder; give a recipe file"):
+        load_recipe(tmp_path)
+
+
+def test_a_section_only_recipe_fills_defaults(tmp_path):
+    path = write(tmp_path / "short.yaml", "name: short\n")
     recipe = load_recipe(path)
     assert recipe.train == Recipe().train
     assert recipe.model == Recipe().model
