@@ -256,7 +256,7 @@ def train(recipe: Path = RECIPE, set_: List[str] = SET,
         if not trainer.dist.is_main:
             return
         best = (f"best dev BLEU {summary.best_bleu:.2f} at step {summary.best_step}"
-                if summary.best_bleu is not None else "no dev set, best.pt is the last checkpoint"
+                if summary.best_bleu is not None else "no dev set, best.pt is last.pt"
                 if rcp.data.dev is None else "best dev BLEU n/a")
         con.print(f"done: {summary.steps} steps in {summary.seconds:.0f} s "
                   f"({summary.tokens_per_second:,.0f} target tok/s), stopped by "

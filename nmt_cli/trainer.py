@@ -383,8 +383,8 @@ class Trainer:
                   + f": {count_parameters(self.model):,} parameters, "
                   f"{len(self.train_data):,} pairs, precision {cfg.precision}")
         if not self.has_dev:
-            self._say("[yellow]no dev set[/] (data.dev): training without validation; best.pt "
-                      "is always the newest checkpoint")
+            self._say("[yellow]no dev set[/] (data.dev): no validation; best.pt is always the "
+                      "newest checkpoint")
         self.model.train()
         self._session_start = time.time()
         base_seconds = self._base_seconds = st.seconds
