@@ -118,7 +118,8 @@ class _PreprocessProgress:
         self.bar.update(self.task, advance=pairs, rate=f"{rate:,.0f}")
 
     def stop(self) -> None:
-        self.bar.stop()
+        if self.task is not None:  # a bar never started would still print an empty line
+            self.bar.stop()
 
 
 def _print_summary(manifest: dict, con) -> None:

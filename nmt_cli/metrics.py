@@ -73,8 +73,12 @@ class MetricsLog:
 
 def read_metrics(workdir: Path) -> list[dict[str, Any]]:
     path = Path(workdir) / METRICS
+    if not Path(workdir).is_dir():
+        raise NmtError(f"{workdir}: no such folder; give a training run folder (the recipe's "
+                       "workdir)")
     if not path.is_file():
-        raise NmtError(f"{path}: no metrics log; is {workdir} a training run folder?")
+        raise NmtError(f"{path}: no metrics log; is {workdir} a training run folder (the "
+                       "recipe's workdir), and has 'nmt train' run in it?")
     return _records(path)
 
 

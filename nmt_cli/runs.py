@@ -50,6 +50,9 @@ def prepare_run(recipe: Recipe, resume: bool = False, overwrite: bool = False,
     if resume and (overwrite or init_from is not None):
         raise NmtError("--resume continues a run as it was; it cannot be combined with "
                        "--overwrite or --init-from")
+    if init_from is not None and not Path(init_from).is_file():
+        raise CheckpointError(f"{init_from}: checkpoint not found (--init-from takes a .pt file "
+                              "written by nmt train, such as WORKDIR/checkpoints/best.pt)")
     store = CheckpointStore(recipe.workdir / "checkpoints")
     if resume:
         if not store.has_run() and dist.env_info().is_main:  # other nodes may not see the files
