@@ -9,7 +9,7 @@ import torch
 
 from nmt_cli.data import pad_sequences
 from nmt_cli.search import beam_search, greedy_search, length_penalty, max_lengths
-from nmt_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 from conftest import sample_lines
 

@@ -15,7 +15,7 @@ from nmt_cli.data import pad_sequences
 from nmt_cli.inference import translate_lines
 from nmt_cli.penalties import LengthNorm, block_repeated_ngrams
 from nmt_cli.search import Limits, beam_search, greedy_search, score_targets
-from nmt_cli.tokenizer import EOS_ID
+from nmt_cli.ids import EOS_ID
 
 A, B, C = 4, 5, 6
 VOCAB = 7

@@ -8,7 +8,7 @@ from _decode_fixtures import sample_checkpoint, sample_model, source_lines  # no
 from nmt_cli.data import pad_sequences
 from nmt_cli.inference import translate_lines
 from nmt_cli.search import greedy_search, sample_search
-from nmt_cli.tokenizer import EOS_ID
+from nmt_cli.ids import EOS_ID
 
 
 def _texts(model, tok, cfg, lines):
