@@ -418,21 +418,28 @@ def eval_(
     input: Path = typer.Option(..., "-i", "--input", help="Hypotheses, one per line."),
     reference: List[Path] = typer.Option(..., "-r", "--reference",
                                          help="Reference file; repeat for more references."),
-    metrics: str = typer.Option("bleu,chrf", "--metrics", "-m", help="Comma-separated: bleu, chrf, "
-                                                                       "ter."),
-    tokenize: str = typer.Option("13a", "--tokenize", help="sacreBLEU tokenizer for BLEU."),
-    lowercase: bool = typer.Option(False, "--lowercase", "-lc"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", "-m",
+                                          help="Comma-separated: bleu, chrf, ter "
+                                               "(default: bleu,chrf)."),
+    tokenize: Optional[str] = typer.Option(None, "--tokenize",
+                                           help="sacreBLEU tokenizer for BLEU (default: 13a)."),
+    lowercase: Optional[bool] = typer.Option(None, "--lowercase", "-lc"),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Score translations with sacreBLEU: BLEU, chrF, TER.
 
-    Prints each score with its signature, or JSON with --json.
+    Prints each score with its signature, or JSON with --json. The options override eval.*
+    keys and are checked like them.
     """
     with user_errors():
+        from nmt_cli.config import EvalConfig, with_overrides
         from nmt_cli.scoring import score_files
 
-        names = [m.strip().lower() for m in metrics.split(",") if m.strip()]
-        scores = score_files(input, reference, names, tokenize, lowercase)
+        given = {"tokenize": tokenize, "lowercase": lowercase, "metrics": None if metrics is None
+                 else [m.strip().lower() for m in metrics.split(",") if m.strip()]}
+        cfg = with_overrides(EvalConfig(), {k: v for k, v in given.items() if v is not None},
+                             "eval")
+        scores = score_files(input, reference, cfg.metrics, cfg.tokenize, cfg.lowercase)
         if as_json:
             print(json.dumps([s.as_dict() for s in scores], indent=2))
         else:

@@ -289,9 +289,29 @@ def test_vocabulary_mismatch_checkpoint_is_one_line(experiment, trained_model, t
     assert_one_line_error(proc, "vocabulary/model mismatch")
 
 
-def test_bad_translate_option_is_rejected(experiment):
-    proc = translate(experiment.checkpoint, "--beam-size", "0", input="a\n")
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+@pytest.mark.parametrize("option, value, needles", [
+    ("--beam-size", "0", ("decode.beam_size", ">= 1")),
+    ("--length-norm", "gnm", ("decode.length_norm", "did you mean 'gnmt'")),
+    ("--temperature", "0", ("decode.temperature", "> 0")),
+    ("--batch-type", "lines", ("decode.batch_type", "'sentences', 'tokens'")),
+])
+def test_bad_translate_option_is_one_line_naming_the_key(experiment, option, value, needles):
+    proc = translate(experiment.checkpoint, option, value, input="a\n")
+    assert_one_line_error(proc, *needles)
+    assert proc.returncode == 2 and proc.stdout == ""
+
+
+def test_a_folder_as_checkpoint_is_one_line_with_the_file_to_give(experiment, tmp_path):
+    proc = translate(experiment.workdir, input="a\n")
+    assert_one_line_error(proc, "is a folder", str(experiment.workdir / "checkpoints" / "best.pt"))
+    proc = translate(tmp_path, input="a\n")
+    assert_one_line_error(proc, "is a folder", "WORKDIR/checkpoints/best.pt")
+
+
+def test_a_text_file_as_checkpoint_is_one_line(tmp_path):
+    text = tmp_path / "model.pt"
+    text.write_text("not a checkpoint\n")
+    assert_one_line_error(translate(text, input="a\n"), "model.pt", "not an nmt checkpoint")
 
 
 # -- eval ----------------------------------------------------------------------------------------
@@ -343,3 +363,9 @@ def test_eval_unknown_metric_is_one_line(eval_files):
     proc = run_cli("eval", "-i", eval_files / "hyp.txt", "-r", eval_files / "ref.txt",
                    "-m", "bleu,meteor")
     assert_one_line_error(proc, "meteor")
+
+
+def test_eval_unknown_tokenizer_is_one_line_with_suggestion(eval_files):
+    proc = run_cli("eval", "-i", eval_files / "hyp.txt", "-r", eval_files / "ref.txt",
+                   "--tokenize", "13b")
+    assert_one_line_error(proc, "eval.tokenize", "did you mean '13a'")
