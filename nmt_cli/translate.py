@@ -64,7 +64,7 @@ class TranslateOptions:
     chunk_lines: int = 1000
 
 
-class TextDecoder:
+class Utf8Lines:
     """Bytes of one input's lines to text under ``decode.invalid_utf8``.
 
     "replace" turns bad bytes into U+FFFD and remembers how many lines had some, and the first
@@ -105,7 +105,7 @@ class TextDecoder:
                 "(--invalid-utf8 error stops instead)")
 
 
-def read_chunks(stream: IO[bytes], decode: TextDecoder, max_lines: int) -> Iterator[list[str]]:
+def read_chunks(stream: IO[bytes], decode: Utf8Lines, max_lines: int) -> Iterator[list[str]]:
     """Yield lists of at most ``max_lines`` decoded lines, as soon as they have arrived.
 
     ``read1`` returns whatever bytes are available (one underlying read), so on a pipe each chunk
@@ -128,7 +128,7 @@ def read_chunks(stream: IO[bytes], decode: TextDecoder, max_lines: int) -> Itera
         yield [decode(pending, lineno + 1)]
 
 
-def read_lines(path: Path, decode: TextDecoder) -> Iterator[str]:
+def read_lines(path: Path, decode: Utf8Lines) -> Iterator[str]:
     """The lines of a (possibly compressed) text file, decoded by ``decode``."""
     with open_binary(path) as fh:
         for lineno, raw in enumerate(fh, 1):
@@ -250,8 +250,8 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
 
     stats = TranslateStats()
     in_stream = open_binary(input_path) if input_path else sys.stdin.buffer
-    source = TextDecoder(str(input_path) if input_path else "<stdin>", cfg.invalid_utf8)
-    reference = TextDecoder(str(opts.score_reference), cfg.invalid_utf8)
+    source = Utf8Lines(str(input_path) if input_path else "<stdin>", cfg.invalid_utf8)
+    reference = Utf8Lines(str(opts.score_reference), cfg.invalid_utf8)
     norm = recipe.preprocess.normalize
     outputs: list[_Output] = []
     try:
