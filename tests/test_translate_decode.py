@@ -220,3 +220,13 @@ def test_translation_cleans_text_like_the_training_data(sample_checkpoint, tmp_p
         translate_file(sample_checkpoint, tmp_path / f"{name}.src", scores[name], device="cpu",
                        options=TranslateOptions(score_reference=_write(tmp_path / name, lines)))
     assert _read(scores["dirty"]) == _read(scores["clean"])
+
+
+def test_cli_flags_reach_the_decode_settings(sample_checkpoint, source, tmp_path):
+    out = tmp_path / "samples.tsv"
+    result = CliRunner().invoke(app, ["translate", "-m", str(sample_checkpoint), "-i", str(source),
+                                      "-o", str(out), "--device", "cpu", "--sample", "--seed",
+                                      "1", "--n-best", "7", "--allow-unk", "-q"])
+    assert result.exit_code == 0, result.output
+    rows = [r.split("\t") for r in _read(out)]
+    assert len(rows) == 7 * len(_read(source))  # seven samples, above the beam size of 5
