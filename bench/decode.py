@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +51,7 @@ def decode_only(args) -> tuple[float, float, int, int, list[str]]:
 
     sys.path.insert(0, str(ROOT))
     from nmt_cli.bitext import read_lines
+    from nmt_cli.config import with_overrides
     from nmt_cli.inference import translate_lines
     from nmt_cli.runtime import pick_device
     from nmt_cli.translate import load_models
@@ -60,18 +60,20 @@ def decode_only(args) -> tuple[float, float, int, int, list[str]]:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     model, tok, recipe = load_models([args.model], device, args.quantize)
-    cfg = replace(recipe.decode, beam_size=args.beam_size, batch_size=args.batch_size,
-                  batch_type=args.batch_type)
-    for name in ("max_len_a", "max_len_b"):
-        if getattr(args, name) is not None:
-            cfg = replace(cfg, **{name: getattr(args, name)})
+    settings = {"beam_size": args.beam_size, "batch_size": args.batch_size,
+                "batch_type": args.batch_type}
+    settings.update({name: getattr(args, name) for name in ("max_len_a", "max_len_b")
+                     if getattr(args, name) is not None})
+    cfg = with_overrides(recipe.decode, settings, "decode")
+    norm = recipe.preprocess.normalize
     lines = list(read_lines(args.input))
     with torch.inference_mode():
-        translate_lines(model, tok, lines[: min(len(lines), 64)], cfg, device)  # warm-up
+        translate_lines(model, tok, lines[: min(len(lines), 64)], cfg, normalize=norm,
+                        device=device)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
         start, cpu_start = time.perf_counter(), time.process_time()
-        found = translate_lines(model, tok, lines, cfg, device)
+        found = translate_lines(model, tok, lines, cfg, normalize=norm, device=device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start

@@ -129,11 +129,6 @@ def normalize(text: str) -> str:
     return normalize_text(text)
 
 
-def check_aligned(split: Corpus) -> int:
-    """Return the number of pairs of a split (every corpus), or raise naming files and counts."""
-    return sum(count_pairs(corpus) for corpus in split.sources())
-
-
 def read_bitext(src: Path, tgt: Path, errors: str = "strict") -> Iterator[tuple[str, str]]:
     """Yield aligned (source, target) lines; differing line counts are an error naming both files.
 

@@ -210,6 +210,10 @@ class CheckpointStore:
 
 def load_checkpoint(path: Path | str) -> dict:
     path = Path(path)
+    if path.is_dir():
+        found = [p for p in (path / "checkpoints" / "best.pt", path / "best.pt") if p.is_file()]
+        hint = f"such as {found[0]}" if found else "(nmt train writes WORKDIR/checkpoints/best.pt)"
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint; give a .pt file {hint}")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; train one with 'nmt train RECIPE' "
                               "(checkpoints are written to WORKDIR/checkpoints/)")

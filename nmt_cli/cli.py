@@ -269,17 +269,6 @@ def train(recipe: Path = RECIPE, set_: List[str] = SET,
         print(f"best checkpoint: {rcp.workdir / 'checkpoints' / 'best.pt'}")
 
 
-class BatchType(str, Enum):
-    sentences = "sentences"
-    tokens = "tokens"
-
-
-class LengthNormKind(str, Enum):
-    gnmt = "gnmt"
-    average = "average"
-    none = "none"
-
-
 class Quantize(str, Enum):
     int8 = "int8"
 
@@ -307,33 +296,42 @@ def translate(
                                           "ensemble that averages log-probabilities."),
     input: Optional[Path] = typer.Option(None, "-i", "--input", help="Source text; default stdin."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Default stdout."),
-    beam_size: Optional[int] = typer.Option(None, "--beam-size", min=1, help="1 is greedy."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", help="1 is greedy."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size",
                                              help="Sentences (or source tokens) per batch."),
-    batch_type: Optional[BatchType] = typer.Option(None, "--batch-type",
-                                                   help="What --batch-size counts."),
-    length_penalty: Optional[float] = typer.Option(None, "--length-penalty", min=0.0,
+    batch_type: Optional[str] = typer.Option(None, "--batch-type",
+                                             help="What --batch-size counts: sentences or "
+                                                  "tokens."),
+    length_penalty: Optional[float] = typer.Option(None, "--length-penalty",
                                                    help="GNMT alpha (with --length-norm gnmt)."),
-    length_norm: Optional[LengthNormKind] = typer.Option(
-        None, "--length-norm", help="Score = log-prob / GNMT penalty, / length, or raw."),
-    min_len_a: Optional[float] = typer.Option(None, "--min-len-a", min=0.0),
-    min_len_b: Optional[int] = typer.Option(None, "--min-len-b", min=0,
+    length_norm: Optional[str] = typer.Option(
+        None, "--length-norm", help="Score = log-prob / GNMT penalty (gnmt), / length (average), "
+                                    "or raw (none)."),
+    min_len_a: Optional[float] = typer.Option(None, "--min-len-a"),
+    min_len_b: Optional[int] = typer.Option(None, "--min-len-b",
                                             help="Shortest output: a * source length + b."),
-    max_len_a: Optional[float] = typer.Option(None, "--max-len-a", min=0.0),
-    max_len_b: Optional[int] = typer.Option(None, "--max-len-b", min=1,
+    max_len_a: Optional[float] = typer.Option(None, "--max-len-a"),
+    max_len_b: Optional[int] = typer.Option(None, "--max-len-b",
                                             help="Longest output: a * source length + b."),
-    no_repeat_ngram: Optional[int] = typer.Option(None, "--no-repeat-ngram", min=0,
+    no_repeat_ngram: Optional[int] = typer.Option(None, "--no-repeat-ngram",
                                                   help="Never repeat an n-gram of this size."),
-    max_src_len: Optional[int] = typer.Option(None, "--max-src-len", min=1,
+    max_src_len: Optional[int] = typer.Option(None, "--max-src-len",
                                               help="Longer inputs are cut to this many subwords."),
-    n_best: Optional[int] = typer.Option(None, "--n-best", min=1,
+    n_best: Optional[int] = typer.Option(None, "--n-best",
                                          help="Print K hypotheses per line as TSV: index, score, "
                                               "text."),
-    sample: bool = typer.Option(False, "--sample", help="Sample instead of beam search."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0),
-    top_k: Optional[int] = typer.Option(None, "--top-k", min=0, help="0: no cut."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Makes sampling reproducible."),
+    sample: Optional[bool] = typer.Option(None, "--sample/--no-sample",
+                                          help="Sample instead of beam search."),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="0: no cut."),
+    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Makes sampling reproducible."),
+    allow_unk: Optional[bool] = typer.Option(None, "--allow-unk/--no-allow-unk",
+                                             help="Let the output contain <unk> (shown as ⁇); "
+                                                  "forbidden by default."),
+    invalid_utf8: Optional[str] = typer.Option(
+        None, "--invalid-utf8", help="Bad bytes in the input: replace (warn once, translate every "
+                                     "line) or error (stop)."),
     score_reference: Optional[Path] = typer.Option(
         None, "--score-reference", help="Print log P(reference line | input line) per line "
                                         "instead of translating."),
@@ -351,12 +349,15 @@ def translate(
 ) -> None:
     """Translate text with beam search, greedy or sampling.
 
-    N lines in, N lines out, in order; an empty line stays empty.
+    N lines in, N lines out, in order; an empty line stays empty. Each decode option overrides
+    the checkpoint recipe's decode.* key of the same name and is checked like it.
     """
     # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other work, spinning
     # threads made decoding several times slower; on an idle CPU the cost is negligible. Read by
     # the OpenMP runtime when torch is first imported, which happens just below.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    given = locals()
+    decode = {key: given[key] for key in DECODE_OPTIONS if given[key] is not None}
     with user_errors():
         if threads:
             import torch
@@ -364,26 +365,25 @@ def translate(
             torch.set_num_threads(threads)
         from nmt_cli.translate import TranslateOptions, translate_file
 
-        decode = {"batch_type": batch_type.value if batch_type else None,
-                  "length_norm": length_norm.value if length_norm else None,
-                  "min_len_a": min_len_a, "min_len_b": min_len_b,
-                  "no_repeat_ngram": no_repeat_ngram, "max_src_len": max_src_len,
-                  "sample": sample or None, "temperature": temperature, "top_k": top_k,
-                  "top_p": top_p, "seed": seed}
-        if temperature is not None and temperature <= 0.0:
-            raise NmtError("--temperature must be above 0")
-        if top_p is not None and top_p <= 0.0:
-            raise NmtError("--top-p must be above 0")
-        options = TranslateOptions(n_best=n_best, score_reference=score_reference,
+        options = TranslateOptions(tsv=n_best is not None, score_reference=score_reference,
                                    alignments=alignments, plot_attention=plot_attention,
                                    quantize=quantize.value if quantize else None)
-        stats = translate_file(model, input, output, beam_size, batch_size, length_penalty,
-                               max_len_a, max_len_b, device.value, decode=decode, options=options)
+        stats = translate_file(model, input, output, device=device.value, options=options,
+                               **decode)
+        for line in stats.warnings:
+            print(line, file=sys.stderr)
         if stats.truncated:
             print(f"warning: {stats.truncated} input line(s) longer than the source limit were "
                   "cut (see --max-src-len)", file=sys.stderr)
         if not quiet:
             print(stats.line(), file=sys.stderr)
+
+
+# The options of ``translate`` that are decode.* keys (same names), passed on when given.
+DECODE_OPTIONS = ("beam_size", "batch_size", "batch_type", "length_penalty", "length_norm",
+                  "min_len_a", "min_len_b", "max_len_a", "max_len_b", "no_repeat_ngram",
+                  "max_src_len", "n_best", "sample", "temperature", "top_k", "top_p", "seed",
+                  "allow_unk", "invalid_utf8")
 
 
 @app.command()
@@ -421,21 +421,28 @@ def eval_(
     input: Path = typer.Option(..., "-i", "--input", help="Hypotheses, one per line."),
     reference: List[Path] = typer.Option(..., "-r", "--reference",
                                          help="Reference file; repeat for more references."),
-    metrics: str = typer.Option("bleu,chrf", "--metrics", "-m", help="Comma-separated: bleu, chrf, "
-                                                                       "ter."),
-    tokenize: str = typer.Option("13a", "--tokenize", help="sacreBLEU tokenizer for BLEU."),
-    lowercase: bool = typer.Option(False, "--lowercase", "-lc"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", "-m",
+                                          help="Comma-separated: bleu, chrf, ter "
+                                               "(default: bleu,chrf)."),
+    tokenize: Optional[str] = typer.Option(None, "--tokenize",
+                                           help="sacreBLEU tokenizer for BLEU (default: 13a)."),
+    lowercase: Optional[bool] = typer.Option(None, "--lowercase", "-lc"),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Score translations with sacreBLEU: BLEU, chrF, TER.
 
-    Prints each score with its signature, or JSON with --json.
+    Prints each score with its signature, or JSON with --json. The options override eval.*
+    keys and are checked like them.
     """
     with user_errors():
+        from nmt_cli.config import EvalConfig, with_overrides
         from nmt_cli.scoring import score_files
 
-        names = [m.strip().lower() for m in metrics.split(",") if m.strip()]
-        scores = score_files(input, reference, names, tokenize, lowercase)
+        given = {"tokenize": tokenize, "lowercase": lowercase, "metrics": None if metrics is None
+                 else [m.strip().lower() for m in metrics.split(",") if m.strip()]}
+        cfg = with_overrides(EvalConfig(), {k: v for k, v in given.items() if v is not None},
+                             "eval")
+        scores = score_files(input, reference, cfg.metrics, cfg.tokenize, cfg.lowercase)
         if as_json:
             print(json.dumps([s.as_dict() for s in scores], indent=2))
         else:

@@ -227,6 +227,15 @@ class DecodeConfig:
     top_k: int = _num(0, ge=0, doc="0 keeps the whole vocabulary")
     top_p: float = _num(1.0, gt=0.0, le=1.0)
     seed: int = _num(0, ge=0)
+    n_best: int = _num(1, ge=1, doc="hypotheses (or samples) kept per sentence, best first")
+    allow_unk: bool = False  # let search emit <unk>; off, like PAD and BOS, by default
+    invalid_utf8: Literal["replace", "error"] = "replace"  # bad bytes in text to translate
+
+    def __post_init__(self) -> None:
+        if not self.sample and self.n_best > self.beam_size:
+            raise ConfigError(f"{self.n_best} is more than decode.beam_size ({self.beam_size}); "
+                              "beam search keeps at most beam_size hypotheses, so lower n_best "
+                              "or raise beam_size", "decode.n_best")
 
 
 @dataclass(frozen=True)

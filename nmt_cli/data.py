@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from nmt_cli.errors import DataError
-from nmt_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID
 
 
 class TokenArray:

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from nmt_cli.errors import NmtError
+
 
 @dataclass
 class EnsembleMemory:
@@ -35,7 +37,7 @@ class Ensemble(nn.Module):
     def __init__(self, models: list[nn.Module]):
         super().__init__()
         if not models:
-            raise ValueError("an ensemble needs at least one model")
+            raise NmtError("an ensemble needs at least one model; give -m CHECKPOINT")
         self.members = nn.ModuleList(models)
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[EnsembleMemory, EnsembleState]:

@@ -5,21 +5,26 @@ padding), cut into batches of ``batch_size`` sentences or source tokens, and the
 back in input order. A source longer than ``max_src_len`` subwords is cut to that length (the
 limit keeps time and memory bounded on a runaway line); empty and whitespace-only lines give empty
 translations without reaching the model. N lines in always give N results, in order.
+
+Every line is first cleaned by the checkpoint's own ``preprocess.normalize`` (Unicode form, control
+and zero-width characters, whitespace), exactly as the training data was, so that a source typed
+differently from the training text still meets the subwords the model knows.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import torch
 
-from nmt_cli.config import DecodeConfig
+from nmt_cli.config import DecodeConfig, NormalizeConfig
 from nmt_cli.data import pad_sequences
-from nmt_cli.penalties import LengthNorm
-from nmt_cli.search import (Hypothesis, Limits, SearchResult, beam_search, sample_search,
-                            score_targets)
-from nmt_cli.tokenizer import EOS_ID, Tokenizers
+from nmt_cli.ids import EOS_ID
+from nmt_cli.normalize import Normalizer
+from nmt_cli.search import Hypothesis, SearchResult, beam_search, sample_search, score_targets
+from nmt_cli.tokenizer import Tokenizers
 
 
 @dataclass
@@ -30,6 +35,7 @@ class Translation:
     src_pieces: int  # source subwords given to the model, EOS not counted
     truncated: bool = False  # the source was cut to max_src_len subwords
     texts: list[str] | None = None  # every hypothesis detokenized, best first (n-best)
+    source: str = ""  # the input line as cleaned and given to the tokenizer
 
 
 def make_batches(lengths: list[int], batch_size: int, batch_type: str = "sentences"
@@ -52,11 +58,10 @@ def make_batches(lengths: list[int], batch_size: int, batch_type: str = "sentenc
         yield batch
 
 
-def search_settings(cfg: DecodeConfig) -> tuple[LengthNorm, Limits]:
-    norm = LengthNorm(cfg.length_norm, cfg.length_penalty)
-    limits = Limits(cfg.min_len_a, cfg.min_len_b, cfg.max_len_a, cfg.max_len_b,
-                    cfg.no_repeat_ngram)
-    return norm, limits
+def clean_lines(lines: list[str], normalize: NormalizeConfig) -> list[str]:
+    """Lines as the training data was cleaned (``preprocess.normalize``), whitespace collapsed."""
+    cleaned, _ = Normalizer(normalize).clean_lines(list(lines), False, Counter())
+    return [" ".join(line.split()) for line in cleaned]
 
 
 def sentence_seed(seed: int, index: int) -> int:
@@ -64,24 +69,28 @@ def sentence_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index * 1009) % (2 ** 62)
 
 
-def translate_lines(model, tok: Tokenizers, lines: list[str], cfg: DecodeConfig,
-                    device: torch.device | str = "cpu", n_best: int = 1,
+def translate_lines(model, tok: Tokenizers, lines: list[str], cfg: DecodeConfig, *,
+                    normalize: NormalizeConfig, device: torch.device | str = "cpu",
                     return_attention: bool = False, first_index: int = 0) -> list[Translation]:
     """Translate ``lines``; the i-th result belongs to the i-th line, and empty lines stay empty.
 
-    The result never depends on the batch size: each sentence's search is independent of the
-    others in its batch (packed encoder, masked attention, per-sentence beams, stopping and random
-    generators). ``first_index`` is the first line's number in the whole input (sampling seeds).
+    ``cfg`` is taken as it is (build it with ``config.with_overrides``); each result holds
+    ``cfg.n_best`` hypotheses (or samples), best first. ``normalize`` is the checkpoint's
+    ``preprocess.normalize``. The result never depends on the batch size: each sentence's search
+    is independent of the others in its batch (packed encoder, masked attention, per-sentence
+    beams, stopping and random generators). ``first_index`` is the first line's number in the
+    whole input (sampling seeds).
     """
     device = torch.device(device)
-    norm, limits = search_settings(cfg)
-    src_ids = tok.encode_src([" ".join(line.split()) for line in lines])
+    n_best = cfg.n_best
+    sources = clean_lines(lines, normalize)
+    src_ids = tok.encode_src(sources)
     truncated = [len(ids) > cfg.max_src_len for ids in src_ids]
     src_ids = [ids[: cfg.max_src_len] for ids in src_ids]
     results: list[Translation | None] = [None] * len(lines)
     for i, ids in enumerate(src_ids):
         if not ids:
-            results[i] = Translation(i, "", [], 0, texts=[""])
+            results[i] = Translation(i, "", [], 0, texts=[""], source=sources[i])
     for batch in make_batches([len(s) for s in src_ids], cfg.batch_size, cfg.batch_type):
         src, src_lengths = pad_sequences([src_ids[i] for i in batch], suffix=EOS_ID)
         src, src_lengths = src.to(device), src_lengths.to(device)
@@ -90,33 +99,34 @@ def translate_lines(model, tok: Tokenizers, lines: list[str], cfg: DecodeConfig,
             seeds = [sentence_seed(cfg.seed, first_index + i) + j for i in batch
                      for j in range(n_best)]
             drawn = sample_search(model, src.index_select(0, rows),
-                                  src_lengths.index_select(0, rows), seeds, cfg.temperature,
-                                  cfg.top_k, cfg.top_p, norm, limits, return_attention).hypotheses
+                                  src_lengths.index_select(0, rows), seeds, cfg,
+                                  return_attention).hypotheses
             found = SearchResult([
                 sorted((h for hs in drawn[b * n_best:(b + 1) * n_best] for h in hs),
                        key=lambda h: -h.score) for b in range(len(batch))])
         else:
-            found = beam_search(model, src, src_lengths, cfg.beam_size, norm, limits, n_best,
-                                return_attention)
+            found = beam_search(model, src, src_lengths, cfg, return_attention)
         flat = [h.tokens for hyps in found.hypotheses for h in hyps]
         texts = iter(tok.decode_tgt(flat))
         for i, hyps in zip(batch, found.hypotheses):
             all_texts = [next(texts) for _ in hyps]
             results[i] = Translation(i, all_texts[0], hyps, len(src_ids[i]), truncated[i],
-                                     all_texts)
+                                     all_texts, sources[i])
     return [r for r in results if r is not None]
 
 
 def score_references(model, tok: Tokenizers, lines: list[str], references: list[str],
-                     cfg: DecodeConfig, device: torch.device | str = "cpu") -> list[float]:
+                     cfg: DecodeConfig, *, normalize: NormalizeConfig,
+                     device: torch.device | str = "cpu") -> list[float]:
     """Forced decoding: the model's summed log-probability (EOS included) of each reference.
 
-    Sources are cut to ``max_src_len`` like in translation; an empty source is scored as a bare EOS.
+    Sources and references are cleaned by ``normalize`` (the checkpoint's
+    ``preprocess.normalize``) and sources are cut to ``max_src_len`` like in translation; an
+    empty source is scored as a bare EOS.
     """
     device = torch.device(device)
-    src_ids = [ids[: cfg.max_src_len] for ids in
-               tok.encode_src([" ".join(line.split()) for line in lines])]
-    tgt_ids = tok.encode_tgt([" ".join(line.split()) for line in references])
+    src_ids = [ids[: cfg.max_src_len] for ids in tok.encode_src(clean_lines(lines, normalize))]
+    tgt_ids = tok.encode_tgt(clean_lines(references, normalize))
     scores = [0.0] * len(lines)
     lengths = [max(1, len(s)) for s in src_ids]  # empty sources still run (as EOS alone)
     for batch in make_batches(lengths, cfg.batch_size, cfg.batch_type):
@@ -127,14 +137,3 @@ def score_references(model, tok: Tokenizers, lines: list[str], references: list[
         for i, value in zip(batch, found.tolist()):
             scores[i] = value
     return scores
-
-
-def chunked(lines: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for line in lines:
-        chunk.append(line)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -1,6 +1,8 @@
 """Scoring rules and constraints shared by every search: length normalization, length limits,
 special tokens and repeated n-grams. Tensors in, tensors out; no I/O.
 
+Settings come from a ``DecodeConfig`` as it is; nothing here restates a default.
+
 A hypothesis' score is its summed log-probability (EOS included) divided by a normalizer of its
 length ``len`` (EOS counted): GNMT's ``((5 + len) / 6) ** alpha`` ("gnmt", alpha 0 is no
 penalty), the length itself ("average", a mean log-probability per token), or 1 ("none").
@@ -13,36 +15,45 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nmt_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt_cli.config import DecodeConfig
+from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 NEG_INF = float("-inf")
+
+
+def _gnmt(length: Tensor | int, alpha: float) -> Tensor | float:
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def _average(length: Tensor | int, alpha: float) -> Tensor | float:
+    return length.float() if isinstance(length, Tensor) else float(length)
+
+
+def _none(length: Tensor | int, alpha: float) -> Tensor | float:
+    return torch.ones_like(length, dtype=torch.float) if isinstance(length, Tensor) else 1.0
+
+
+# One normalizer per choice of ``decode.length_norm``; the keys are that setting's Literal.
+DIVISORS = {"gnmt": _gnmt, "average": _average, "none": _none}
 
 
 @dataclass(frozen=True)
 class LengthNorm:
     """Divides a summed log-probability by a non-decreasing function of the output length."""
 
-    kind: str = "gnmt"  # "gnmt", "average" or "none"
-    alpha: float = 1.0  # GNMT's exponent; unused by the other kinds
+    kind: str  # a key of DIVISORS (decode.length_norm)
+    alpha: float  # GNMT's exponent (decode.length_penalty); unused by the other kinds
 
-    def __post_init__(self) -> None:
-        if self.kind not in ("gnmt", "average", "none"):
-            raise ValueError(f"unknown length normalization {self.kind!r}")
+    @classmethod
+    def of(cls, cfg: DecodeConfig) -> "LengthNorm":
+        return cls(cfg.length_norm, cfg.length_penalty)
 
     def divisor(self, length: Tensor | int) -> Tensor | float:
-        if self.kind == "none" or (self.kind == "gnmt" and self.alpha == 0.0):
-            return torch.ones_like(length, dtype=torch.float) if isinstance(length, Tensor) else 1.0
-        if self.kind == "average":
-            return length.float() if isinstance(length, Tensor) else float(length)
-        return ((5.0 + length) / 6.0) ** self.alpha
+        kind = "none" if self.kind == "gnmt" and self.alpha == 0.0 else self.kind
+        return DIVISORS[kind](length, self.alpha)
 
     def score(self, log_prob: float, length: int) -> float:
         return log_prob / float(self.divisor(length))
-
-
-def gnmt_length_penalty(length: Tensor | int, alpha: float) -> Tensor | float:
-    """Wu et al. (2016): ((5 + length) / 6) ** alpha."""
-    return LengthNorm("gnmt", alpha).divisor(length)
 
 
 def length_limits(src_lengths: Tensor, a: float, b: int) -> Tensor:
@@ -50,10 +61,20 @@ def length_limits(src_lengths: Tensor, a: float, b: int) -> Tensor:
     return ((src_lengths.float() * a).floor().long() + b).clamp(min=0)
 
 
-def forbid_specials(log_probs: Tensor) -> None:
-    """Padding and BOS are never generated."""
+def output_lengths(cfg: DecodeConfig, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Shortest and longest output allowed per sentence (EOS not counted), from
+    ``decode.min_len_a/b`` and ``decode.max_len_a/b``; the minimum never exceeds the maximum."""
+    max_len = length_limits(src_lengths, cfg.max_len_a, cfg.max_len_b)
+    min_len = torch.minimum(length_limits(src_lengths, cfg.min_len_a, cfg.min_len_b), max_len)
+    return min_len, max_len
+
+
+def forbid_specials(log_probs: Tensor, allow_unk: bool) -> None:
+    """Padding and BOS are never generated, nor ``<unk>`` unless ``allow_unk``."""
     log_probs[:, PAD_ID] = NEG_INF
     log_probs[:, BOS_ID] = NEG_INF
+    if not allow_unk:
+        log_probs[:, UNK_ID] = NEG_INF
 
 
 def constrain_length(log_probs: Tensor, step: int, min_len: Tensor, max_len: Tensor) -> None:

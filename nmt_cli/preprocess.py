@@ -33,8 +33,9 @@ from nmt_cli.errors import DataError
 from nmt_cli.files import atomic_write_text, replace_durably, sha256_file
 from nmt_cli.filters import (DedupTable, FilterCounts, example, filter_params, text_filter,
                              token_filter)
+from nmt_cli.ids import UNK_ID
 from nmt_cli.normalize import Normalizer, char_table
-from nmt_cli.tokenizer import UNK_ID, Tokenizers, processor
+from nmt_cli.tokenizer import Tokenizers, processor
 
 MANIFEST = "manifest.json"
 FORMAT = "nmt-binarized-1"

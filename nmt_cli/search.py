@@ -7,22 +7,24 @@ The model contract: ``encode(src, src_lengths) -> (memory, state)`` and
 (``nmt_cli.ensemble``) keeps the same contract, so nothing here knows about it.
 
 Every search treats each sentence on its own: finished sentences leave the batch, and nothing a
-sentence does depends on the others, so results never depend on the batch size. Length limits are
-``a * source_length + b`` with the source length as given in ``src_lengths``; scores follow
-``nmt_cli.penalties``.
+sentence does depends on the others, so results never depend on the batch size. Every setting
+comes from one ``DecodeConfig``, taken as it is (its defaults and checks live in ``nmt_cli.config``).
+Length limits are ``a * source_length + b`` with the source length as given in ``src_lengths``;
+scores follow ``nmt_cli.penalties``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from nmt_cli.config import DecodeConfig
 from nmt_cli.penalties import (NEG_INF, LengthNorm, block_repeated_ngrams, constrain_length,
-                               forbid_specials, gnmt_length_penalty, length_limits)
-from nmt_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
+                               forbid_specials, output_lengths)
+from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclass
@@ -41,43 +43,6 @@ class SearchResult:
 
     def best(self) -> list[list[int]]:
         return [h[0].tokens for h in self.hypotheses]
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Output length limits as ``a * source_length + b``, and the n-gram repeat ban."""
-
-    min_len_a: float = 0.0
-    min_len_b: int = 0
-    max_len_a: float = 1.5
-    max_len_b: int = 10
-    no_repeat_ngram: int = 0
-
-    def lengths(self, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
-        max_len = length_limits(src_lengths, self.max_len_a, self.max_len_b)
-        min_len = torch.minimum(length_limits(src_lengths, self.min_len_a, self.min_len_b), max_len)
-        return min_len, max_len
-
-
-def length_penalty(length: Tensor | int, alpha: float) -> Tensor | float:
-    """GNMT's ((5 + length) / 6) ** alpha (kept for callers of the first search API)."""
-    return gnmt_length_penalty(length, alpha)
-
-
-def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:
-    """Longest output allowed per sentence (EOS not counted): a * source length + b."""
-    return length_limits(src_lengths, a, b)
-
-
-def _settings(norm: LengthNorm | None, limits: Limits | None, alpha: float | None,
-              max_len_a: float | None, max_len_b: int | None,
-              min_len: int | None) -> tuple[LengthNorm, Limits]:
-    """Search settings from the objects, or from the first API's loose keywords."""
-    norm = norm or LengthNorm("gnmt", 1.0 if alpha is None else alpha)
-    limits = limits or Limits()
-    loose = {k: v for k, v in (("max_len_a", max_len_a), ("max_len_b", max_len_b),
-                                ("min_len_b", min_len)) if v is not None}
-    return norm, replace(limits, **loose) if loose else limits
 
 
 # A choice rule for single-path decoding: (log_probs (N, V), sentence ids (N,)) -> tokens (N,)
@@ -114,12 +79,13 @@ def _argmax(log_probs: Tensor, sentences: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _single_path(model, src: Tensor, src_lengths: Tensor, choose: Chooser, norm: LengthNorm,
-                 limits: Limits, return_attention: bool) -> SearchResult:
+def _single_path(model, src: Tensor, src_lengths: Tensor, choose: Chooser, cfg: DecodeConfig,
+                 return_attention: bool) -> SearchResult:
     """One hypothesis per sentence, one token per step; finished sentences leave the batch."""
     batch, device = src.size(0), src.device
+    norm = LengthNorm.of(cfg)
     memory, state = model.encode(src, src_lengths)
-    min_all, max_all = (t.to(device) for t in limits.lengths(src_lengths))
+    min_all, max_all = (t.to(device) for t in output_lengths(cfg, src_lengths))
     steps = int(max_all.max()) + 1
     out = src.new_full((batch, steps), EOS_ID)  # token chosen at each step
     out_len = torch.full((batch,), steps, dtype=torch.long, device=device)
@@ -130,9 +96,9 @@ def _single_path(model, src: Tensor, src_lengths: Tensor, choose: Chooser, norm:
     prev = src.new_full((batch,), BOS_ID)
     for t in range(steps):
         lp, state, weights = model.step(prev, state, memory)  # (N, V)
-        forbid_specials(lp)
-        if limits.no_repeat_ngram and t:
-            block_repeated_ngrams(lp, out.index_select(0, active)[:, :t], limits.no_repeat_ngram)
+        forbid_specials(lp, cfg.allow_unk)
+        if cfg.no_repeat_ngram and t:
+            block_repeated_ngrams(lp, out.index_select(0, active)[:, :t], cfg.no_repeat_ngram)
         constrain_length(lp, t, min_len, max_len)
         token = choose(lp, active)
         out[active, t] = token
@@ -159,29 +125,26 @@ def _single_path(model, src: Tensor, src_lengths: Tensor, choose: Chooser, norm:
     return SearchResult(hyps)
 
 
-def greedy_search(model, src: Tensor, src_lengths: Tensor, norm: LengthNorm | None = None,
-                  limits: Limits | None = None, return_attention: bool = False, *,
-                  alpha: float | None = None, max_len_a: float | None = None,
-                  max_len_b: int | None = None, min_len: int | None = None) -> SearchResult:
+def greedy_search(model, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig,
+                  return_attention: bool = False) -> SearchResult:
     """The most likely token at every step, for the whole batch at once."""
-    norm, limits = _settings(norm, limits, alpha, max_len_a, max_len_b, min_len)
-    return _single_path(model, src, src_lengths, _argmax, norm, limits, return_attention)
+    return _single_path(model, src, src_lengths, _argmax, cfg, return_attention)
 
 
 def sample_search(model, src: Tensor, src_lengths: Tensor, seeds: Sequence[int],
-                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  norm: LengthNorm = LengthNorm(), limits: Limits = Limits(),
-                  return_attention: bool = False) -> SearchResult:
-    """Draw each token from the model's distribution, sharpened or flattened by ``temperature``
-    and cut to the ``top_k`` most likely tokens and the smallest set holding ``top_p`` of the mass.
+                  cfg: DecodeConfig, return_attention: bool = False) -> SearchResult:
+    """Draw each token from the model's distribution, sharpened or flattened by
+    ``cfg.temperature`` and cut to the ``cfg.top_k`` most likely tokens and the smallest set
+    holding ``cfg.top_p`` of the mass.
 
     Sentence i draws from its own generator seeded with ``seeds[i]``, so a sample depends on the
     seed and the sentence alone, never on the batch. Scores are the model's own log-probabilities.
     """
     generators = [torch.Generator(device=src.device).manual_seed(int(s)) for s in seeds]
+    temperature, top_k, top_p = cfg.temperature, cfg.top_k, cfg.top_p
 
     def choose(log_probs: Tensor, sentences: Tensor) -> Tensor:
-        logits = log_probs / max(temperature, 1e-6)
+        logits = log_probs / temperature
         if top_k > 0 and top_k < logits.size(1):
             kth = logits.topk(top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, NEG_INF)
@@ -195,15 +158,22 @@ def sample_search(model, src: Tensor, src_lengths: Tensor, seeds: Sequence[int],
         return torch.cat([torch.multinomial(probs[i], 1, generator=generators[s])
                           for i, s in enumerate(sentences.tolist())])
 
-    return _single_path(model, src, src_lengths, choose, norm, limits, return_attention)
+    return _single_path(model, src, src_lengths, choose, cfg, return_attention)
+
+
+def beam_search(model, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig,
+                return_attention: bool = False) -> SearchResult:
+    """Beam search with ``cfg.beam_size`` beams, keeping ``cfg.n_best`` hypotheses per sentence,
+    best first. One beam and one hypothesis is greedy search, which runs on its own, faster path
+    (and gives the same result)."""
+    if cfg.beam_size == 1 and cfg.n_best == 1:
+        return greedy_search(model, src, src_lengths, cfg, return_attention)
+    return batched_beam_search(model, src, src_lengths, cfg, return_attention)
 
 
 @torch.no_grad()
-def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5,
-                norm: LengthNorm | None = None, limits: Limits | None = None, n_best: int = 1,
-                return_attention: bool = False, greedy_fast_path: bool = True, *,
-                alpha: float | None = None, max_len_a: float | None = None,
-                max_len_b: int | None = None, min_len: int | None = None) -> SearchResult:
+def batched_beam_search(model, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig,
+                        return_attention: bool = False) -> SearchResult:
     """Batched beam search: every sentence's beams advance together in one flat batch.
 
     Each step takes the top ``2 * beam`` continuations per sentence; those ending in EOS among the
@@ -213,20 +183,14 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5,
     Between steps only the decoder state (and the token prefixes) are reordered to follow the
     surviving beams; the encoder memory is identical for a sentence's beams, so it is never
     reordered, only compacted when done sentences leave the batch.
-
-    ``alpha``, ``max_len_a``, ``max_len_b`` and ``min_len`` (an absolute minimum) are shorthands
-    for ``norm`` and ``limits``.
     """
-    norm, limits = _settings(norm, limits, alpha, max_len_a, max_len_b, min_len)
-    if beam_size == 1 and n_best == 1 and greedy_fast_path:
-        return greedy_search(model, src, src_lengths, norm, limits, return_attention)
     device = src.device
-    batch, k = src.size(0), beam_size
-    n_best = min(n_best, k)
+    batch, k, n_best = src.size(0), cfg.beam_size, cfg.n_best
+    norm = LengthNorm.of(cfg)
     # The first step runs one row per sentence (all beams would be the same); its best k
     # continuations then become the k rows of each sentence.
     memory, state = model.encode(src, src_lengths)
-    min_len, max_len = (t.to(device) for t in limits.lengths(src_lengths))
+    min_len, max_len = (t.to(device) for t in output_lengths(cfg, src_lengths))
     beam_offsets = torch.arange(k, device=device)
 
     beams = 1  # rows per sentence: 1 at the first step, then k
@@ -242,9 +206,9 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5,
         n_act = active.numel()
         lp, state, weights = model.step(prefix[:, -1], state, memory)  # (n_act * beams, V)
         vocab = lp.size(-1)
-        forbid_specials(lp)
-        if limits.no_repeat_ngram and step:
-            block_repeated_ngrams(lp, prefix[:, 1:], limits.no_repeat_ngram)
+        forbid_specials(lp, cfg.allow_unk)
+        if cfg.no_repeat_ngram and step:
+            block_repeated_ngrams(lp, prefix[:, 1:], cfg.no_repeat_ngram)
         act_min, act_max = min_len.index_select(0, active), max_len.index_select(0, active)
         constrain_length(lp, step, act_min.repeat_interleave(beams),
                          act_max.repeat_interleave(beams))

@@ -1,4 +1,4 @@
-"""SentencePiece training, loading and use. This module owns the special-token ids."""
+"""SentencePiece training, loading and use, with the special-token ids of ``nmt_cli.ids``."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from nmt_cli.bitext import LineReader, open_binary, read_chunks, split_tsv
 from nmt_cli.config import NormalizeConfig, Recipe, Split, TokenizerConfig
 from nmt_cli.errors import DataError, NmtError
 from nmt_cli.files import atomic_write_bytes
+from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from nmt_cli.normalize import Normalizer
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-SPECIALS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
 
 
 def tokenizer_dir(recipe: Recipe) -> Path:

@@ -31,10 +31,11 @@ from nmt_cli import distributed as dist
 from nmt_cli.bitext import read_split
 from nmt_cli.checkpoint import (FAULT_ENV, CheckpointStore, library_versions, make_checkpoint,
                                 rng_state, set_rng_state)
-from nmt_cli.config import Recipe, check_training
+from nmt_cli.config import Recipe, check_training, with_overrides
 from nmt_cli.data import ParallelData
 from nmt_cli.errors import CheckpointError, DataError, NmtError
 from nmt_cli.files import atomic_write_text
+from nmt_cli.ids import PAD_ID
 from nmt_cli.inference import translate_lines
 from nmt_cli.metrics import MetricsLog, write_environment
 from nmt_cli.model import build_model, count_parameters
@@ -45,7 +46,7 @@ from nmt_cli.runs import TrainState, check_resumable, data_identity, load_init_w
 from nmt_cli.runtime import (autocast, check_precision, free_device_memory, grad_scaler,
                              pick_device, seed_everything)
 from nmt_cli.scoring import score_lines
-from nmt_cli.tokenizer import PAD_ID, Tokenizers
+from nmt_cli.tokenizer import Tokenizers
 
 
 def sequence_loss(logits: torch.Tensor, target: torch.Tensor,
@@ -217,8 +218,11 @@ class Trainer:
             result["dev_ppl"] = math.exp(min(result["dev_loss"], 50.0))
         src, ref = self.dev_lines
         if src:
-            dec = replace(self.recipe.decode, beam_size=self.cfg.valid_beam_size)
-            hyps = [t.text for t in translate_lines(self.model, self.tok, src, dec, self.device)]
+            dec = with_overrides(self.recipe.decode, {"beam_size": self.cfg.valid_beam_size,
+                                                      "n_best": 1}, "decode")
+            hyps = [t.text for t in translate_lines(self.model, self.tok, src, dec,
+                                                    normalize=self.recipe.preprocess.normalize,
+                                                    device=self.device)]
             result["dev_bleu"] = score_lines(hyps, [ref], ["bleu"],
                                              self.recipe.eval.tokenize)[0].score
         self.model.train()

@@ -4,10 +4,15 @@ Input is read in chunks as it arrives, so with a pipe the first translations app
 writer has finished, and memory does not grow with the input. File outputs are written under a
 temporary name and renamed at the end, so an error never leaves half a file behind.
 
-Output forms: one translation per line; with ``n_best``, TSV rows ``index<TAB>score<TAB>text``
-(0-based line index, hypotheses best first, an empty input gives one row with score 0 and no
-text; with sampling, K samples best first); with ``score_reference``, the summed
-log-probability of each reference line.
+Output forms: one translation per line; with ``decode.n_best`` above 1 (or ``tsv``, which
+``--n-best`` sets), TSV rows ``index<TAB>score<TAB>text`` (0-based line index, hypotheses best
+first, an empty input gives one row with score 0 and no text; with sampling, K samples best
+first); with ``score_reference``, the summed log-probability of each reference line.
+
+Decode settings come from the (first) checkpoint's recipe, changed key by key through
+``config.with_overrides``: the CLI and the Python API pass the same checked keys. Text is read
+under ``decode.invalid_utf8``: "replace" (bad bytes become U+FFFD, every line is still
+translated, and one warning per file gives the count and the first line numbers) or "error".
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import IO, Any, Iterator, Sequence
 
 import torch
 
-from nmt_cli.bitext import decode_line, open_binary, read_lines
+from nmt_cli.bitext import BOM, open_binary
 from nmt_cli.checkpoint import load_checkpoint, model_from_checkpoint
+from nmt_cli.config import DecodeConfig, with_overrides
 from nmt_cli.errors import CheckpointError, DataError, NmtError
 from nmt_cli.files import default_mode, replace_durably
 from nmt_cli.inference import Translation, score_references, translate_lines
@@ -37,6 +43,7 @@ class TranslateStats:
     tgt_tokens: int = 0
     seconds: float = 0.0
     truncated: int = 0  # inputs cut to max_src_len subwords
+    warnings: list[str] = field(default_factory=list)  # one line each, for stderr
 
     def line(self) -> str:
         s = max(self.seconds, 1e-9)
@@ -49,7 +56,7 @@ class TranslateStats:
 class TranslateOptions:
     """What to produce besides (or instead of) the plain translations."""
 
-    n_best: int | None = None  # TSV with this many hypotheses per line
+    tsv: bool = False  # TSV rows (index, score, text) even for one hypothesis per line
     score_reference: Path | None = None  # print log P(reference | source) instead of translating
     alignments: Path | None = None  # Pharaoh i-j lines from attention
     plot_attention: Path | None = None  # one PNG heatmap per sentence
@@ -57,7 +64,48 @@ class TranslateOptions:
     chunk_lines: int = 1000
 
 
-def read_chunks(stream: IO[bytes], name: str, max_lines: int) -> Iterator[list[str]]:
+class Utf8Lines:
+    """Bytes of one input's lines to text under ``decode.invalid_utf8``.
+
+    "replace" turns bad bytes into U+FFFD and remembers how many lines had some, and the first
+    line numbers; "error" stops at the first one with a line naming the file and line.
+    """
+
+    SHOWN = 5  # line numbers quoted in the warning
+
+    def __init__(self, name: str, policy: str):
+        self.name, self.policy = name, policy
+        self.bad_lines = 0
+        self.first_bad: list[int] = []
+
+    def __call__(self, raw: bytes, lineno: int) -> str:
+        if lineno == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM):]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if self.policy == "error":
+                raise DataError(f"invalid UTF-8 at byte {exc.start}; fix the encoding (for example "
+                                "with iconv), or use --invalid-utf8 replace (decode.invalid_utf8)",
+                                self.name, lineno) from None
+            self.bad_lines += 1
+            if len(self.first_bad) < self.SHOWN:
+                self.first_bad.append(lineno)
+            text = raw.decode("utf-8", errors="replace")
+        return text.rstrip("\r\n")
+
+    def warning(self) -> str | None:
+        """One line for stderr, or None when every line was valid UTF-8."""
+        if not self.bad_lines:
+            return None
+        lines = ", ".join(map(str, self.first_bad)) + (", ..." if self.bad_lines > self.SHOWN
+                                                       else "")
+        return (f"warning: {self.name}: {self.bad_lines} line(s) with invalid UTF-8 (line "
+                f"{lines}); the bad bytes were replaced by U+FFFD and every line was translated "
+                "(--invalid-utf8 error stops instead)")
+
+
+def read_chunks(stream: IO[bytes], decode: Utf8Lines, max_lines: int) -> Iterator[list[str]]:
     """Yield lists of at most ``max_lines`` decoded lines, as soon as they have arrived.
 
     ``read1`` returns whatever bytes are available (one underlying read), so on a pipe each chunk
@@ -74,10 +122,33 @@ def read_chunks(stream: IO[bytes], name: str, max_lines: int) -> Iterator[list[s
             chunk = []
             for raw in complete[start:start + max_lines]:
                 lineno += 1
-                chunk.append(decode_line(raw, Path(name), lineno))
+                chunk.append(decode(raw, lineno))
             yield chunk
     if pending:
-        yield [decode_line(pending, Path(name), lineno + 1)]
+        yield [decode(pending, lineno + 1)]
+
+
+def read_lines(path: Path, decode: Utf8Lines) -> Iterator[str]:
+    """The lines of a (possibly compressed) text file, decoded by ``decode``."""
+    with open_binary(path) as fh:
+        for lineno, raw in enumerate(fh, 1):
+            yield decode(raw, lineno)
+
+
+def _int8_quantizer():
+    """``torch.ao.quantization.quantize_dynamic``, or one clear error where this torch lacks it."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch >= 2.9 announces a move to torchao; it still works
+        warnings.simplefilter("ignore")
+        try:
+            from torch.ao.quantization import quantize_dynamic
+        except ImportError:
+            raise NmtError(f"--quantize int8 needs torch.ao.quantization.quantize_dynamic, which "
+                           f"torch {torch.__version__} no longer has (PyTorch deprecated it); "
+                           "translate without --quantize, or install a torch that still has "
+                           "it") from None
+    return quantize_dynamic
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
@@ -85,10 +156,9 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     fly); CPU only."""
     import warnings
 
-    with warnings.catch_warnings():  # torch >= 2.9 announces a move to torchao; it still works
+    quantize_dynamic = _int8_quantizer()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from torch.ao.quantization import quantize_dynamic
-
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
@@ -98,6 +168,8 @@ def load_models(paths: Sequence[Path], device: torch.device, quantize: str | Non
 
     if quantize is not None and device.type != "cpu":
         raise NmtError(f"--quantize {quantize} runs on the CPU only; add --device cpu")
+    if quantize == "int8":
+        _int8_quantizer()  # before any checkpoint is read
     models, first_tok, recipe = [], None, None
     for path in paths:
         model, tok, rcp = model_from_checkpoint(load_checkpoint(path), path, device)
@@ -153,17 +225,15 @@ def _one_line(text: str) -> str:
 
 
 def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
-                   output_path: Path | None, beam_size: int | None = None,
-                   batch_size: int | None = None, length_penalty: float | None = None,
-                   max_len_a: float | None = None, max_len_b: int | None = None,
-                   device: str = "auto", chunk_lines: int = 1000, *,
-                   decode: dict | None = None,
-                   options: TranslateOptions | None = None) -> TranslateStats:
+                   output_path: Path | None, *, device: str = "auto",
+                   options: TranslateOptions | None = None, **decode: Any) -> TranslateStats:
     """Translate (or score) a file or stdin with one checkpoint or an ensemble of several.
 
-    ``decode`` overrides any ``DecodeConfig`` key of the (first) checkpoint's recipe.
+    Keyword arguments beyond ``device`` and ``options`` are ``DecodeConfig`` keys
+    (``beam_size=4``); they change the (first) checkpoint's ``decode`` settings through the same
+    checks as a recipe key, so ``beam_size=0`` is a ConfigError naming ``decode.beam_size``.
     """
-    opts = options or TranslateOptions(chunk_lines=chunk_lines)
+    opts = options or TranslateOptions()
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     start = time.time()
     dev = pick_device(device)
@@ -172,22 +242,17 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
 
         require_matplotlib()
     model, tok, recipe = load_models([Path(p) for p in paths], dev, opts.quantize)
-    overrides = {k: v for k, v in {"beam_size": beam_size, "batch_size": batch_size,
-                                   "length_penalty": length_penalty, "max_len_a": max_len_a,
-                                   "max_len_b": max_len_b, **(decode or {})}.items()
-                 if v is not None}
-    cfg = replace(recipe.decode, **overrides)
-    if opts.n_best is not None and not cfg.sample and opts.n_best > cfg.beam_size:
-        raise NmtError(f"--n-best {opts.n_best} is larger than --beam-size {cfg.beam_size}; "
-                       "beam search keeps at most beam-size hypotheses")
-    if opts.score_reference is not None and (opts.n_best or opts.alignments
-                                             or opts.plot_attention):
+    cfg = with_overrides(recipe.decode, decode, "decode")
+    tsv = opts.tsv or cfg.n_best > 1
+    if opts.score_reference is not None and (tsv or opts.alignments or opts.plot_attention):
         raise NmtError("--score-reference prints one score per line; it cannot be combined with "
                        "--n-best, --alignments or --plot-attention")
 
     stats = TranslateStats()
     in_stream = open_binary(input_path) if input_path else sys.stdin.buffer
-    name = str(input_path) if input_path else "<stdin>"
+    source = Utf8Lines(str(input_path) if input_path else "<stdin>", cfg.invalid_utf8)
+    reference = Utf8Lines(str(opts.score_reference), cfg.invalid_utf8)
+    norm = recipe.preprocess.normalize
     outputs: list[_Output] = []
     try:
         outputs.append(_Output(output_path))
@@ -197,20 +262,21 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
             outputs.append(align_out)
         out = outputs[0].fh
         with torch.inference_mode():
-            chunks = read_chunks(in_stream, name, opts.chunk_lines)
+            chunks = read_chunks(in_stream, source, opts.chunk_lines)
             if opts.score_reference is not None:
-                _score_stream(model, tok, cfg, dev, chunks, opts.score_reference, out, stats)
+                refs = read_lines(opts.score_reference, reference)
+                _score_stream(model, tok, recipe, cfg, dev, chunks, refs, opts.score_reference,
+                              out, stats)
             else:
                 want_attention = align_out is not None or opts.plot_attention is not None
                 for chunk in chunks:
-                    found = translate_lines(model, tok, chunk, cfg, dev,
-                                            n_best=opts.n_best or 1,
+                    found = translate_lines(model, tok, chunk, cfg, normalize=norm, device=dev,
                                             return_attention=want_attention,
                                             first_index=stats.sentences)
                     for t in found:
-                        _write_translation(t, stats.sentences, out, opts)
+                        _write_translation(t, stats.sentences, out, tsv)
                         if want_attention:
-                            _write_attention(t, stats.sentences, tok, chunk[t.index], align_out,
+                            _write_attention(t, stats.sentences, tok, align_out,
                                              opts.plot_attention)
                         stats.sentences += 1
                         stats.src_tokens += t.src_pieces
@@ -225,12 +291,13 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
             in_stream.close()
         for o in outputs:
             o.discard()
+    stats.warnings = [w for w in (source.warning(), reference.warning()) if w]
     stats.seconds = time.time() - start
     return stats
 
 
-def _write_translation(t: Translation, index: int, out: IO[str], opts: TranslateOptions) -> None:
-    if opts.n_best is None:
+def _write_translation(t: Translation, index: int, out: IO[str], tsv: bool) -> None:
+    if not tsv:
         out.write(_one_line(t.text) + "\n")
         return
     if not t.hypotheses:
@@ -240,7 +307,7 @@ def _write_translation(t: Translation, index: int, out: IO[str], opts: Translate
         out.write(f"{index}\t{hyp.score:.4f}\t{_one_line(text)}\n")
 
 
-def _write_attention(t: Translation, index: int, tok, line: str, align_out: "_Output | None",
+def _write_attention(t: Translation, index: int, tok, align_out: "_Output | None",
                      plot_dir: Path | None) -> None:
     from nmt_cli.alignment import hard_alignment, pharaoh, plot_attention
 
@@ -250,20 +317,22 @@ def _write_attention(t: Translation, index: int, tok, line: str, align_out: "_Ou
             hard_alignment(hyp.attention, t.src_pieces, len(hyp.tokens))
         align_out.fh.write(pharaoh(pairs) + "\n")
     if plot_dir is not None and hyp is not None and hyp.attention is not None:
-        src_pieces = tok.pieces_src(" ".join(line.split()))[: t.src_pieces] + ["</s>"]
+        src_pieces = tok.pieces_src(t.source)[: t.src_pieces] + ["</s>"]
         tgt_pieces = [tok.tgt.id_to_piece(i) for i in hyp.tokens] + ["</s>"]
         plot_attention(hyp.attention, src_pieces, tgt_pieces, plot_dir / f"{index:06d}.png")
 
 
-def _score_stream(model, tok, cfg, dev, chunks: Iterator[list[str]], reference: Path,
-                  out: IO[str], stats: TranslateStats) -> None:
-    refs = read_lines(reference)
+def _score_stream(model, tok, recipe, cfg: DecodeConfig, dev, chunks: Iterator[list[str]],
+                  refs: Iterator[str], reference: Path, out: IO[str],
+                  stats: TranslateStats) -> None:
+    norm = recipe.preprocess.normalize
     for chunk in chunks:
         ref_chunk = [line for _, line in zip(range(len(chunk)), refs)]
         if len(ref_chunk) < len(chunk):
             raise DataError(f"the reference has fewer lines ({stats.sentences + len(ref_chunk)}) "
                             "than the input; give one reference line per input line", reference)
-        for score in score_references(model, tok, chunk, ref_chunk, cfg, dev):
+        for score in score_references(model, tok, chunk, ref_chunk, cfg, normalize=norm,
+                                      device=dev):
             out.write(f"{score:.4f}\n")
         stats.sentences += len(chunk)
         stats.tgt_tokens += sum(len(ids) + 1 for ids in tok.encode_tgt(ref_chunk))

@@ -79,6 +79,22 @@ def sample_model(sample_checkpoint):
     return model_from_checkpoint(load_checkpoint(sample_checkpoint), sample_checkpoint, "cpu")
 
 
+def decode_settings(recipe, **changes):
+    """The recipe's decode settings with ``changes``, checked as a user's would be."""
+    from nmt_cli.config import with_overrides
+
+    return with_overrides(recipe.decode, changes, "decode")
+
+
+def translate(sample_model, lines: list[str], **changes):
+    """``translate_lines`` with the model's own recipe (decode settings changed by ``changes``)."""
+    from nmt_cli.inference import translate_lines
+
+    model, tok, recipe = sample_model
+    return translate_lines(model, tok, lines, decode_settings(recipe, **changes),
+                           normalize=recipe.preprocess.normalize)
+
+
 def source_lines(n: int = 40) -> list[str]:
     with open(SAMPLE / "test.src", encoding="utf-8") as fh:
         return [next(fh).rstrip("\n") for _ in range(n)]

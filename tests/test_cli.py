@@ -108,13 +108,15 @@ def translate(ckpt, *args, input=None):
 @pytest.fixture(scope="module")
 def expected(experiment, trained_model, tokenizers):
     """In-process translations with the same weights and the recipe's decode settings."""
-    from dataclasses import replace
-
+    from nmt_cli.config import with_overrides
     from nmt_cli.inference import translate_lines
 
+    recipe = experiment.recipe
+
     def run(lines, **decode):
-        cfg = replace(experiment.recipe.decode, **decode)
-        return [t.text for t in translate_lines(trained_model, tokenizers, lines, cfg)]
+        cfg = with_overrides(recipe.decode, decode, "decode")
+        return [t.text for t in translate_lines(trained_model, tokenizers, lines, cfg,
+                                                normalize=recipe.preprocess.normalize)]
 
     return run
 
@@ -200,16 +202,48 @@ def test_missing_input_leaves_no_output(experiment, tmp_path):
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 
-def test_invalid_utf8_input_names_the_line_and_leaves_no_output(experiment, tmp_path):
+def test_strict_invalid_utf8_names_the_line_and_leaves_no_output(experiment, tmp_path):
     src = tmp_path / "bad.src"
     src.write_bytes(b"The boy runs.\nThe \xff dog.\n")
     out = tmp_path / "hyp.txt"
-    proc = translate(experiment.checkpoint, "-i", src, "-o", out)
+    proc = translate(experiment.checkpoint, "-i", src, "-o", out, "--invalid-utf8", "error")
     assert_one_line_error(proc, f"{src}:2", "UTF-8")
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.src"]  # no temp file either
-    piped = translate(experiment.checkpoint, input=b"ok\n\xc3(\n")
+    piped = translate(experiment.checkpoint, "--invalid-utf8", "error", input=b"ok\n\xc3(\n")
     assert_one_line_error(piped, "<stdin>:2")
+
+
+def test_invalid_utf8_is_replaced_with_one_warning_and_n_lines_out(experiment, expected,
+                                                                   tmp_path):
+    raw = [b"The boy runs.", b"The \xff dog.", b"A man.", b"\xc3( two \xfe bad", b"Ok."]
+    src = tmp_path / "bad.src"
+    src.write_bytes(b"\n".join(raw) + b"\n")
+    out = tmp_path / "hyp.txt"
+    proc = translate(experiment.checkpoint, "-i", src, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    warning = proc.stderr.strip().splitlines()
+    assert len(warning) == 1 and str(src) in warning[0], proc.stderr  # once, not once per line
+    assert "2 line(s) with invalid UTF-8 (line 2, 4)" in warning[0]
+    text = [line.decode("utf-8", errors="replace") for line in raw]
+    assert out.read_text(encoding="utf-8").splitlines() == expected(text)
+    # Forced scoring reads both files under the same policy: one warning for each file.
+    ref = tmp_path / "bad.ref"
+    ref.write_bytes(b"\n".join(raw[::-1]) + b"\n")
+    scored = translate(experiment.checkpoint, "-i", src, "--score-reference", ref)
+    assert scored.returncode == 0, scored.stderr
+    assert len(scored.stdout.splitlines()) == len(raw)
+    warnings = scored.stderr.strip().splitlines()
+    assert len(warnings) == 2 and str(src) in warnings[0] and str(ref) in warnings[1], warnings
+    assert "(line 2, 4)" in warnings[1]
+    strict = translate(experiment.checkpoint, "-i", src, "--score-reference", ref,
+                       "--invalid-utf8", "error")
+    assert_one_line_error(strict, f"{src}:2", "invalid UTF-8")
+
+
+def test_a_wrong_invalid_utf8_policy_is_one_line(experiment):
+    proc = translate(experiment.checkpoint, "--invalid-utf8", "drop", input="a\n")
+    assert_one_line_error(proc, "decode.invalid_utf8", "'replace', 'error'")
 
 
 def test_unwritable_output_is_one_line(experiment, tmp_path):
@@ -255,9 +289,29 @@ def test_vocabulary_mismatch_checkpoint_is_one_line(experiment, trained_model, t
     assert_one_line_error(proc, "vocabulary/model mismatch")
 
 
-def test_bad_translate_option_is_rejected(experiment):
-    proc = translate(experiment.checkpoint, "--beam-size", "0", input="a\n")
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+@pytest.mark.parametrize("option, value, needles", [
+    ("--beam-size", "0", ("decode.beam_size", ">= 1")),
+    ("--length-norm", "gnm", ("decode.length_norm", "did you mean 'gnmt'")),
+    ("--temperature", "0", ("decode.temperature", "> 0")),
+    ("--batch-type", "lines", ("decode.batch_type", "'sentences', 'tokens'")),
+])
+def test_bad_translate_option_is_one_line_naming_the_key(experiment, option, value, needles):
+    proc = translate(experiment.checkpoint, option, value, input="a\n")
+    assert_one_line_error(proc, *needles)
+    assert proc.returncode == 2 and proc.stdout == ""
+
+
+def test_a_folder_as_checkpoint_is_one_line_with_the_file_to_give(experiment, tmp_path):
+    proc = translate(experiment.workdir, input="a\n")
+    assert_one_line_error(proc, "is a folder", str(experiment.workdir / "checkpoints" / "best.pt"))
+    proc = translate(tmp_path, input="a\n")
+    assert_one_line_error(proc, "is a folder", "WORKDIR/checkpoints/best.pt")
+
+
+def test_a_text_file_as_checkpoint_is_one_line(tmp_path):
+    text = tmp_path / "model.pt"
+    text.write_text("not a checkpoint\n")
+    assert_one_line_error(translate(text, input="a\n"), "model.pt", "not an nmt checkpoint")
 
 
 # -- eval ----------------------------------------------------------------------------------------
@@ -309,3 +363,9 @@ def test_eval_unknown_metric_is_one_line(eval_files):
     proc = run_cli("eval", "-i", eval_files / "hyp.txt", "-r", eval_files / "ref.txt",
                    "-m", "bleu,meteor")
     assert_one_line_error(proc, "meteor")
+
+
+def test_eval_unknown_tokenizer_is_one_line_with_suggestion(eval_files):
+    proc = run_cli("eval", "-i", eval_files / "hyp.txt", "-r", eval_files / "ref.txt",
+                   "--tokenize", "13b")
+    assert_one_line_error(proc, "eval.tokenize", "did you mean '13a'")

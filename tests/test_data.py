@@ -7,7 +7,7 @@ import pytest
 
 from nmt_cli.data import ParallelData, collate, pad_sequences, token_batches
 from nmt_cli.preprocess import data_dir, load_manifest
-from nmt_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID
 
 
 def random_lengths(n: int, seed: int = 0, high: int = 60):

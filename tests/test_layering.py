@@ -1,5 +1,6 @@
-"""Import layering, read from the source with ``ast``: the CLI is the only Typer user, and the light
-modules (recipes, data reading, scoring) never pull in torch, not even through another module."""
+"""Import layering, read from the source with ``ast``: every module has a rank in ``RANKS`` and
+imports only modules of lower rank; the CLI is the only Typer user, and the light modules (recipes,
+data reading, scoring) never pull in torch, not even through another module."""
 
 from __future__ import annotations
 
@@ -71,6 +72,89 @@ def closure(name: str, top_level_only: bool = False) -> set[str]:
             if imp.split(".")[0] != "nmt_cli":
                 external.add(imp.split(".")[0])
     return external | {m for m in seen if m != name}
+
+
+# The order of layers, lowest first. A module may import only modules of a strictly lower rank, so
+# two modules of one rank can never import each other: training and ``translate`` share a rank,
+# so the trainer validates through ``inference`` but never reaches the translate command. A new
+# module gets a rank here from whoever adds it: above everything it imports, below its users.
+RANKS = {
+    # ground floor: nothing of nmt_cli below them
+    "nmt_cli": 0, "nmt_cli.errors": 0, "nmt_cli.ids": 0, "nmt_cli.files": 0,
+    # settings, and small helpers over torch and the file system
+    "nmt_cli.config": 1, "nmt_cli.runtime": 1, "nmt_cli.distributed": 1,
+    "nmt_cli.recipes": 2, "nmt_cli.metrics": 2,
+    # text: raw text -> token shards (and the text-only scoring and plots)
+    "nmt_cli.normalize": 3, "nmt_cli.filters": 3,
+    "nmt_cli.bitext": 4,
+    "nmt_cli.tokenizer": 5, "nmt_cli.scoring": 5, "nmt_cli.plot": 5,
+    "nmt_cli.preprocess": 6,
+    # data and model
+    "nmt_cli.data": 7, "nmt_cli.model.attention": 7, "nmt_cli.model.encoder": 7,
+    "nmt_cli.model.decoder": 8, "nmt_cli.model.seq2seq": 9, "nmt_cli.model": 10,
+    "nmt_cli.checkpoint": 11,
+    # decoding pieces, and the training helpers beside them
+    "nmt_cli.penalties": 12, "nmt_cli.ensemble": 12, "nmt_cli.alignment": 12,
+    "nmt_cli.optim": 12, "nmt_cli.runs": 12, "nmt_cli.average": 12,
+    "nmt_cli.search": 13,
+    "nmt_cli.inference": 14,
+    # the two ends, which must not know each other
+    "nmt_cli.trainer": 15, "nmt_cli.translate": 15,
+    # (a server and exporters go here, at 16)
+    "nmt_cli.cli": 17,
+    "nmt_cli.__main__": 18,
+}
+DECODING = {"nmt_cli.penalties", "nmt_cli.ensemble", "nmt_cli.alignment", "nmt_cli.search",
+            "nmt_cli.inference", "nmt_cli.translate"}
+TRAINING = {"nmt_cli.optim", "nmt_cli.runs", "nmt_cli.average", "nmt_cli.trainer",
+            "nmt_cli.distributed", "nmt_cli.metrics"}
+
+
+def internal_imports(name: str) -> set[str]:
+    return {i for i in imports(name) if i in MODULES}
+
+
+def rank_violations(graph: dict[str, set[str]], ranks: dict[str, int]) -> list[str]:
+    """Every import in ``graph`` (module -> the nmt_cli modules it imports) that does not go to a
+    strictly lower rank, as a sentence that says what to do."""
+    found = []
+    for name in sorted(graph):
+        for target in sorted(graph[name]):
+            if ranks[target] >= ranks[name]:
+                found.append(f"{name} (rank {ranks[name]}) imports {target} (rank "
+                             f"{ranks[target]}); a module may import only lower ranks: move the "
+                             "shared code down a layer, or change RANKS if the order is wrong")
+    return found
+
+
+def test_every_module_has_a_rank():
+    missing = sorted(set(MODULES) - set(RANKS))
+    assert not missing, (f"{', '.join(missing)}: no rank in RANKS of tests/test_layering.py; "
+                         "whoever adds a module gives it a rank there, above every module it "
+                         "imports and below every module that imports it")
+    stale = sorted(set(RANKS) - set(MODULES))
+    assert not stale, f"RANKS in tests/test_layering.py names modules that are gone: {stale}"
+
+
+def test_every_import_goes_to_a_lower_rank():
+    graph = {name: internal_imports(name) for name in MODULES if name in RANKS}
+    problems = rank_violations(graph, RANKS)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_rank_check_sees_an_upward_import():
+    """A control: the check above does catch the imports it exists to stop."""
+    graph = {name: internal_imports(name) for name in RANKS}
+    graph["nmt_cli.trainer"] = graph["nmt_cli.trainer"] | {"nmt_cli.translate"}
+    problems = rank_violations(graph, RANKS)
+    assert len(problems) == 1 and "nmt_cli.trainer (rank 15) imports nmt_cli.translate" in \
+        problems[0]
+    assert rank_violations({"nmt_cli.ids": {"nmt_cli.config"}}, RANKS)
+
+
+def test_decoding_never_imports_training():
+    for name in DECODING:
+        assert not internal_imports(name) & TRAINING, (name, sorted(internal_imports(name)))
 
 
 def test_the_package_is_found():

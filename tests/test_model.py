@@ -12,7 +12,7 @@ import torch
 from nmt_cli.config import DecoderConfig, EncoderConfig, ModelConfig
 from nmt_cli.errors import ConfigError
 from nmt_cli.model import build_model, count_parameters
-from nmt_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID
 from nmt_cli.trainer import sequence_loss
 
 VOCAB = 23

@@ -7,14 +7,26 @@ import math
 import pytest
 import torch
 
+from nmt_cli.config import DecodeConfig, with_overrides
 from nmt_cli.data import pad_sequences
-from nmt_cli.search import beam_search, greedy_search, length_penalty, max_lengths
-from nmt_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt_cli.errors import ConfigError
+from nmt_cli.penalties import length_limits
+from nmt_cli.search import batched_beam_search, beam_search, greedy_search, sample_search
+from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 from conftest import sample_lines
 
 A, B, C = 4, 5, 6
 V = 7  # PAD UNK BOS EOS A B C
+
+
+def decode(**settings) -> DecodeConfig:
+    """The default decode settings with some changed, checked as a recipe's would be."""
+    return with_overrides(DecodeConfig(), settings, "decode")
+
+
+def gnmt(length: int, alpha: float) -> float:
+    return ((5 + length) / 6) ** alpha
 
 
 class ToyMemory:
@@ -88,8 +100,8 @@ def random_tables(n: int, seed: int, eos_boost: float = 0.0) -> torch.Tensor:
 def test_beam_finds_the_best_sequence_greedy_misses(alpha):
     model = TableModel(trap_table().unsqueeze(0))
     src, lens = src_for([0], [3])
-    greedy = greedy_search(model, src, lens, alpha=alpha)
-    beam = beam_search(model, src, lens, beam_size=2, alpha=alpha)
+    greedy = greedy_search(model, src, lens, decode(length_penalty=alpha))
+    beam = beam_search(model, src, lens, decode(beam_size=2, length_penalty=alpha))
     assert greedy.best() == [[A]]
     assert beam.best() == [[B]]
     assert beam.hypotheses[0][0].log_prob == pytest.approx(math.log(0.4 * 0.9), abs=1e-3)
@@ -100,15 +112,16 @@ def test_scores_are_length_normalized_log_probs():
     model = TableModel(random_tables(1, seed=5, eos_boost=0.3))  # every hypothesis ends naturally
     src, lens = src_for([0], [4])
     for alpha in (0.0, 0.6, 1.0):
-        for hyp in beam_search(model, src, lens, beam_size=4, n_best=4, alpha=alpha).hypotheses[0]:
+        cfg = decode(beam_size=4, n_best=4, length_penalty=alpha)
+        for hyp in beam_search(model, src, lens, cfg).hypotheses[0]:
             raw = model.sequence_log_prob(0, hyp.tokens)
             assert hyp.log_prob == pytest.approx(raw, abs=1e-4)
-            assert hyp.score == pytest.approx(raw / length_penalty(len(hyp.tokens) + 1, alpha),
+            assert hyp.score == pytest.approx(raw / gnmt(len(hyp.tokens) + 1, alpha),
                                               abs=1e-4)
-        g = greedy_search(model, src, lens, alpha=alpha).hypotheses[0][0]
+        g = greedy_search(model, src, lens, decode(length_penalty=alpha)).hypotheses[0][0]
         raw = model.sequence_log_prob(0, g.tokens)
         assert g.log_prob == pytest.approx(raw, abs=1e-4)
-        assert g.score == pytest.approx(raw / length_penalty(len(g.tokens) + 1, alpha), abs=1e-4)
+        assert g.score == pytest.approx(raw / gnmt(len(g.tokens) + 1, alpha), abs=1e-4)
 
 
 def truncation_table() -> torch.Tensor:
@@ -128,8 +141,8 @@ def test_hypothesis_cut_at_max_length_pays_for_its_eos(alpha):
     otherwise an output truncated mid-sentence looks certain and beats every complete one."""
     model = TableModel(truncation_table().unsqueeze(0))
     src, lens = src_for([0], [2])
-    result = beam_search(model, src, lens, beam_size=3, n_best=3, alpha=alpha, max_len_a=0.0,
-                         max_len_b=3)
+    cfg = decode(beam_size=3, n_best=3, length_penalty=alpha, max_len_a=0.0, max_len_b=3)
+    result = beam_search(model, src, lens, cfg)
     for hyp in result.hypotheses[0]:
         assert hyp.log_prob == pytest.approx(model.sequence_log_prob(0, hyp.tokens), abs=1e-4), hyp
     # 'A EOS' wins without a length penalty; with GNMT's alpha 1 the complete 'A C EOS' (same
@@ -138,7 +151,7 @@ def test_hypothesis_cut_at_max_length_pays_for_its_eos(alpha):
     t = torch.full((V, V), 1e-6)
     t[:, B], t[:, EOS_ID] = 1.0, 1e-3
     runaway = TableModel(t.unsqueeze(0))
-    g = greedy_search(runaway, src, lens, alpha=alpha, max_len_a=0.0, max_len_b=3).hypotheses[0][0]
+    g = greedy_search(runaway, src, lens, cfg).hypotheses[0][0]
     assert g.tokens == [B, B, B]
     assert g.log_prob == pytest.approx(runaway.sequence_log_prob(0, g.tokens), abs=1e-4)
 
@@ -146,32 +159,35 @@ def test_hypothesis_cut_at_max_length_pays_for_its_eos(alpha):
 def test_n_best_sorted_best_first_and_distinct():
     model = TableModel(random_tables(3, seed=6, eos_boost=0.3))
     src, lens = src_for([0, 1, 2], [3, 5, 4])
-    result = beam_search(model, src, lens, beam_size=5, n_best=4, alpha=1.0)
+    result = beam_search(model, src, lens, decode(beam_size=5, n_best=4, length_penalty=1.0))
     for sent, hyps in enumerate(result.hypotheses):
         assert len(hyps) == 4
         scores = [h.score for h in hyps]
         assert scores == sorted(scores, reverse=True)
         assert len({tuple(h.tokens) for h in hyps}) == 4
         assert result.best()[sent] == hyps[0].tokens
-    one = beam_search(model, src, lens, beam_size=5, n_best=1, alpha=1.0)
+    one = beam_search(model, src, lens, decode(beam_size=5, n_best=1, length_penalty=1.0))
     assert one.best() == result.best()
 
 
-def test_n_best_is_capped_at_beam_size():
-    model = TableModel(random_tables(1, seed=7, eos_boost=0.3))
-    src, lens = src_for([0], [4])
-    assert len(beam_search(model, src, lens, beam_size=2, n_best=5).hypotheses[0]) == 2
+def test_n_best_above_beam_size_is_a_config_error_but_fine_for_samples():
+    with pytest.raises(ConfigError, match="decode.n_best: 5 is more than decode.beam_size"):
+        decode(beam_size=2, n_best=5)
+    with pytest.raises(ConfigError, match="decode.n_best"):
+        with_overrides(decode(beam_size=5, n_best=5), {"beam_size": 2}, "decode")
+    assert decode(beam_size=2, n_best=5, sample=True).n_best == 5
 
 
 def test_beam_size_one_equals_greedy():
     model = TableModel(random_tables(6, seed=8, eos_boost=0.15))
     src, lens = src_for(list(range(6)), [2, 3, 4, 5, 6, 7])
-    greedy = greedy_search(model, src, lens, alpha=1.0)
-    assert beam_search(model, src, lens, beam_size=1, alpha=1.0).best() == greedy.best()
-    # The batched beam code itself (n_best > beam turns the greedy shortcut off) must agree too
+    greedy = greedy_search(model, src, lens, decode(length_penalty=1.0))
+    one_beam = decode(beam_size=1, length_penalty=1.0)
+    assert beam_search(model, src, lens, one_beam).best() == greedy.best()
+    # The batched beam code itself (beam_search hands one beam to greedy search) must agree too
     # when scores are raw log-probabilities.
-    greedy0 = greedy_search(model, src, lens, alpha=0.0)
-    beam0 = beam_search(model, src, lens, beam_size=1, n_best=2, alpha=0.0)
+    greedy0 = greedy_search(model, src, lens, decode(length_penalty=0.0))
+    beam0 = batched_beam_search(model, src, lens, decode(beam_size=1, length_penalty=0.0))
     assert beam0.best() == greedy0.best()
     for g, b in zip(greedy0.hypotheses, beam0.hypotheses):
         assert b[0].log_prob == pytest.approx(g[0].log_prob, abs=1e-5)
@@ -180,21 +196,33 @@ def test_beam_size_one_equals_greedy():
 def test_min_len_delays_eos():
     model = TableModel(trap_table().unsqueeze(0))
     src, lens = src_for([0], [3])
-    assert len(greedy_search(model, src, lens, min_len=3).best()[0]) >= 3
-    assert len(beam_search(model, src, lens, beam_size=3, min_len=3).best()[0]) >= 3
+    assert len(greedy_search(model, src, lens, decode(min_len_b=3)).best()[0]) >= 3
+    assert len(beam_search(model, src, lens, decode(beam_size=3, min_len_b=3)).best()[0]) >= 3
 
 
 def test_specials_are_never_generated():
     t = torch.full((V, V), 0.01)
-    t[:, PAD_ID] = t[:, BOS_ID] = 10.0  # the "model" loves padding and BOS
+    t[:, PAD_ID] = t[:, BOS_ID] = t[:, UNK_ID] = 10.0  # the "model" loves padding, BOS and <unk>
     t[:, EOS_ID] = 0.5
     model = TableModel(t.unsqueeze(0))
     src, lens = src_for([0], [5])
-    for result in (greedy_search(model, src, lens),
-                   beam_search(model, src, lens, beam_size=3, n_best=3)):
+    for result in (greedy_search(model, src, lens, decode()),
+                   beam_search(model, src, lens, decode(beam_size=3, n_best=3)),
+                   sample_search(model, src, lens, [0], decode(sample=True))):
         for hyps in result.hypotheses:
             for h in hyps:
-                assert not {PAD_ID, BOS_ID, EOS_ID} & set(h.tokens), h.tokens
+                assert not {PAD_ID, BOS_ID, UNK_ID, EOS_ID} & set(h.tokens), h.tokens
+
+
+def test_allow_unk_lets_search_emit_unk():
+    t = torch.full((V, V), 0.01)
+    t[BOS_ID, UNK_ID], t[UNK_ID, EOS_ID] = 10.0, 10.0  # the best sentence is "<unk>"
+    model = TableModel(t.unsqueeze(0))
+    src, lens = src_for([0], [5])
+    allowed = decode(allow_unk=True, beam_size=3)
+    assert greedy_search(model, src, lens, allowed).best() == [[UNK_ID]]
+    assert beam_search(model, src, lens, allowed).best() == [[UNK_ID]]
+    assert UNK_ID not in beam_search(model, src, lens, decode(beam_size=3)).best()[0]
 
 
 # -- length limits -------------------------------------------------------------------------------
@@ -209,10 +237,10 @@ def test_output_never_exceeds_max_length(a, b):
     lengths = [2, 3, 5, 9]
     src, lens = src_for([0, 1, 2, 3], lengths)
     limits = [math.floor(a * n) + b for n in lengths]
-    assert max_lengths(lens, a, b).tolist() == limits
-    for result in (greedy_search(model, src, lens, max_len_a=a, max_len_b=b),
-                   beam_search(model, src, lens, beam_size=3, n_best=3, max_len_a=a,
-                               max_len_b=b)):
+    assert length_limits(lens, a, b).tolist() == limits
+    for result in (greedy_search(model, src, lens, decode(max_len_a=a, max_len_b=b)),
+                   beam_search(model, src, lens, decode(beam_size=3, n_best=3, max_len_a=a,
+                                                        max_len_b=b))):
         for hyps, limit in zip(result.hypotheses, limits):
             for h in hyps:
                 assert len(h.tokens) == limit, (len(h.tokens), limit)
@@ -222,10 +250,10 @@ def test_max_length_holds_on_trained_model(trained_model, tokenizers):
     lines = sample_lines("test", "src", 12)
     src, lens = pad_sequences(tokenizers.encode_src(lines), suffix=EOS_ID)
     for a, b in ((0.0, 1), (0.5, 2)):
-        limits = max_lengths(lens, a, b).tolist()
-        for result in (greedy_search(trained_model, src, lens, max_len_a=a, max_len_b=b),
-                       beam_search(trained_model, src, lens, beam_size=4, n_best=4, max_len_a=a,
-                                   max_len_b=b)):
+        limits = length_limits(lens, a, b).tolist()
+        for result in (greedy_search(trained_model, src, lens, decode(max_len_a=a, max_len_b=b)),
+                       beam_search(trained_model, src, lens, decode(beam_size=4, n_best=4,
+                                                                    max_len_a=a, max_len_b=b))):
             for hyps, limit in zip(result.hypotheses, limits):
                 assert all(len(h.tokens) <= limit for h in hyps)
 
@@ -239,20 +267,18 @@ def test_beam_results_do_not_depend_on_the_batch(alpha):
     model = TableModel(random_tables(n, seed=9, eos_boost=0.12))
     lengths = [2, 7, 3, 5, 4, 6]
     src, lens = src_for(list(range(n)), lengths)
-    batched = beam_search(model, src, lens, beam_size=4, n_best=3, alpha=alpha, max_len_a=1.0,
-                          max_len_b=3)
+    cfg = decode(beam_size=4, n_best=3, length_penalty=alpha, max_len_a=1.0, max_len_b=3)
+    batched = beam_search(model, src, lens, cfg)
     for i in range(n):
         s, l = src_for([i], [lengths[i]])
-        alone = beam_search(model, s, l, beam_size=4, n_best=3, alpha=alpha, max_len_a=1.0,
-                            max_len_b=3)
+        alone = beam_search(model, s, l, cfg)
         assert [h.tokens for h in alone.hypotheses[0]] == [h.tokens for h in batched.hypotheses[i]]
         assert [h.score for h in alone.hypotheses[0]] == pytest.approx(
             [h.score for h in batched.hypotheses[i]], abs=1e-6)
     # Reordering the batch only reorders the results.
     perm = [3, 0, 5, 1, 4, 2]
     s, l = src_for(perm, [lengths[i] for i in perm])
-    shuffled = beam_search(model, s, l, beam_size=4, n_best=3, alpha=alpha, max_len_a=1.0,
-                           max_len_b=3)
+    shuffled = beam_search(model, s, l, cfg)
     assert shuffled.best() == [batched.best()[i] for i in perm]
 
 
@@ -260,15 +286,15 @@ def test_trained_model_beam_same_alone_and_batched(trained_model, tokenizers):
     lines = sample_lines("dev", "src", 10)
     ids = tokenizers.encode_src(lines)
     src, lens = pad_sequences(ids, suffix=EOS_ID)
-    batched = beam_search(trained_model, src, lens, beam_size=5, n_best=2)
-    greedy = greedy_search(trained_model, src, lens)
+    batched = beam_search(trained_model, src, lens, decode(beam_size=5, n_best=2))
+    greedy = greedy_search(trained_model, src, lens, decode())
     for i, one in enumerate(ids):
         s, l = pad_sequences([one], suffix=EOS_ID)
-        alone = beam_search(trained_model, s, l, beam_size=5, n_best=2)
+        alone = beam_search(trained_model, s, l, decode(beam_size=5, n_best=2))
         assert [h.tokens for h in alone.hypotheses[0]] == [h.tokens for h in batched.hypotheses[i]]
         assert alone.hypotheses[0][0].score == pytest.approx(batched.hypotheses[i][0].score,
                                                              abs=1e-4)
-        g = greedy_search(trained_model, s, l)
+        g = greedy_search(trained_model, s, l, decode())
         assert g.best()[0] == greedy.best()[i]
         # a wider beam never ends with a worse best score than greedy
         assert batched.hypotheses[i][0].score >= greedy.hypotheses[i][0].score - 1e-5
@@ -277,8 +303,9 @@ def test_trained_model_beam_same_alone_and_batched(trained_model, tokenizers):
 def test_attention_is_returned_per_output_token(trained_model, tokenizers):
     lines = sample_lines("dev", "src", 4)
     src, lens = pad_sequences(tokenizers.encode_src(lines), suffix=EOS_ID)
-    for result in (greedy_search(trained_model, src, lens, return_attention=True),
-                   beam_search(trained_model, src, lens, beam_size=3, return_attention=True)):
+    for result in (greedy_search(trained_model, src, lens, decode(), return_attention=True),
+                   beam_search(trained_model, src, lens, decode(beam_size=3),
+                               return_attention=True)):
         for i, hyps in enumerate(result.hypotheses):
             att = hyps[0].attention
             assert att.shape == (len(hyps[0].tokens) + 1, int(lens[i]))

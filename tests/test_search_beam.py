@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pytest
 import torch
 
-from _decode_fixtures import sample_checkpoint, sample_model, source_lines  # noqa: F401
+from _decode_fixtures import (decode_settings, sample_checkpoint, sample_model,  # noqa: F401
+                              source_lines, translate)
+from nmt_cli.config import DecodeConfig, with_overrides
 from nmt_cli.data import pad_sequences
-from nmt_cli.inference import translate_lines
-from nmt_cli.penalties import LengthNorm, block_repeated_ngrams
-from nmt_cli.search import Limits, beam_search, greedy_search, score_targets
-from nmt_cli.tokenizer import EOS_ID
+from nmt_cli.penalties import block_repeated_ngrams
+from nmt_cli.search import batched_beam_search, beam_search, greedy_search, score_targets
+from nmt_cli.ids import EOS_ID
 
 A, B, C = 4, 5, 6
 VOCAB = 7
@@ -61,7 +62,11 @@ class ToyModel:
 # Next come A A (0.22), A B (0.1925), A (0.1375), B C (0.045).
 TABLE = {(): {A: 0.55, B: 0.45}, (A,): {A: 0.4, B: 0.35, EOS_ID: 0.25},
          (A, A): {EOS_ID: 1.0}, (B,): {EOS_ID: 0.9, C: 0.1}}
-RAW = LengthNorm("none")
+RAW = DecodeConfig(length_norm="none")  # scores are raw log-probabilities
+
+
+def raw(**changes) -> DecodeConfig:
+    return with_overrides(RAW, changes, "decode")
 
 
 def _toy_src(n: int = 1):
@@ -71,8 +76,8 @@ def _toy_src(n: int = 1):
 def test_beam_finds_the_known_best_sequence_and_greedy_does_not():
     model = ToyModel(TABLE)
     src, lengths = _toy_src()
-    beam = beam_search(model, src, lengths, beam_size=2, norm=RAW)
-    greedy = greedy_search(model, src, lengths, norm=RAW)
+    beam = beam_search(model, src, lengths, raw(beam_size=2))
+    greedy = greedy_search(model, src, lengths, RAW)
     assert beam.best() == [[B]]
     assert beam.hypotheses[0][0].log_prob == pytest.approx(math.log(0.405), abs=1e-4)
     assert greedy.best() == [[A, A]]
@@ -82,7 +87,7 @@ def test_beam_finds_the_known_best_sequence_and_greedy_does_not():
 def test_n_best_is_sorted_and_complete_on_the_toy():
     model = ToyModel(TABLE)
     src, lengths = _toy_src(3)
-    result = beam_search(model, src, lengths, beam_size=3, norm=RAW, n_best=3)
+    result = beam_search(model, src, lengths, raw(beam_size=3, n_best=3))
     for hyps in result.hypotheses:
         assert [h.tokens for h in hyps] == [[B], [A, A], [A, B]]
         scores = [h.score for h in hyps]
@@ -92,11 +97,10 @@ def test_n_best_is_sorted_and_complete_on_the_toy():
 def test_min_and_max_length_are_respected():
     model = ToyModel(TABLE)
     src, lengths = _toy_src()  # source length 2
-    short = beam_search(model, src, lengths, beam_size=2, norm=RAW,
-                        limits=Limits(max_len_a=0.0, max_len_b=1))
+    short = beam_search(model, src, lengths, raw(beam_size=2, max_len_a=0.0, max_len_b=1))
     assert short.best() == [[B]]
-    long = beam_search(model, src, lengths, beam_size=2, norm=RAW,
-                       limits=Limits(min_len_a=1.0, min_len_b=0))  # at least 2 tokens
+    long = beam_search(model, src, lengths, raw(beam_size=2, min_len_a=1.0, min_len_b=0))
+    # at least 2 tokens
     assert long.best() == [[A, A]]
 
 
@@ -108,10 +112,9 @@ def test_block_repeated_ngrams_bans_the_follower_of_a_seen_context():
 
 
 def test_no_repeat_ngram_prevents_repeats(sample_model):
-    model, tok, recipe = sample_model
-    cfg = replace(recipe.decode, no_repeat_ngram=2, max_len_a=3.0)
     for beam in (1, 5):
-        for t in translate_lines(model, tok, source_lines(30), replace(cfg, beam_size=beam)):
+        for t in translate(sample_model, source_lines(30), no_repeat_ngram=2, max_len_a=3.0,
+                           beam_size=beam):
             toks = t.hypotheses[0].tokens
             bigrams = list(zip(toks, toks[1:]))
             assert len(bigrams) == len(set(bigrams)), t.text
@@ -120,29 +123,28 @@ def test_no_repeat_ngram_prevents_repeats(sample_model):
 def test_beam_one_equals_greedy(sample_model):
     model, tok, recipe = sample_model
     src, lengths = pad_sequences(tok.encode_src(source_lines(30)), suffix=EOS_ID)
-    greedy = greedy_search(model, src, lengths)
-    assert beam_search(model, src, lengths, beam_size=1).best() == greedy.best()
+    greedy = greedy_search(model, src, lengths, recipe.decode)
+    one_beam = decode_settings(recipe, beam_size=1)
+    assert beam_search(model, src, lengths, one_beam).best() == greedy.best()
     # The general beam code with one beam and raw scores is greedy search too.
-    raw_greedy = greedy_search(model, src, lengths, norm=RAW)
-    general = beam_search(model, src, lengths, beam_size=1, norm=RAW, greedy_fast_path=False)
+    raw_greedy = greedy_search(model, src, lengths, RAW)
+    general = batched_beam_search(model, src, lengths, raw(beam_size=1))
     assert general.best() == raw_greedy.best()
 
 
 def test_batch_invariance_beam5(sample_model):
-    model, tok, recipe = sample_model
     lines = source_lines(40)
-    one = translate_lines(model, tok, lines, replace(recipe.decode, beam_size=5, batch_size=1))
-    many = translate_lines(model, tok, lines, replace(recipe.decode, beam_size=5, batch_size=64))
-    tokens = translate_lines(model, tok, lines, replace(recipe.decode, beam_size=5,
-                                                        batch_size=100, batch_type="tokens"))
+    one = translate(sample_model, lines, beam_size=5, batch_size=1)
+    many = translate(sample_model, lines, beam_size=5, batch_size=64)
+    tokens = translate(sample_model, lines, beam_size=5, batch_size=100, batch_type="tokens")
     assert [t.text for t in one] == [t.text for t in many] == [t.text for t in tokens]
 
 
 def test_beam_scores_above_greedy_and_scores_are_model_scores(sample_model):
     model, tok, recipe = sample_model
     lines = source_lines(40)
-    beam = translate_lines(model, tok, lines, replace(recipe.decode, beam_size=5))
-    greedy = translate_lines(model, tok, lines, replace(recipe.decode, beam_size=1))
+    beam = translate(sample_model, lines, beam_size=5)
+    greedy = translate(sample_model, lines, beam_size=1)
     mean = lambda ts: statistics.mean(t.hypotheses[0].score for t in ts)  # noqa: E731
     assert mean(beam) > mean(greedy)
     # Forced decoding of the beam output gives back its log-probability.
@@ -153,8 +155,7 @@ def test_beam_scores_above_greedy_and_scores_are_model_scores(sample_model):
 
 
 def test_n_best_sorted_on_trained_model(sample_model):
-    model, tok, recipe = sample_model
-    for t in translate_lines(model, tok, source_lines(20), recipe.decode, n_best=5):
+    for t in translate(sample_model, source_lines(20), n_best=5):
         scores = [h.score for h in t.hypotheses]
         assert len(scores) == 5 and scores == sorted(scores, reverse=True)
         assert t.texts[0] == t.text
@@ -162,11 +163,9 @@ def test_n_best_sorted_on_trained_model(sample_model):
 
 @pytest.mark.parametrize("kind", ["gnmt", "average", "none"])
 def test_every_length_norm_runs_and_is_batch_invariant(sample_model, kind):
-    model, tok, recipe = sample_model
     lines = source_lines(12)
-    cfg = replace(recipe.decode, length_norm=kind)
-    one = translate_lines(model, tok, lines, replace(cfg, batch_size=1))
-    many = translate_lines(model, tok, lines, replace(cfg, batch_size=12))
+    one = translate(sample_model, lines, length_norm=kind, batch_size=1)
+    many = translate(sample_model, lines, length_norm=kind, batch_size=12)
     assert [t.text for t in one] == [t.text for t in many]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nmt_cli.config import DecoderConfig, EncoderConfig, ModelConfig
+from nmt_cli.config import DecodeConfig, DecoderConfig, EncoderConfig, ModelConfig
 from nmt_cli.ensemble import Ensemble
 from nmt_cli.model import build_model
 from nmt_cli.search import beam_search
@@ -34,7 +34,8 @@ def test_step_is_the_mean_of_the_members():
 def test_beam_search_runs_on_an_ensemble_and_a_self_ensemble_matches():
     a = _tiny(3)
     src, lengths = torch.tensor([[5, 6, 3], [7, 3, 0]]), torch.tensor([3, 2])
-    alone = beam_search(a, src, lengths, beam_size=3, n_best=2)
-    twice = beam_search(Ensemble([a, a]), src, lengths, beam_size=3, n_best=2)
+    cfg = DecodeConfig(beam_size=3, n_best=2)
+    alone = beam_search(a, src, lengths, cfg)
+    twice = beam_search(Ensemble([a, a]), src, lengths, cfg)
     assert [[h.tokens for h in hs] for hs in alone.hypotheses] == \
         [[h.tokens for h in hs] for hs in twice.hypotheses]

@@ -10,10 +10,10 @@ import pytest
 from nmt_cli.bitext import normalize, read_bitext
 from nmt_cli.data import ParallelData
 from nmt_cli.errors import DataError
+from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from nmt_cli.preprocess import MANIFEST, data_dir, load_manifest, preprocess
 from nmt_cli.recipes import load_recipe
-from nmt_cli.tokenizer import (BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizers, model_paths,
-                               train_tokenizers)
+from nmt_cli.tokenizer import Tokenizers, model_paths, train_tokenizers
 
 from conftest import SAMPLE, sample_lines
 

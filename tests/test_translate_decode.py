@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from _decode_fixtures import ROOT, sample_checkpoint, source_lines  # noqa: F401
 from nmt_cli.cli import app
-from nmt_cli.errors import NmtError
+from nmt_cli.errors import ConfigError, NmtError
 from nmt_cli.translate import TranslateOptions, translate_file
 
 
@@ -35,9 +36,8 @@ def test_robust_to_long_empty_and_blank_lines(sample_checkpoint, tmp_path):
     lines = [source_lines(1)[0], " ".join(["word"] * 5000), "", "   \t  ", source_lines(2)[1]]
     src = _write(tmp_path / "odd.src", lines)
     out, align = tmp_path / "odd.hyp", tmp_path / "odd.align"
-    stats = translate_file(sample_checkpoint, src, out, device="cpu",
-                           decode={"max_src_len": 100, "beam_size": 2},
-                           options=TranslateOptions(alignments=align))
+    stats = translate_file(sample_checkpoint, src, out, device="cpu", max_src_len=100,
+                           beam_size=2, options=TranslateOptions(alignments=align))
     hyps = _read(out)
     assert len(hyps) == len(lines) and hyps[2] == "" and hyps[3] == ""
     assert hyps[0] and hyps[4]
@@ -59,8 +59,7 @@ def test_alignments_are_pharaoh_within_the_sentence(sample_checkpoint, source, t
 
 def test_n_best_tsv_sorted_and_scores_match_forced_decoding(sample_checkpoint, source, tmp_path):
     nbest = tmp_path / "nbest.tsv"
-    translate_file(sample_checkpoint, source, nbest, device="cpu",
-                   decode={"length_norm": "none"}, options=TranslateOptions(n_best=3))
+    translate_file(sample_checkpoint, source, nbest, device="cpu", length_norm="none", n_best=3)
     rows = [r.split("\t") for r in _read(nbest)]
     assert len(rows) == 3 * len(_read(source))
     for i in range(len(_read(source))):
@@ -115,7 +114,8 @@ def test_cli_average_and_n_best_errors(sample_checkpoint, source, tmp_path):
     assert out.is_file()
     result = runner.invoke(app, ["translate", "-m", str(out), "-i", str(source), "--beam-size",
                                  "2", "--n-best", "3", "--device", "cpu"])
-    assert result.exit_code != 0 and "--n-best 3 is larger than --beam-size 2" in result.output
+    assert result.exit_code == 2, result.output
+    assert "decode.n_best: 3 is more than decode.beam_size (2)" in result.output
 
 
 def test_stdin_streams_first_translation_before_input_ends(sample_checkpoint):
@@ -156,3 +156,77 @@ def test_output_to_a_link_to_a_device_writes_through_it(sample_checkpoint, sourc
     to_file.symlink_to(target)  # like /dev/stderr when stderr is redirected to a file
     translate_file(sample_checkpoint, source, to_file, device="cpu")
     assert to_file.is_symlink() and len(_read(target)) == len(_read(source))
+
+
+def test_python_api_settings_are_checked_like_recipe_keys(sample_checkpoint, source, tmp_path):
+    out = tmp_path / "out.hyp"
+    with pytest.raises(ConfigError, match="decode.beam_size: 0 is out of range"):
+        translate_file(sample_checkpoint, source, out, device="cpu", beam_size=0)
+    with pytest.raises(ConfigError, match="did you mean 'decode.beam_size'"):
+        translate_file(sample_checkpoint, source, out, device="cpu", beam_sise=3)
+    with pytest.raises(ConfigError, match="decode.length_norm"):
+        translate_file(sample_checkpoint, source, out, device="cpu", length_norm="gnm")
+    assert not out.exists()
+
+
+def test_n_best_from_the_settings_writes_tsv(sample_checkpoint, source, tmp_path):
+    out = tmp_path / "nbest.tsv"
+    translate_file(sample_checkpoint, source, out, device="cpu", n_best=2)
+    rows = [r.split("\t") for r in _read(out)]
+    assert len(rows) == 2 * len(_read(source)) and all(len(r) == 3 for r in rows)
+    one = tmp_path / "one.tsv"  # --n-best 1 still asks for TSV
+    translate_file(sample_checkpoint, source, one, device="cpu",
+                   options=TranslateOptions(tsv=True))
+    assert [r.split("\t")[0] for r in _read(one)] == [str(i) for i in range(len(_read(source)))]
+
+
+def test_int8_without_quantize_dynamic_is_one_clear_error(sample_checkpoint, source, tmp_path,
+                                                           monkeypatch):
+    import torch.ao.quantization
+
+    monkeypatch.delattr(torch.ao.quantization, "quantize_dynamic")
+    out = tmp_path / "q.hyp"
+    with pytest.raises(NmtError, match="needs torch.ao.quantization.quantize_dynamic") as err:
+        translate_file(sample_checkpoint, source, out, device="cpu",
+                       options=TranslateOptions(quantize="int8"))
+    assert "\n" not in str(err.value) and "without --quantize" in str(err.value)
+    assert not out.exists()
+
+
+def _dirty(line: str) -> str:
+    """``line`` as a careless editor might save it: decomposed (NFD) accents, a zero-width space
+    inside a word and a control character."""
+    words = line.split(" ")
+    words[1] = words[1][:2] + "\u200b" + words[1][2:]
+    return unicodedata.normalize("NFD", " ".join(words) + "\x07")
+
+
+def test_translation_cleans_text_like_the_training_data(sample_checkpoint, tmp_path):
+    clean = [line.replace("birds", "cafés").replace("child", "naïve child")
+             for line in source_lines(8)]
+    dirty = [_dirty(line) for line in clean]
+    assert all(d != c for d, c in zip(dirty, clean))
+    paths = {}
+    for name, lines in (("clean", clean), ("dirty", dirty)):
+        src = _write(tmp_path / f"{name}.src", lines)
+        paths[name] = tmp_path / f"{name}.hyp"
+        translate_file(sample_checkpoint, src, paths[name], device="cpu", beam_size=2)
+    assert _read(paths["dirty"]) == _read(paths["clean"])
+    # Forced scoring cleans sources and references alike.
+    refs = ["x " + line for line in _read(paths["clean"])]  # two words at least
+    scores = {}
+    for name, lines in (("clean", refs), ("dirty", [_dirty(r) for r in refs])):
+        scores[name] = tmp_path / f"{name}.scores"
+        translate_file(sample_checkpoint, tmp_path / f"{name}.src", scores[name], device="cpu",
+                       options=TranslateOptions(score_reference=_write(tmp_path / name, lines)))
+    assert _read(scores["dirty"]) == _read(scores["clean"])
+
+
+def test_cli_flags_reach_the_decode_settings(sample_checkpoint, source, tmp_path):
+    out = tmp_path / "samples.tsv"
+    result = CliRunner().invoke(app, ["translate", "-m", str(sample_checkpoint), "-i", str(source),
+                                      "-o", str(out), "--device", "cpu", "--sample", "--seed",
+                                      "1", "--n-best", "7", "--allow-unk", "-q"])
+    assert result.exit_code == 0, result.output
+    rows = [r.split("\t") for r in _read(out)]
+    assert len(rows) == 7 * len(_read(source))  # seven samples, above the beam size of 5

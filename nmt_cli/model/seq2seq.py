@@ -7,10 +7,9 @@ from torch import Tensor, nn
 
 from nmt_cli.config import ModelConfig
 from nmt_cli.errors import ConfigError
+from nmt_cli.ids import PAD_ID
 from nmt_cli.model.decoder import DecoderState, Memory, RecurrentDecoder
 from nmt_cli.model.encoder import RecurrentEncoder
-
-PAD_ID = 0  # kept equal to nmt_cli.tokenizer.PAD_ID; the model must not import the tokenizer
 
 
 class Seq2Seq(nn.Module):
