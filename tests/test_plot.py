@@ -16,17 +16,16 @@ needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is 
                                       reason="matplotlib (the 'plot' extra) is not installed")
 
 
-def _curves(ax) -> dict[str, tuple[list, list]]:
-    """The data lines of an axes by label; vertical resume marks (constant x) under 'resume'."""
-    out: dict[str, tuple[list, list]] = {}
+def _lines(ax) -> tuple[list[tuple[str, list, list]], list[float]]:
+    """An axes' data lines as (label, x, y), and the x of its dotted resume marks."""
+    data, resumes = [], []
     for line in ax.get_lines():
         x, y = [float(v) for v in line.get_xdata()], [float(v) for v in line.get_ydata()]
-        label = "resume" if line.get_linestyle() == ":" else line.get_label()
-        if label == "resume":
-            out.setdefault("resume", ([], []))[0].append(x[0])
+        if line.get_linestyle() == ":":
+            resumes.append(x[0])
         else:
-            out[label] = (x, y)
-    return out
+            data.append((line.get_label(), x, y))
+    return data, resumes
 
 
 def _check_figure_matches_log(fig, records) -> None:
@@ -38,17 +37,17 @@ def _check_figure_matches_log(fig, records) -> None:
     assert [ax.get_ylabel() for ax in fig.axes] == ["loss per token", "dev BLEU", "learning rate"]
     assert lr_ax.get_xlabel() == "step (optimizer updates)"
 
-    loss = _curves(loss_ax)
-    assert set(loss) == {"train loss", "dev loss (NLL)"} | ({"resume"} if resumes else set())
+    loss = {label: (x, y) for label, x, y in _lines(loss_ax)[0]}
+    assert set(loss) == {"train loss", "dev loss (NLL)"}
     assert loss["train loss"] == ([r["step"] for r in train], [r["loss"] for r in train])
     assert loss["dev loss (NLL)"] == ([r["step"] for r in valid], [r["dev_loss"] for r in valid])
-    bleu = _curves(bleu_ax)
-    assert [k for k in bleu if k != "resume"] == ["_child0"]  # one unlabelled curve
-    assert bleu["_child0"] == ([r["step"] for r in valid], [r["dev_bleu"] for r in valid])
+    [(_, x, y)] = _lines(bleu_ax)[0]
+    assert (x, y) == ([r["step"] for r in valid], [r["dev_bleu"] for r in valid])
     lr = {r["step"]: r["lr"] for r in train + valid}
-    assert _curves(lr_ax)["_child0"] == (sorted(lr), [lr[s] for s in sorted(lr)])
+    [(_, x, y)] = _lines(lr_ax)[0]
+    assert (x, y) == (sorted(lr), [lr[s] for s in sorted(lr)])
     for ax in fig.axes:
-        assert _curves(ax).get("resume", ([], []))[0] == resumes
+        assert _lines(ax)[1] == resumes
 
 
 @needs_matplotlib
