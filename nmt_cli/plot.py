@@ -21,8 +21,21 @@ def _pyplot():
 
 
 def plot_run(run_dir: Path, output: Path | None = None) -> Path:
-    """Three panels sharing the step axis: train/dev loss, dev BLEU, learning rate; dotted lines
-    mark where the run was resumed."""
+    """Draw the curves of ``run_dir`` (see ``draw_curves``) into a PNG; returns its path."""
+    run_dir = Path(run_dir)
+    fig = draw_curves(run_dir)
+    target = Path(output) if output else run_dir / "curves.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(target, dpi=100)
+    finally:
+        _pyplot().close(fig)
+    return target
+
+
+def draw_curves(run_dir: Path):
+    """A matplotlib Figure of three panels sharing the step axis: train/dev loss, dev BLEU,
+    learning rate; dotted lines mark where the run was resumed. The caller closes it."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
     train = [r for r in records if r.get("event") == "train"]
@@ -68,8 +81,4 @@ def plot_run(run_dir: Path, output: Path | None = None) -> Path:
                          xytext=(3, -12), textcoords="offset points", color="grey", fontsize=8)
 
     fig.tight_layout()
-    target = Path(output) if output else run_dir / "curves.png"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=100)
-    plt.close(fig)
-    return target
+    return fig

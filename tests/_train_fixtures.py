@@ -108,6 +108,17 @@ def train_losses(workdir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if r["event"] == "train"}
 
 
+def logged_train_steps(workdir: Path) -> list[int]:
+    """The step of every ``train`` line of the raw metrics log, in file order, duplicates kept
+    (a dict keyed by step would hide a step logged twice)."""
+    steps = []
+    for line in (workdir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record["event"] == "train":
+            steps.append(record["step"])
+    return steps
+
+
 def weights(checkpoint: Path) -> dict:
     import torch
 

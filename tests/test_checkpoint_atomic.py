@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from _train_fixtures import new_run, prepared, train, train_here, train_losses, weights  # noqa: F401
+from _train_fixtures import (logged_train_steps, new_run, prepared, train, train_here,  # noqa: F401
+                             train_losses, weights)
 from nmt_cli.checkpoint import (CheckpointStore, load_checkpoint, rng_state, save_checkpoint,
                                 set_rng_state)
 from nmt_cli.errors import CheckpointError
@@ -29,10 +30,12 @@ def test_kill_during_save_resumes_from_the_previous_good_checkpoint(prepared):  
     with pytest.raises(Exception):
         torch.load(partial[0], weights_only=True)
     assert load_checkpoint(ckpts / "last.pt")["train_state"]["step"] == 10
+    assert logged_train_steps(workdir)[-1] == 15  # steps 11-15 were logged before it died
 
     summary = train_here(recipe, resume=True)
     assert summary.resumed_from == 10 and summary.steps == 20
     assert not list(ckpts.glob(".*.tmp"))  # leftovers cleaned up
+    assert logged_train_steps(workdir) == list(range(1, 21))  # 11-15 once, not twice
     assert train_losses(workdir) == train_losses(reference)
     ref_w, got_w = weights(reference / "checkpoints" / "last.pt"), weights(ckpts / "last.pt")
     assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)

@@ -1,20 +1,24 @@
-"""Exact resume after a real SIGKILL, run-folder guards, --init-from, and SIGTERM handling."""
+"""Exact resume after real SIGKILLs from outside at random moments, run-folder guards, --init-from, and SIGTERM handling."""
 
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import torch
 
-from _train_fixtures import (env, new_run, prepared, train, train_here, train_losses,  # noqa: F401
-                             weights)
+from _train_fixtures import (env, logged_train_steps, make_recipe, new_run, prepared,  # noqa: F401
+                             train_here, train_losses, weights)
 
 STEPS = 24  # 18 batches per epoch: the resumed run crosses an epoch boundary
+KILL_STEPS = 120  # long enough that three kills from outside land before the run ends
+KILLS = 3
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +28,105 @@ def reference(prepared):  # noqa: F811
     return workdir
 
 
-def test_killed_run_resumes_with_identical_losses_and_weights(prepared, reference):  # noqa: F811
-    recipe, workdir = new_run(prepared, "killed", max_steps=STEPS, save_every=5)
-    killed = train(recipe, fault="kill-after-step:17", check=False)
-    assert killed.returncode == -signal.SIGKILL
-    assert max(train_losses(workdir)) == 17  # it really ran past its last checkpoint (15)
+def _logged_steps_so_far(metrics) -> list[int]:
+    """Train steps in a log another process is writing: a line being written is left out."""
+    steps = []
+    try:
+        text = metrics.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return steps
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == "train":
+            steps.append(record["step"])
+    return steps
 
+
+def _kill_at_a_random_moment(recipe, workdir, rng: random.Random) -> tuple[int, int]:
+    """Start ``nmt train`` (``--resume`` once a checkpoint exists), wait until it has made one new
+    update, let it run on for a random time and SIGKILL it from outside. Returns the last step it
+    logged and the step of the checkpoint it left."""
+    from nmt_cli.checkpoint import CheckpointStore
+
+    store = CheckpointStore(workdir / "checkpoints")
+    found = store.latest()
+    start_step = found[1]["train_state"]["step"] if found else 0
+    args = ["--resume"] if store.has_run() else []
+    proc = subprocess.Popen([sys.executable, "-m", "nmt_cli", "train", str(recipe), *args],
+                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)
+    reader.start()
+    metrics = workdir / "metrics.jsonl"
+    try:
+        # "training on ..." comes after the log was cut back, so stale lines of the last session
+        # are gone by then; a train line past the checkpoint is this session's own progress.
+        deadline = time.time() + 120
+        while not (any("training on" in line for line in stderr)
+                   and any(s > start_step for s in _logged_steps_so_far(metrics))):
+            assert proc.poll() is None, "".join(stderr)[-2000:]
+            assert time.time() < deadline, "no training step within 120 s"
+            time.sleep(0.01)
+        # A random moment (mid-update, mid-log, mid-save), up to ~30 updates on; never near the end.
+        until = time.time() + rng.uniform(0.0, 1.5)
+        while time.time() < until and max(_logged_steps_so_far(metrics)) < KILL_STEPS - 20:
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
+    assert proc.returncode == -signal.SIGKILL, "".join(stderr)[-2000:]  # killed, not finished
+    found = store.latest()
+    return max(_logged_steps_so_far(metrics)), found[1]["train_state"]["step"] if found else 0
+
+
+def test_run_killed_from_outside_at_random_moments_resumes_bit_identically(prepared):  # noqa: F811
+    """Three SIGKILLs from another process at random moments, a resume after each: the same
+    weights, bit for bit, and the same per-step losses as a run never stopped, each step logged
+    once (CPU, one thread)."""
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    ref_recipe, ref_dir = new_run(prepared, "outside_ref", max_steps=KILL_STEPS, save_every=5,
+                                  valid_every=50, log_every=1)
+    train_here(ref_recipe)
+    recipe, workdir = new_run(prepared, "outside_killed", max_steps=KILL_STEPS, save_every=5,
+                              valid_every=50, log_every=1)
+    kills = [_kill_at_a_random_moment(recipe, workdir, rng) for _ in range(KILLS)]
+    resume_step = kills[-1][1] or None  # all three killed before the first save: a fresh start
+    summary = train_here(recipe, resume=resume_step is not None)
+    where = f"kill seed {seed}; (last logged step, checkpoint step) per kill: {kills}"
+    assert summary.steps == KILL_STEPS, where
+    assert summary.resumed_from == resume_step, where
+    assert logged_train_steps(workdir) == list(range(1, KILL_STEPS + 1)), where
+    assert train_losses(workdir) == train_losses(ref_dir), where
+    ref_w = weights(ref_dir / "checkpoints" / "last.pt")
+    got_w = weights(workdir / "checkpoints" / "last.pt")
+    assert ref_w.keys() == got_w.keys()
+    assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w), where
+    sessions = json.loads((workdir / "environment.json").read_text())["sessions"]
+    assert sessions[-1]["resumed_from_step"] == resume_step, where
+
+
+def test_resumed_run_records_its_sessions_and_environment(prepared, reference):  # noqa: F811
+    """A run whose session died after logging steps 16-17 past its checkpoint at 15, resumed:
+    those lines are cut, so each step is logged once, and summary and sessions say so."""
+    recipe, workdir = new_run(prepared, "stopped", max_steps=15, save_every=5)
+    train_here(recipe)
+    with open(workdir / "metrics.jsonl", "a", encoding="utf-8") as fh:  # the lost session's lines
+        for step in (16, 17):
+            fh.write(json.dumps({"event": "train", "step": step, "loss": 9.0}) + "\n")
+    recipe = make_recipe(prepared, workdir, max_steps=STEPS, save_every=5)  # raise the budget
     resumed = train_here(recipe, resume=True)
     assert resumed.resumed_from == 15
-    expected, got = train_losses(reference), train_losses(workdir)
-    assert sorted(got) == list(range(1, STEPS + 1))  # steps 16-17 of the killed run not doubled
-    assert got == expected
+    assert logged_train_steps(workdir) == list(range(1, STEPS + 1))
+    assert train_losses(workdir) == train_losses(reference)
     ref_w, got_w = weights(reference / "checkpoints" / "last.pt"), weights(
         workdir / "checkpoints" / "last.pt")
     assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)

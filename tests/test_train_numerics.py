@@ -19,11 +19,33 @@ def _trainer(prepared, name, **train):  # noqa: F811
     return Trainer(load_recipe(recipe)), workdir
 
 
-def test_bf16_autocast_trains_on_cpu(prepared):  # noqa: F811
-    trainer, workdir = _trainer(prepared, "bf16", precision="bf16", max_steps=3, valid_every=3)
+def _linear_output_dtypes(model) -> list[torch.dtype]:
+    """Record the output dtype of every Linear layer called in training mode (validation, in
+    eval mode, is left out)."""
+    seen: list[torch.dtype] = []
+
+    def hook(module, args, output):
+        if module.training:
+            seen.append(output.dtype)
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(hook)
+    return seen
+
+
+@pytest.mark.parametrize("precision, compute", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_training_step_computes_in_the_chosen_precision(prepared, precision, compute):  # noqa: F811
+    """bf16: the Linear layers of a training step compute in bfloat16 (autocast engaged), while
+    the master weights and their gradients stay fp32."""
+    trainer, workdir = _trainer(prepared, precision, precision=precision, max_steps=3,
+                                valid_every=3)
+    seen = _linear_output_dtypes(trainer.model)
     summary = trainer.train()
     assert summary.steps == 3 and summary.nonfinite_skipped == 0
+    assert seen and set(seen) == {compute}
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in trainer.model.parameters())
 
 
 def test_fp16_on_cpu_is_refused_with_the_key(prepared):  # noqa: F811
@@ -87,9 +109,10 @@ def test_out_of_memory_batch_is_skipped_and_counted(prepared, monkeypatch):  # n
     assert records[-1]["oom_skipped"] == 1
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None,
-                    reason="tensorboard is installed")
-def test_tensorboard_missing_is_one_clear_error(prepared):  # noqa: F811
+def test_tensorboard_missing_is_one_clear_error(prepared, monkeypatch):  # noqa: F811
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
     with pytest.raises(NmtError, match=r"pip install 'nmt\[tensorboard\]'"):
         _trainer(prepared, "tb", tensorboard=True)
 

@@ -81,11 +81,42 @@ def test_ensemble_of_a_model_with_itself_matches_the_model(sample_checkpoint, so
     assert _read(single) == _read(double)
 
 
-def test_int8_quantization_keeps_one_line_per_line(sample_checkpoint, source, tmp_path):
-    out = tmp_path / "q.hyp"
-    translate_file(sample_checkpoint, source, out, device="cpu",
+def test_int8_quantizes_every_linear_layer(sample_checkpoint):
+    import torch
+    from torch.ao.nn.quantized import dynamic as qdynamic
+
+    from nmt_cli.translate import load_models
+
+    fp32, _, _ = load_models([sample_checkpoint], torch.device("cpu"))
+    int8, _, _ = load_models([sample_checkpoint], torch.device("cpu"), quantize="int8")
+    linear = {n for n, m in fp32.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linear  # attention, bridge, output layer
+    kinds = {n: type(m) for n, m in int8.named_modules()}
+    assert {n for n, k in kinds.items() if k is qdynamic.Linear} == linear
+    assert all(kinds[n] is qdynamic.Linear for n in linear)
+    assert int8.get_submodule("output_layer").weight().dtype == torch.qint8
+
+
+def test_int8_output_stays_close_to_fp32(sample_checkpoint, tmp_path):
+    """Most lines come out the same, and the int8 model's log-probability of the fp32
+    translations is within 2% of the fp32 model's own, line by line."""
+    src = _write(tmp_path / "in.src", source_lines(40))
+    fp32, int8 = tmp_path / "fp32.hyp", tmp_path / "int8.hyp"
+    translate_file(sample_checkpoint, src, fp32, device="cpu")
+    translate_file(sample_checkpoint, src, int8, device="cpu",
                    options=TranslateOptions(quantize="int8"))
-    assert len(_read(out)) == len(_read(source))
+    same = sum(a == b for a, b in zip(_read(fp32), _read(int8)))
+    assert len(_read(int8)) == 40 and same >= 30, same  # 35 of 40 on the tiny sample model
+    scores = {}
+    for name, quantize in (("fp32", None), ("int8", "int8")):
+        out = tmp_path / f"{name}.scores"
+        translate_file(sample_checkpoint, src, out, device="cpu",
+                       options=TranslateOptions(score_reference=fp32, quantize=quantize))
+        scores[name] = [float(x) for x in _read(out)]
+    assert len(scores["int8"]) == 40
+    assert scores["int8"] != scores["fp32"]  # quantized for real
+    for exact, approx in zip(scores["fp32"], scores["int8"]):
+        assert approx == pytest.approx(exact, rel=0.02)
 
 
 def test_plot_attention_without_matplotlib_says_how_to_install(sample_checkpoint, source,
