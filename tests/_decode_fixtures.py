@@ -35,7 +35,7 @@ MODELS = {
 }
 TRAIN = {"rnn": {"max_steps": 60, "learning_rate": 0.01},
          "transformer": {"max_steps": 80, "learning_rate": 0.01, "schedule": "inverse_sqrt",
-                         "warmup_steps": 20}}
+                         "warmup_steps": 20, "save_every": 30, "keep_last": 2, "average_last": 2}}
 
 
 @functools.lru_cache(maxsize=2)

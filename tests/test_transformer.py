@@ -169,6 +169,47 @@ def test_options_change_the_model_and_tying_shares_one_table():
 
 
 # ----------------------------------------------------------------------------------------------
+# Training
+
+
+def test_cosine_schedule_warms_up_then_falls_to_the_floor_at_max_steps():
+    from nmt_cli.config import TrainConfig
+    from nmt_cli.optim import LrSchedule
+
+    cfg = TrainConfig(schedule="cosine", learning_rate=1e-3, warmup_steps=10, max_steps=110,
+                      min_learning_rate=1e-5)
+    schedule = LrSchedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), cfg)
+    rates = [schedule.rate(s) for s in range(1, 131)]
+    assert rates[4] == pytest.approx(5e-4) and rates[9] == pytest.approx(1e-3)
+    assert rates[59] == pytest.approx((1e-3 + 1e-5) / 2)  # half-way down at half the decay
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
+    assert rates[109] == pytest.approx(1e-5) and rates[-1] == pytest.approx(1e-5)
+    with pytest.raises(ConfigError, match="^train.schedule: .*train.max_steps"):
+        TrainConfig(schedule="cosine", max_steps=0)
+    with pytest.raises(ConfigError, match="^train.average_last: .*train.keep_last >= 3"):
+        TrainConfig(average_last=3, keep_last=2)
+
+
+def test_average_last_writes_the_mean_of_the_newest_checkpoints():
+    import json
+
+    from _decode_fixtures import trained_checkpoint
+
+    folder = trained_checkpoint("transformer").parent  # trained with average_last: 2
+    steps = sorted(folder.glob("ckpt-*.pt"))
+    assert [p.name for p in steps] == ["ckpt-00000060.pt", "ckpt-00000080.pt"]
+    loaded = [torch.load(p, weights_only=True)["model"] for p in steps]
+    averaged = torch.load(folder / "averaged.pt", weights_only=True)
+    for name, value in averaged["model"].items():
+        assert torch.allclose(value, (loaded[0][name] + loaded[1][name]) / 2, atol=1e-7), name
+    events = [json.loads(line) for line in
+              (folder.parent / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    done = [e for e in events if e["event"] == "averaged"]
+    assert len(done) == 1 and done[0]["checkpoints"] == [p.name for p in steps]
+    assert "dev_loss" in done[0]
+
+
+# ----------------------------------------------------------------------------------------------
 # The recipe
 
 
