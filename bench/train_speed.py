@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         shape = largest_matmul(trainer)
         peak = gemm_peak(shape, recipe.train.precision)
         achieved = flops * summary.tokens_per_second
-        result.update({"flops_per_tgt_token": round(flops), "achieved_gflops": round(achieved / 1e9, 1),
+        result.update({"flops_per_tgt_token": round(flops),
+                       "achieved_gflops": round(achieved / 1e9, 1),
                        "gemm_shape_mkn": list(shape), "gemm_peak_gflops": round(peak / 1e9, 1),
                        "share_of_peak": round(achieved / peak, 3),
                        "precision": recipe.train.precision})

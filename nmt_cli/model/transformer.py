@@ -39,7 +39,8 @@ def sinusoidal_table(positions: int, size: int) -> Tensor:
     """(positions, size): sines in the first half of each row, cosines in the second half, as
     tensor2tensor, fairseq and CTranslate2 lay them out."""
     half = size // 2
-    rates = torch.exp(torch.arange(half, dtype=torch.float64) * -(math.log(10000.0) / max(1, half - 1)))
+    step = math.log(10000.0) / max(1, half - 1)
+    rates = torch.exp(torch.arange(half, dtype=torch.float64) * -step)
     angles = torch.arange(positions, dtype=torch.float64).unsqueeze(1) * rates.unsqueeze(0)
     table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
     if size % 2:
@@ -188,7 +189,8 @@ class DecoderLayer(nn.Module):
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, False)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, True)
         self.ff = FeedForward(cfg)
-        self.self_block, self.cross_block, self.ff_block = Sublayer(cfg), Sublayer(cfg), Sublayer(cfg)
+        self.self_block, self.cross_block = Sublayer(cfg), Sublayer(cfg)
+        self.ff_block = Sublayer(cfg)
 
     def forward(self, x: Tensor, cache: Optional[tuple[Tensor, Tensor]], cross_k: Tensor,
                 cross_v: Tensor, mask: Tensor, need_weights: bool = False
@@ -279,7 +281,8 @@ class Transformer(nn.Module):
             x = layer(x, mask)
         return self.encoder_norm(x), mask
 
-    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[TransformerMemory, TransformerState]:
+    def encode(self, src: Tensor,
+               src_lengths: Tensor) -> tuple[TransformerMemory, TransformerState]:
         """src (B, S) padded ids -> cross-attention keys/values of every layer, an empty cache."""
         states, mask = self.encode_states(src)
         keys, values = zip(*(layer.cross_attn.cross_keys_values(states)
