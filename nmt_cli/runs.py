@@ -10,7 +10,7 @@ from typing import Any
 
 from nmt_cli import distributed as dist
 from nmt_cli.checkpoint import CheckpointStore, load_checkpoint
-from nmt_cli.config import Recipe, to_dict
+from nmt_cli.config import ModelConfig, Recipe, build
 from nmt_cli.errors import CheckpointError, NmtError
 from nmt_cli.tokenizer import Tokenizers
 
@@ -69,7 +69,8 @@ def _same_tokenizer(payload: dict, tok: Tokenizers) -> bool:
 
 def check_resumable(payload: dict, path: Path, recipe: Recipe, tok: Tokenizers) -> None:
     """--resume continues the same model with the same tokenizer; training keys may change."""
-    if payload["recipe"]["model"] != to_dict(recipe.model):
+    # Read back through the config, so a checkpoint written before a key was added compares equal
+    if build(ModelConfig, payload["recipe"]["model"], prefix="model") != recipe.model:
         raise CheckpointError(f"{path}: the recipe's model section differs from the run's; "
                               "--resume needs the same model (use --init-from to fine-tune)")
     if not _same_tokenizer(payload, tok):

@@ -53,3 +53,13 @@ def test_every_bundled_recipe_loads(path):
     from nmt_cli.recipes import load_recipe
 
     load_recipe(path)
+
+
+def test_an_old_run_can_still_be_resumed(old_checkpoint):
+    from nmt_cli.checkpoint import load_checkpoint, model_from_checkpoint
+    from nmt_cli.runs import check_resumable
+
+    payload = load_checkpoint(old_checkpoint)
+    assert "transformer" not in payload["recipe"]["model"]  # written before the key existed
+    _, tok, recipe = model_from_checkpoint(payload, old_checkpoint)
+    check_resumable(payload, old_checkpoint, recipe, tok)  # the same model: no error
