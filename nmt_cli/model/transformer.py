@@ -123,7 +123,10 @@ class MultiHeadAttention(nn.Module):
         (B, T, S) averaged over heads."""
         p = self.dropout if self.training else 0.0
         weights = None
-        if need_weights:  # the explicit path: the same attention, with its weights kept
+        # The explicit path computes the same attention and can keep its weights; it is also
+        # the faster one for a single query (a decoding step), where fused kernels cost more to
+        # set up than the product itself.
+        if need_weights or q.size(-2) == 1:
             scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
@@ -132,7 +135,7 @@ class MultiHeadAttention(nn.Module):
                 scores = scores.masked_fill(
                     torch.ones(t, s, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
             probs = torch.softmax(scores.float(), dim=-1)
-            weights = probs.mean(dim=1)
+            weights = probs.mean(dim=1) if need_weights else None
             context = torch.matmul(F.dropout(probs, p, self.training).to(v.dtype), v)
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
