@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from nmt_cli.config import ModelConfig, TransformerConfig
 from nmt_cli.errors import ConfigError
-from nmt_cli.model.seq2seq import PAD_ID
+
+PAD_ID = 0  # kept equal to nmt_cli.tokenizer.PAD_ID; the model must not import the tokenizer
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
