@@ -26,7 +26,7 @@ from nmt_cli import __version__
 from nmt_cli.config import Recipe, to_dict
 from nmt_cli.errors import CheckpointError, NmtError
 from nmt_cli.files import atomic_write_bytes, replace_durably
-from nmt_cli.model import Seq2Seq, build_model
+from nmt_cli.model import TrainableModel, build_model
 from nmt_cli.recipes import recipe_from_dict
 from nmt_cli.tokenizer import Tokenizers
 
@@ -41,7 +41,7 @@ def library_versions() -> dict[str, str]:
             "sacrebleu": str(sacrebleu.__version__), "python": platform.python_version()}
 
 
-def make_checkpoint(model: Seq2Seq, recipe: Recipe, tok: Tokenizers, **extra: Any) -> dict:
+def make_checkpoint(model: TrainableModel, recipe: Recipe, tok: Tokenizers, **extra: Any) -> dict:
     return {
         "format": FORMAT,
         "recipe": to_dict(recipe),
@@ -228,7 +228,7 @@ def load_checkpoint(path: Path | str) -> dict:
 
 
 def model_from_checkpoint(payload: dict, path: Path | str = "checkpoint",
-                          device: torch.device | str = "cpu") -> tuple[Seq2Seq, Tokenizers, Recipe]:
+                          device: torch.device | str = "cpu") -> tuple[TrainableModel, Tokenizers, Recipe]:
     """Rebuild the model, its tokenizers and recipe; a vocabulary that does not fit is an error."""
     try:
         recipe = recipe_from_dict(payload["recipe"])

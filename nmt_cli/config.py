@@ -164,14 +164,74 @@ class DecoderConfig:
 
 
 @dataclass(frozen=True)
+class TransformerConfig:
+    """The Transformer (``model.arch: transformer``). Every option maps one to one onto
+    CTranslate2's ``TransformerSpec``: ``norm`` is its ``pre_norm``, ``positions`` fills its
+    position table, ``activation`` its ``activation``, ``scale_embeddings`` its
+    ``multiply_by_sqrt_depth``; the embeddings are ``d_model`` wide."""
+
+    d_model: int = _num(512, ge=8)
+    ff_size: int = _num(2048, ge=1)
+    heads: int = _num(8, ge=1)
+    encoder_layers: int = _num(6, ge=1, le=24)
+    decoder_layers: int = _num(6, ge=1, le=24)
+    norm: Literal["pre", "post"] = "pre"
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    activation: Literal["relu", "gelu"] = "relu"
+    dropout: float = _num(0.1, ge=0.0, lt=1.0, doc="on embeddings and every residual branch")
+    attention_dropout: float = _num(0.0, ge=0.0, lt=1.0, doc="on the attention weights")
+    activation_dropout: float = _num(0.0, ge=0.0, lt=1.0, doc="inside the feed-forward block")
+    scale_embeddings: bool = True  # multiply embeddings by sqrt(d_model) before adding positions
+    max_positions: int = _num(1024, ge=1, doc="longest source or target, in subwords + EOS")
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.heads:
+            raise ConfigError(f"{self.heads} heads do not divide model.transformer.d_model "
+                              f"({self.d_model}); choose heads that divide d_model",
+                              "model.transformer.heads")
+
+
+# Keys of ``model`` that belong to one architecture, and their defaults when a recipe for that
+# architecture leaves them out. A key of the other architecture is a recipe error.
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rnn": {"emb_size": 256, "emb_dropout": 0.2, "encoder": EncoderConfig(),
+            "decoder": DecoderConfig()},
+    "transformer": {"transformer": TransformerConfig()},
+}
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["rnn"] = "rnn"
-    emb_size: int = _num(256, ge=1)
-    emb_dropout: float = _num(0.2, ge=0.0, lt=1.0)
+    """The model; ``arch`` picks the architecture and which keys of this section apply.
+
+    ``share_embeddings`` (one table for source and target, with a joint vocabulary) and
+    ``tie_embeddings`` (the output layer reuses the target table) belong to both architectures:
+    they are about the vocabularies and the output layer, not about what runs between them.
+    ``emb_size``, ``emb_dropout``, ``encoder`` and ``decoder`` are the RNN's: they stay at this
+    level so that recipes and checkpoints written before the Transformer load unchanged, and the
+    Transformer's embeddings are ``transformer.d_model`` wide and use ``transformer.dropout``.
+    A key left out is ``None`` until ``__post_init__`` fills in its architecture's default.
+    """
+
+    arch: Literal["rnn", "transformer"] = "rnn"
+    emb_size: Optional[int] = _num(None, ge=1, doc="rnn; default 256")
+    emb_dropout: Optional[float] = _num(None, ge=0.0, lt=1.0, doc="rnn; default 0.2")
     tie_embeddings: bool = False
     share_embeddings: bool = False
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    encoder: Optional[EncoderConfig] = None  # rnn
+    decoder: Optional[DecoderConfig] = None  # rnn
+    transformer: Optional[TransformerConfig] = None  # transformer
+
+    def __post_init__(self) -> None:
+        own = ARCH_DEFAULTS[self.arch]
+        for arch, keys in ARCH_DEFAULTS.items():
+            for name in keys:
+                if name not in own and getattr(self, name) is not None:
+                    raise ConfigError(f"belongs to model.arch '{arch}', not '{self.arch}'; "
+                                      "remove it (or set model.arch)", f"model.{name}")
+        for name, default in own.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
 
 
 @dataclass(frozen=True)
@@ -186,7 +246,7 @@ class TrainConfig:
     learning_rate: float = _num(1e-3, gt=0.0)
     weight_decay: float = _num(0.0, ge=0.0)
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    schedule: Literal["constant", "plateau", "inverse_sqrt"] = "constant"
+    schedule: Literal["constant", "plateau", "inverse_sqrt", "cosine"] = "constant"
     warmup_steps: int = _num(0, ge=0)
     plateau_factor: float = _num(0.5, gt=0.0, lt=1.0)
     plateau_patience: int = _num(2, ge=0)
@@ -202,11 +262,23 @@ class TrainConfig:
     keep_last: int = _num(1, ge=1, doc="most recent step checkpoints kept besides last.pt")
     keep_best: int = _num(1, ge=0, doc="best-scoring step checkpoints kept besides best.pt")
     save_every: int = _num(0, ge=0, doc="steps between checkpoints; 0 saves at each validation")
+    average_last: int = _num(0, ge=0, doc="at the end, average the newest N step checkpoints "
+                                           "into checkpoints/averaged.pt; 0 is off")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     max_nonfinite: int = _num(10, ge=1, doc="skipped non-finite updates in a row before stopping")
     tensorboard: bool = False
     threads: int = _num(0, ge=0, doc="torch CPU threads; 0 leaves torch's default")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.schedule == "cosine" and not self.max_steps:
+            raise ConfigError("'cosine' decays to train.min_learning_rate at train.max_steps; set "
+                              "train.max_steps (train.max_time may still stop training earlier)",
+                              "train.schedule")
+        if self.average_last > self.keep_last:
+            raise ConfigError(f"averaging the newest {self.average_last} checkpoints needs "
+                              f"train.keep_last >= {self.average_last} (it is {self.keep_last})",
+                              "train.average_last")
 
 
 @dataclass(frozen=True)

@@ -44,14 +44,16 @@ class Ensemble(nn.Module):
         encoded = [m.encode(src, src_lengths) for m in self.members]
         return EnsembleMemory([e[0] for e in encoded]), EnsembleState([e[1] for e in encoded])
 
-    def step(self, prev_tokens: Tensor, state: EnsembleState,
-             memory: EnsembleMemory) -> tuple[Tensor, EnsembleState, Tensor]:
-        """Mean log-probabilities (N, V) and mean attention (N, S) over the members."""
-        outs = [m.step(prev_tokens, s, mem)
+    def step(self, prev_tokens: Tensor, state: EnsembleState, memory: EnsembleMemory,
+             need_attention: bool = False) -> tuple[Tensor, EnsembleState, Tensor | None]:
+        """Mean log-probabilities (N, V) and, when asked for, mean attention (N, S) over the
+        members (members of any architecture may be mixed)."""
+        outs = [m.step(prev_tokens, s, mem, need_attention)
                 for m, s, mem in zip(self.members, state.parts, memory.parts)]
         if len(outs) == 1:
             lp, st, att = outs[0]
             return lp, EnsembleState([st]), att
         log_probs = torch.stack([o[0] for o in outs]).mean(dim=0)
-        attention = torch.stack([o[2].float() for o in outs]).mean(dim=0)
+        attention = torch.stack([o[2].float() for o in outs]).mean(dim=0) \
+            if need_attention else None
         return log_probs, EnsembleState([o[1] for o in outs]), attention

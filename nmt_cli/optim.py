@@ -1,5 +1,5 @@
 """Optimizers and learning-rate schedules named in ``train``: Adam/AdamW; constant, plateau,
-inverse-sqrt, each with optional linear warmup."""
+inverse-sqrt and cosine, each with optional linear warmup."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ class LrSchedule:
     ``constant``: the base rate after warmup. ``inverse_sqrt``: base * sqrt(warmup / step) after
     warmup. ``plateau``: the base rate, multiplied by ``plateau_factor`` each time the dev metric
     has not improved for ``plateau_patience`` validations, never below ``min_learning_rate``.
+    ``cosine``: from the base rate at the end of warmup down to ``min_learning_rate`` at
+    ``max_steps`` along half a cosine, for short fixed budgets where the rate should end low.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig):
@@ -41,6 +43,10 @@ class LrSchedule:
         if cfg.schedule == "inverse_sqrt":
             lr = cfg.learning_rate * (warm if step < cfg.warmup_steps
                                       else math.sqrt(max(1, cfg.warmup_steps) / step))
+        elif cfg.schedule == "cosine" and step >= cfg.warmup_steps:
+            done = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+            low = min(cfg.min_learning_rate, cfg.learning_rate)
+            lr = low + (cfg.learning_rate - low) * 0.5 * (1.0 + math.cos(math.pi * done))
         else:
             lr = cfg.learning_rate * warm * self.scale
         return max(lr, cfg.min_learning_rate) if cfg.schedule == "plateau" else lr

@@ -10,7 +10,7 @@ from typing import Any
 
 from nmt_cli import distributed as dist
 from nmt_cli.checkpoint import CheckpointStore, load_checkpoint
-from nmt_cli.config import Recipe, to_dict
+from nmt_cli.config import ModelConfig, Recipe, build, to_dict
 from nmt_cli.errors import CheckpointError, NmtError
 from nmt_cli.tokenizer import Tokenizers
 
@@ -81,7 +81,7 @@ RESUMABLE_CHANGES = (
     "train.valid_every", "train.valid_beam_size", "train.valid_max_sentences",
     "train.early_stopping_patience", "train.keep_last", "train.keep_best", "train.save_every",
     "train.tensorboard", "train.max_nonfinite", "train.threads", "train.device",
-    "train.precision",
+    "train.precision", "train.average_last",
 )
 
 
@@ -135,6 +135,10 @@ def check_resumable(payload: dict, path: Path, recipe: Recipe, tok: Tokenizers,
                     manifest: dict[str, Any]) -> None:
     """--resume continues the same run: same tokenizer, same data, and only the settings in
     RESUMABLE_CHANGES may differ."""
+    # The model section is read back through the config, so a run saved before a model key
+    # existed compares equal to the same run read by today's schema.
+    saved_model = to_dict(build(ModelConfig, payload["recipe"]["model"], prefix="model"))
+    payload = {**payload, "recipe": {**payload["recipe"], "model": saved_model}}
     if not _same_tokenizer(payload, tok):
         raise CheckpointError(f"{path}: the run was trained with another tokenizer; --resume "
                               "needs the tokenizer it was trained with")

@@ -1,9 +1,10 @@
 """Greedy, sampling, batched beam search and forced decoding over a model's ``step``.
 Tensors in, token ids out; no I/O.
 
-The model contract: ``encode(src, src_lengths) -> (memory, state)`` and
-``step(prev_tokens, state, memory) -> (log_probs (N, V), state, attention (N, S))``, where
-``memory.select(index)`` and ``state.select(index)`` pick rows of the flattened batch. An ensemble
+The model contract (written out in ``nmt_cli.model.contract``): ``encode(src, src_lengths) ->
+(memory, state)`` and ``step(prev_tokens, state, memory, need_attention) -> (log_probs (N, V),
+state, attention (N, S) or None)``, where ``memory.select(index)`` and ``state.select(index)``
+pick rows of the flattened batch. An ensemble
 (``nmt_cli.ensemble``) keeps the same contract, so nothing here knows about it.
 
 Every search treats each sentence on its own: finished sentences leave the batch, and nothing a
@@ -95,7 +96,7 @@ def _single_path(model, src: Tensor, src_lengths: Tensor, choose: Chooser, cfg: 
     min_len, max_len = min_all, max_all
     prev = src.new_full((batch,), BOS_ID)
     for t in range(steps):
-        lp, state, weights = model.step(prev, state, memory)  # (N, V)
+        lp, state, weights = model.step(prev, state, memory, return_attention)  # (N, V)
         forbid_specials(lp, cfg.allow_unk)
         if cfg.no_repeat_ngram and t:
             block_repeated_ngrams(lp, out.index_select(0, active)[:, :t], cfg.no_repeat_ngram)
@@ -204,7 +205,8 @@ def batched_beam_search(model, src: Tensor, src_lengths: Tensor, cfg: DecodeConf
     step = 0
     while active.numel() > 0:
         n_act = active.numel()
-        lp, state, weights = model.step(prefix[:, -1], state, memory)  # (n_act * beams, V)
+        lp, state, weights = model.step(prefix[:, -1], state, memory,
+                                        return_attention)  # (n_act * beams, V)
         vocab = lp.size(-1)
         forbid_specials(lp, cfg.allow_unk)
         if cfg.no_repeat_ngram and step:

@@ -457,7 +457,24 @@ class Trainer:
                       "'nmt train RECIPE --resume' (same --set options)")
         elif st.step != (self.last_dev.get("step") if self.has_dev else self._saved_step):
             self._validate_and_save()
+        if cfg.average_last and stop != "interrupted" and self.dist.is_main:
+            self._average_last(cfg.average_last)
         return self._finish(stop)
+
+    def _average_last(self, n: int) -> None:
+        """Average the newest ``n`` step checkpoints into ``checkpoints/averaged.pt``, validate
+        it, and log its dev scores (the model is left as training ended)."""
+        from nmt_cli.average import average_to_file
+
+        paths = sorted(self.ckpt_dir.glob("ckpt-*.pt"))[-n:]  # zero-padded step numbers
+        payload = average_to_file(paths, self.ckpt_dir / "averaged.pt")
+        trained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(payload["model"])
+        dev = self.validate()
+        self.model.load_state_dict(trained)
+        self._log({"event": "averaged", "checkpoints": [p.name for p in paths], **dev})
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in dev.items() if k.startswith("dev_"))
+        self._say(f"averaged the last {len(paths)} checkpoints into averaged.pt: {scores}")
 
     def _nonfinite(self, out: dict[str, Any]) -> None:
         st = self.state

@@ -2,6 +2,8 @@
 
 Decoding tests import ``sample_model`` (a pytest fixture) from here; the training runs once per
 process through the plain functions (tokenizer, preprocess, Trainer), in a temporary folder.
+``trained_checkpoint("transformer")`` is the same for a tiny Transformer, so that decoding tests
+can run over both architectures (``arch_checkpoint``).
 """
 
 from __future__ import annotations
@@ -24,8 +26,20 @@ def _head(src: Path, dst: Path, n: int) -> Path:
     return dst
 
 
-@functools.lru_cache(maxsize=1)
-def trained_checkpoint() -> Path:
+MODELS = {
+    "rnn": {"emb_size": 32, "emb_dropout": 0.0, "encoder": {"hidden_size": 32, "dropout": 0.0},
+            "decoder": {"hidden_size": 64, "dropout": 0.0}},
+    "transformer": {"arch": "transformer", "share_embeddings": True, "tie_embeddings": True,
+                    "transformer": {"d_model": 32, "ff_size": 64, "heads": 4, "encoder_layers": 2,
+                                    "decoder_layers": 2, "dropout": 0.0}},
+}
+TRAIN = {"rnn": {"max_steps": 60, "learning_rate": 0.01},
+         "transformer": {"max_steps": 80, "learning_rate": 0.01, "schedule": "inverse_sqrt",
+                         "warmup_steps": 20, "save_every": 30, "keep_last": 2, "average_last": 2}}
+
+
+@functools.lru_cache(maxsize=2)
+def trained_checkpoint(arch: str = "rnn") -> Path:
     import torch
 
     from nmt_cli.preprocess import preprocess
@@ -47,10 +61,8 @@ def trained_checkpoint() -> Path:
         "data": {"train": {"src": files[("train", "src")], "tgt": files[("train", "tgt")]},
                  "dev": {"src": files[("dev", "src")], "tgt": files[("dev", "tgt")]}},
         "tokenizer": {"vocab_size": 200, "num_threads": 1},
-        "model": {"emb_size": 32, "emb_dropout": 0.0,
-                  "encoder": {"hidden_size": 32, "dropout": 0.0},
-                  "decoder": {"hidden_size": 64, "dropout": 0.0}},
-        "train": {"seed": 7, "batch_tokens": 1500, "max_steps": 60, "learning_rate": 0.01,
+        "model": MODELS[arch],
+        "train": {"seed": 7, "batch_tokens": 1500, **TRAIN[arch],
                   "valid_every": 1000, "log_every": 1000, "valid_max_sentences": 5,
                   "threads": 1, "device": "cpu"},
         "decode": {"beam_size": 5, "batch_size": 64},
@@ -69,6 +81,12 @@ def trained_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def sample_checkpoint() -> Path:
     return trained_checkpoint()
+
+
+@pytest.fixture(scope="session", params=["rnn", "transformer"])
+def arch_checkpoint(request) -> Path:
+    """The tiny trained checkpoint of each architecture in turn."""
+    return trained_checkpoint(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -91,7 +91,8 @@ RANKS = {
     "nmt_cli.preprocess": 6,
     # data and model
     "nmt_cli.data": 7, "nmt_cli.model.attention": 7, "nmt_cli.model.encoder": 7,
-    "nmt_cli.model.decoder": 8, "nmt_cli.model.seq2seq": 9, "nmt_cli.model": 10,
+    "nmt_cli.model.contract": 7,
+    "nmt_cli.model.decoder": 8, "nmt_cli.model.seq2seq": 9, "nmt_cli.model.transformer": 9, "nmt_cli.model": 10,
     "nmt_cli.checkpoint": 11,
     # decoding pieces, and the training helpers beside them
     "nmt_cli.penalties": 12, "nmt_cli.ensemble": 12, "nmt_cli.alignment": 12,

@@ -56,7 +56,7 @@ class TableModel:
     def encode(self, src, src_lengths):
         return ToyMemory(src[:, 0].clone(), src.size(1)), ToyState(torch.zeros(src.size(0)))
 
-    def step(self, prev_tokens, state, memory):
+    def step(self, prev_tokens, state, memory, need_attention=False):
         lp = self.log_tables[memory.table_ids, prev_tokens]  # advanced indexing: a fresh copy
         attn = torch.full((lp.size(0), memory.src_len), 1.0 / memory.src_len)
         return lp, ToyState(state.steps + 1), attn

@@ -47,7 +47,7 @@ class ToyModel:
     def encode(self, src, src_lengths):
         return ToyMemory(src != 0), ToyState(src.new_zeros((src.size(0), 0)))
 
-    def step(self, prev, state, memory):
+    def step(self, prev, state, memory, need_attention=False):
         history = torch.cat([state.history, prev.unsqueeze(1)], 1)
         probs = torch.full((prev.size(0), VOCAB), 1e-9)
         for row, fed in enumerate(history.tolist()):

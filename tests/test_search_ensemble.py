@@ -26,7 +26,7 @@ def test_step_is_the_mean_of_the_members():
     src, lengths = torch.tensor([[5, 6, 3], [7, 3, 0]]), torch.tensor([3, 2])
     prev = torch.tensor([2, 2])
     with torch.no_grad():
-        lp, state, att = ens.step(prev, *reversed(ens.encode(src, lengths)))
+        lp, state, att = ens.step(prev, *reversed(ens.encode(src, lengths)), need_attention=True)
         lp_a, _, att_a = a.step(prev, *reversed(a.encode(src, lengths)))
         lp_b, _, att_b = b.step(prev, *reversed(b.encode(src, lengths)))
     assert torch.allclose(lp, (lp_a + lp_b) / 2)

@@ -1,4 +1,4 @@
-"""The encoder-decoder with attention, and ``build_model`` that makes one from a ``ModelConfig``."""
+"""The recurrent encoder-decoder with attention (``model.arch: rnn``)."""
 
 from __future__ import annotations
 
@@ -78,17 +78,14 @@ class Seq2Seq(nn.Module):
         vectors, _ = self.decoder(self.emb_dropout(self.tgt_embed(tgt_in)), state, memory)
         return self.output_layer(vectors)
 
-    def step(self, prev_tokens: Tensor, state: DecoderState,
-             memory: Memory) -> tuple[Tensor, DecoderState, Tensor]:
-        """One decoding step: prev_tokens (B,) -> log-probabilities (B, V), new state, attention."""
+    def step(self, prev_tokens: Tensor, state: DecoderState, memory: Memory,
+             need_attention: bool = False) -> tuple[Tensor, DecoderState, Tensor]:
+        """One decoding step: prev_tokens (B,) -> log-probabilities (B, V), new state, attention
+        (B, S). The attention comes for free with the RNN, so it is returned whatever
+        ``need_attention`` says."""
         vector, state, weights = self.decoder.step(self.tgt_embed(prev_tokens), state, memory)
         logits = self.output_layer(vector)
         return torch.log_softmax(logits.float(), dim=-1), state, weights
-
-
-def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
-                joint_vocab: bool = False) -> Seq2Seq:
-    return Seq2Seq(cfg, src_vocab_size, tgt_vocab_size, joint_vocab)
 
 
 def count_parameters(model: nn.Module) -> int:

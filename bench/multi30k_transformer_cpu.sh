@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole Multi30k de-en Transformer CPU pipeline from the raw gzip files, timed stage by stage:
+# tokenizer -> preprocess -> train -> translate (beam 5 and greedy) -> eval on test_2016_flickr,
+# with the averaged checkpoint (train.average_last) when training wrote one, else best.pt.
+# Usage: bash bench/multi30k_transformer_cpu.sh [RECIPE] [extra --set overrides...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+recipe=${1:-recipes/multi30k-de-en-transformer-cpu.yaml}
+shift || true
+workdir=$(python -c "import sys; from nmt_cli.recipes import load_recipe; print(load_recipe(sys.argv[1], sys.argv[2:]).workdir)" "$recipe" "$@")
+test_src=$(python -c "import sys; from nmt_cli.recipes import load_recipe; r=load_recipe(sys.argv[1], sys.argv[2:]); print(r.data.test.src)" "$recipe" "$@")
+test_ref=$(python -c "import sys; from nmt_cli.recipes import load_recipe; r=load_recipe(sys.argv[1], sys.argv[2:]); print(r.data.test.tgt)" "$recipe" "$@")
+sets=()
+for s in "$@"; do sets+=(--set "$s"); done
+start=$(date +%s)
+stage() { local t0; t0=$(date +%s); "$@"; echo "== $1 $2: $(( $(date +%s) - t0 )) s" >&2; }
+stage nmt tokenizer "$recipe" "${sets[@]}"
+stage nmt preprocess "$recipe" "${sets[@]}"
+stage nmt train "$recipe" "${sets[@]}" --overwrite
+zcat -f "$test_src" > "$workdir/test.src"
+zcat -f "$test_ref" > "$workdir/test.ref"
+model="$workdir/checkpoints/averaged.pt"
+[ -f "$model" ] || model="$workdir/checkpoints/best.pt"
+echo "== translating with $model" >&2
+stage nmt translate -m "$model" -i "$workdir/test.src" -o "$workdir/test.hyp" --beam-size 5
+stage nmt eval -i "$workdir/test.hyp" -r "$workdir/test.ref" --metrics bleu,chrf
+echo "== total wall clock: $(( $(date +%s) - start )) s" >&2
+# Not part of the budget: greedy speed and score on the same model, and the dev curve.
+stage nmt translate -m "$model" -i "$workdir/test.src" -o "$workdir/test.greedy.hyp" --beam-size 1
+stage nmt eval -i "$workdir/test.greedy.hyp" -r "$workdir/test.ref" --metrics bleu,chrf
+grep -E '"event": "(valid|averaged)"' "$workdir/metrics.jsonl" >&2 || true
