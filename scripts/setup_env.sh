@@ -36,4 +36,4 @@ if ! python -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 echo "== installing nmt"
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,serve]"

@@ -83,7 +83,7 @@ SETTINGS = [
 def _text_sets() -> list[list[str]]:
     lines = sorted(sample_lines("test", "src"), key=len)
     return [[lines[0]], [lines[-1]], [lines[250]], lines[10:13], ["", lines[40], ""],
-            lines[300:308], [lines[100], lines[-2]], lines[450:470]]
+            lines[300:306], [lines[100], lines[-2]], lines[450:458]]
 
 
 def _expected(experiment, settings: dict, texts: list[str]) -> list[list[tuple[str, float]]]:
