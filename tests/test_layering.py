@@ -113,3 +113,9 @@ def test_the_import_scan_sees_torch_where_it_is():
     assert "torch" in closure("nmt_cli.trainer")
     assert {"nmt_cli.model", "nmt_cli.model.seq2seq", "torch"} <= closure("nmt_cli.checkpoint")
     assert "torch" in closure("nmt_cli.cli")  # lazily, inside the commands
+
+
+def test_the_server_package_loads_without_its_extra():
+    """``nmt serve`` can say which extra to install: FastAPI, uvicorn and torch load later."""
+    loaded = closure("nmt_cli.serve", top_level_only=True)
+    assert not {"fastapi", "uvicorn", "starlette", "torch"} & loaded, sorted(loaded)
