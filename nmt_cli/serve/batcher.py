@@ -1,7 +1,7 @@
 """One model worker that batches the sentences of concurrent requests.
 
-Requests wait in a queue. The worker takes the oldest one, waits up to ``max_wait`` seconds for
-more (or until ``max_sentences`` sentences are waiting), groups the requests it took by their
+Requests wait in a queue. The worker gathers requests until ``max_sentences`` sentences wait or
+the oldest request has waited ``max_wait`` seconds, groups the requests it took by their
 decode settings and runs each group as one call of the translate function. Because search is
 batch-invariant, a request gets the same translations whatever it was batched with. A group whose
 call raises fails its own requests only; the worker carries on with the next batch.
@@ -26,6 +26,7 @@ class Job:
     lines: list[str]
     key: Hashable  # requests with equal keys share one search
     future: Future = field(default_factory=Future)
+    arrived: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -82,7 +83,7 @@ class Batcher:
                 self._cond.wait()
             if not self._queue:
                 return None  # stopping, nothing left
-            deadline = time.monotonic() + self.max_wait
+            deadline = self._queue[0].arrived + self.max_wait  # the oldest waits no longer
             while self._waiting < self.max_sentences and not self._stopping:
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -59,13 +59,26 @@ def decode_json(body: bytes) -> dict[str, Any]:
         raise ApiError(400, "body", f"is not valid UTF-8 (byte {exc.start}); send UTF-8 "
                                     "JSON") from None
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ApiError(400, "body", f"malformed JSON at line {exc.lineno} column {exc.colno}: "
                                     f"{exc.msg}") from None
+    except RecursionError:
+        raise ApiError(400, "body", "nested too deeply") from None
     if not isinstance(value, dict):
         raise ApiError(422, "body", 'must be a JSON object, such as {"texts": ["..."]}')
     return value
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ApiError(400, "body", f"the number {text[:20]} is too large")
+    return value
+
+
+def _no_constant(name: str):
+    raise ApiError(400, "body", f"{name} is not JSON; numbers must be finite")
 
 
 def parse_request(raw: dict[str, Any], defaults: DecodeConfig,
@@ -118,16 +131,22 @@ def _texts(raw: dict[str, Any], limits: ServeConfig) -> list[str]:
         raise ApiError(413, "texts", f"{len(texts)} texts in one request; this server takes at "
                                      f"most {limits.max_texts} (--max-texts)")
     for i, text in enumerate(texts):
+        where = name if name == "text" else f"texts[{i}]"
         if len(text) > limits.max_chars:
-            where = name if name == "text" else f"texts[{i}]"
             raise ApiError(413, where, f"{len(text)} characters; this server takes at most "
                                        f"{limits.max_chars} per text (--max-chars)")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ApiError(422, where, f"holds an unpaired surrogate at character {exc.start} "
+                                       "(a \\uD800-\\uDFFF escape); send valid Unicode") from None
     return texts
 
 
 def _check_work(decode: DecodeConfig, options: RequestOptions, changed: dict[str, Any],
                 limits: ServeConfig) -> None:
-    """Bound the work one request can ask for: beam size, n-best and output length."""
+    """Bound the work one request can ask for: beam size, n-best, lengths, and numbers that
+    would not fit the model's integer tensors."""
     if decode.beam_size > limits.max_beam_size and "beam_size" in changed:
         raise ApiError(422, "beam_size", f"{decode.beam_size} is above this server's limit of "
                                          f"{limits.max_beam_size} (--max-beam-size)")
@@ -138,12 +157,26 @@ def _check_work(decode: DecodeConfig, options: RequestOptions, changed: dict[str
         raise ApiError(422, "n_best", f"{options.n_best} is larger than beam_size "
                                       f"{decode.beam_size}; beam search keeps at most beam_size "
                                       "hypotheses")
-    longest = decode.max_len_a * (decode.max_src_len + 1) + decode.max_len_b
-    if {"max_len_a", "max_len_b"} & set(changed) and longest > limits.max_output_len:
-        name = "max_len_a" if "max_len_a" in changed else "max_len_b"
-        raise ApiError(422, name, f"max_len_a and max_len_b allow outputs of {longest:.0f} "
-                                  f"subwords; this server allows at most {limits.max_output_len} "
-                                  "(--max-output-len)")
+    for kind in ("max", "min"):
+        a, b = f"{kind}_len_a", f"{kind}_len_b"
+        if not {a, b} & set(changed):
+            continue
+        try:
+            longest = getattr(decode, a) * (decode.max_src_len + 1) + getattr(decode, b)
+        except OverflowError:
+            longest = math.inf
+        if longest > limits.max_output_len:
+            name = a if a in changed else b
+            raise ApiError(422, name, f"{a} and {b} ask for outputs of {longest:.0f} subwords; "
+                                      f"this server allows at most {limits.max_output_len} "
+                                      "(--max-output-len)")
+    if decode.no_repeat_ngram > limits.max_output_len:
+        raise ApiError(422, "no_repeat_ngram", f"{decode.no_repeat_ngram} is longer than any "
+                                               f"output ({limits.max_output_len} subwords, "
+                                               "--max-output-len)")
+    if decode.seed >= 2 ** 63 or decode.top_k >= 2 ** 63:
+        name = "seed" if decode.seed >= 2 ** 63 else "top_k"
+        raise ApiError(422, name, "must be below 2**63")
 
 
 def _short(value: Any) -> str:
