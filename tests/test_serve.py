@@ -281,3 +281,13 @@ def test_each_request_leaves_an_access_line(server):
     with server.client() as client:
         client.post("/translate", json={"texts": ["x", "y", "z"]})
     assert re.search(r'"POST /translate" 200 3 sentences [\d.]+ ms', server.log())
+
+
+def test_a_checkpoint_that_does_not_load_stops_the_server_with_one_error_line(tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    proc = run_cli("serve", "-m", broken, "--port", "0", timeout=60)
+    assert proc.returncode == 4, proc.stderr  # CheckpointError's exit code
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "broken.pt" in errors[0] and "cannot read" in errors[0], proc.stderr
