@@ -386,6 +386,87 @@ DECODE_OPTIONS = ("beam_size", "batch_size", "batch_type", "length_penalty", "le
                   "allow_unk", "invalid_utf8")
 
 
+def _serve_settings(given: dict) -> "object":
+    """ServeConfig with the options that were given; a bad value names its option."""
+    from nmt_cli.config import ServeConfig, with_overrides
+    from nmt_cli.errors import ConfigError
+
+    try:
+        return with_overrides(ServeConfig(), {k: v for k, v in given.items() if v is not None})
+    except ConfigError as exc:
+        option = "--" + (exc.key or "").replace("_", "-")
+        raise NmtError(f"{option}: {str(exc).removeprefix(f'{exc.key}: ')}") from None
+
+
+def _serve_help(name: str, text: str) -> str:
+    from nmt_cli.config import ServeConfig
+
+    return f"{text} Default {getattr(ServeConfig, name)}."
+
+
+@app.command()
+def serve(
+    model: List[Path] = typer.Option(..., "-m", "--model",
+                                     help="Checkpoint (.pt); repeat for an ensemble, as in "
+                                          "translate."),
+    host: Optional[str] = typer.Option(None, "--host", help=_serve_help("host", "Address to "
+                                                                         "listen on.")),
+    port: Optional[int] = typer.Option(None, "--port", help=_serve_help("port", "0 picks a free "
+                                                                         "port.")),
+    max_batch_sentences: Optional[int] = typer.Option(
+        None, "--max-batch-sentences", help=_serve_help("max_batch_sentences", "Most sentences "
+                                                        "of waiting requests batched together.")),
+    max_wait_ms: Optional[float] = typer.Option(
+        None, "--max-wait-ms", help=_serve_help("max_wait_ms", "How long a batch waits for more "
+                                                "requests.")),
+    max_texts: Optional[int] = typer.Option(None, "--max-texts",
+                                            help=_serve_help("max_texts", "Texts per request.")),
+    max_chars: Optional[int] = typer.Option(None, "--max-chars",
+                                            help=_serve_help("max_chars", "Characters per text.")),
+    max_beam_size: Optional[int] = typer.Option(
+        None, "--max-beam-size", help=_serve_help("max_beam_size", "Largest beam size or n-best "
+                                                  "a request may ask for.")),
+    max_output_len: Optional[int] = typer.Option(
+        None, "--max-output-len", help=_serve_help("max_output_len", "Most output subwords a "
+                                                   "request's length limits may allow.")),
+    set_: List[str] = typer.Option([], "--set", metavar="decode.KEY=VALUE",
+                                   help="Change a decode default of the checkpoint's recipe, "
+                                        "e.g. --set decode.beam_size=4; repeatable."),
+    quantize: Optional[Quantize] = typer.Option(None, "--quantize",
+                                                help="int8 dynamic quantization (CPU)."),
+    device: Device = typer.Option(Device.auto, help="Where to run the model."),
+    threads: Optional[int] = typer.Option(None, "--threads",
+                                          help="CPU threads for torch; 0 keeps torch's default."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No access or batch log lines."),
+) -> None:
+    """Serve translations over HTTP, batching concurrent requests.
+
+    GET /health, GET /model, POST /translate (JSON) and a page to try it at GET /. Needs the
+    optional extra: pip install 'nmt[serve]'.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in translate
+    with user_errors():
+        from nmt_cli.config import DecodeConfig, with_overrides
+        from nmt_cli.recipes import parse_override
+        from nmt_cli.serve import require_server_extra, run_server
+
+        require_server_extra()
+        settings = _serve_settings({
+            "host": host, "port": port, "max_batch_sentences": max_batch_sentences,
+            "max_wait_ms": max_wait_ms, "max_texts": max_texts, "max_chars": max_chars,
+            "max_beam_size": max_beam_size, "max_output_len": max_output_len,
+            "threads": threads, "quiet": quiet or None})
+        decode = {}
+        for text in set_:
+            key, value = parse_override(text)
+            if not key.startswith("decode."):
+                raise NmtError(f"--set {text}: nmt serve changes decode.* keys only")
+            decode[key.removeprefix("decode.")] = value
+        with_overrides(DecodeConfig(), decode, "decode")  # a bad key fails before loading
+        run_server(model, settings, device.value, decode,
+                   quantize.value if quantize else None)
+
+
 @app.command()
 def average(
     checkpoints: List[Path] = typer.Argument(..., help="Checkpoints to average, or one run folder "

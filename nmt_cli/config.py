@@ -319,6 +319,32 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """``nmt serve``: where it listens, how it batches, and the limits that keep one request from
+    holding up the others. Not part of a recipe: the decode defaults come from the checkpoint."""
+
+    host: str = "127.0.0.1"
+    port: int = _num(8000, ge=0, le=65535, doc="0 picks a free port")
+    max_batch_sentences: int = _num(64, ge=1, doc="sentences the model worker gathers at most")
+    max_wait_ms: float = _num(5.0, ge=0.0, doc="how long a batch waits for more requests")
+    max_texts: int = _num(128, ge=1, doc="texts per request")
+    max_chars: int = _num(1000, ge=1, doc="characters per text")
+    max_beam_size: int = _num(16, ge=1, doc="largest beam size (and n-best) a request may ask for")
+    max_output_len: int = _num(512, ge=1, doc="most output subwords a request's length limits "
+                                                "may allow")
+    threads: int = _num(0, ge=0, doc="torch CPU threads; 0 leaves torch's default")
+    quiet: bool = False  # no access or batch log lines
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """What one ``POST /translate`` may ask for besides decode settings."""
+
+    return_scores: bool = False
+    return_alignments: bool = False
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A whole experiment: data, tokenizer, preprocessing, model, training, decoding, evaluation."""
 

@@ -101,9 +101,11 @@ RANKS = {
     "nmt_cli.inference": 14,
     # the two ends, which must not know each other
     "nmt_cli.trainer": 15, "nmt_cli.translate": 15,
-    # (a server and exporters go here, at 16)
-    "nmt_cli.cli": 17,
-    "nmt_cli.__main__": 18,
+    # the server over decoding (and exporters beside it)
+    "nmt_cli.serve.batcher": 16, "nmt_cli.serve.page": 16, "nmt_cli.serve.protocol": 16,
+    "nmt_cli.serve.app": 17, "nmt_cli.serve": 18,
+    "nmt_cli.cli": 19,
+    "nmt_cli.__main__": 20,
 }
 DECODING = {"nmt_cli.penalties", "nmt_cli.ensemble", "nmt_cli.alignment", "nmt_cli.search",
             "nmt_cli.inference", "nmt_cli.translate"}
@@ -198,3 +200,9 @@ def test_the_import_scan_sees_torch_where_it_is():
     assert "torch" in closure("nmt_cli.trainer")
     assert {"nmt_cli.model", "nmt_cli.model.seq2seq", "torch"} <= closure("nmt_cli.checkpoint")
     assert "torch" in closure("nmt_cli.cli")  # lazily, inside the commands
+
+
+def test_the_server_package_loads_without_its_extra():
+    """``nmt serve`` can say which extra to install: FastAPI, uvicorn and torch load later."""
+    loaded = closure("nmt_cli.serve", top_level_only=True)
+    assert not {"fastapi", "uvicorn", "starlette", "torch"} & loaded, sorted(loaded)

@@ -1,0 +1,81 @@
+"""``nmt serve``: translation over HTTP, with batching across concurrent requests.
+
+``batcher`` gathers the sentences of waiting requests for the one model worker, ``protocol``
+checks request bodies and writes responses, ``app`` is the FastAPI application and ``page`` the
+page it serves at ``/``. FastAPI and uvicorn are an optional extra (``pip install 'nmt[serve]'``);
+nothing here imports them until a server is started.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from pathlib import Path
+from typing import Any, Sequence
+
+from nmt_cli.config import ServeConfig
+from nmt_cli.errors import CheckpointError, NmtError
+
+
+def require_server_extra() -> None:
+    """Fail in one line when FastAPI or uvicorn is missing."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise NmtError(f"nmt serve needs FastAPI and uvicorn ({exc.name} is not installed); run "
+                       "pip install 'nmt[serve]'") from None
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; port 0 picks a free one."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        raise NmtError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another "
+                       "--host or --port") from None
+    return sock
+
+
+def run_server(paths: Sequence[Path], settings: ServeConfig, device: str = "auto",
+               decode: dict[str, Any] | None = None, quantize: str | None = None) -> None:
+    """Serve until SIGTERM or Ctrl-C, then finish the requests in flight and return."""
+    require_server_extra()
+    import uvicorn
+
+    from nmt_cli.serve.app import Service, make_app
+
+    for path in paths:
+        if not Path(path).is_file():
+            raise CheckpointError(f"{path}: checkpoint not found; train one with 'nmt train "
+                                  "RECIPE' (checkpoints are written to WORKDIR/checkpoints/)")
+    service = Service([Path(p) for p in paths], settings, device, decode, quantize)
+    sock = listen(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(make_app(service), log_config=None, log_level="warning",
+                            access_log=False, lifespan="on", timeout_graceful_shutdown=60,
+                            loop="asyncio", http="h11")
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if not self.should_exit:
+                service.log(f"{signal.Signals(sig).name}: no new requests; finishing the ones in "
+                            "flight", always=True)
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
+    service.on_failure = lambda: setattr(server, "should_exit", True)
+    # After a graceful stop uvicorn raises the signal again for the handler it found; with this
+    # one in place the process then exits 0 instead of dying by the signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    shown = f"[{host}]" if ":" in host else host
+    service.log(f"listening on http://{shown}:{port} (loading the model)", always=True)
+    server.run(sockets=[sock])
+    if service.error is not None:
+        raise service.error
+    service.log("stopped", always=True)

@@ -1,0 +1,256 @@
+"""The HTTP side of ``nmt serve``: the model service, the FastAPI app and its access log.
+
+The service loads the model in the worker thread (``/health`` answers 503 until it is ready),
+then every ``/translate`` request is checked, queued for the batcher and awaited without blocking
+the event loop. One process holds one copy of the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sys
+import threading
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from nmt_cli.config import DecodeConfig, ServeConfig, to_dict, with_overrides
+from nmt_cli.errors import NmtError
+from nmt_cli.serve.batcher import BatchFailed, Batcher, BatchReport
+from nmt_cli.serve.page import PAGE
+from nmt_cli.serve.protocol import ApiError, body_limit, decode_json, parse_request, render
+
+# Test-only fault injection, as in checkpoint.py: NMT_FAULT=serve-delay:SECONDS makes every batch
+# wait that long first; serve-fail-on:TEXT makes a batch holding that exact text raise. Several
+# are separated by commas.
+FAULT_ENV = "NMT_FAULT"
+
+
+class Log:
+    """Lines on stderr, whole lines even when two threads write at once."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self._lock = quiet, threading.Lock()
+
+    def __call__(self, line: str, *, always: bool = False) -> None:
+        if self.quiet and not always:
+            return
+        with self._lock:
+            print(line, file=sys.stderr, flush=True)
+
+
+class Service:
+    def __init__(self, paths: list[Path], settings: ServeConfig, device: str = "auto",
+                 decode: dict[str, Any] | None = None, quantize: str | None = None):
+        self.paths, self.settings, self.device_name = paths, settings, device
+        self.decode_overrides, self.quantize = decode or {}, quantize
+        self.log = Log(settings.quiet)
+        self.ready = False
+        self.error: NmtError | None = None
+        self.on_failure: Callable[[], None] = lambda: None
+        self.defaults: DecodeConfig | None = None
+        self.info: dict[str, Any] = {}
+        self._unique = itertools.count()
+        self._faults = dict(f.split(":", 1) for f in os.environ.get(FAULT_ENV, "").split(",")
+                            if f.startswith("serve-") and ":" in f)
+        self.batcher = Batcher(self._translate, settings.max_batch_sentences,
+                               settings.max_wait_ms / 1000.0, self._log_batch)
+
+    # -- in the worker thread ------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the model and warm it up; on a user error, record it and stop the server."""
+        start = time.perf_counter()
+        try:
+            import torch
+
+            from nmt_cli.model import count_parameters
+            from nmt_cli.checkpoint import library_versions
+            from nmt_cli.runtime import pick_device
+            from nmt_cli.translate import load_models
+
+            if self.settings.threads:
+                torch.set_num_threads(self.settings.threads)
+            self.device = pick_device(self.device_name)
+            self.model, self.tok, recipe = load_models(self.paths, self.device, self.quantize)
+            self.normalize = recipe.preprocess.normalize  # the clean-up the model was trained on
+            self.defaults = with_overrides(recipe.decode, self.decode_overrides, "decode")
+            self._run(self.defaults, False, ["warm up"])
+            self.info = self._model_info(recipe, count_parameters(self.model), library_versions())
+        except NmtError as exc:
+            self.error = exc
+        except Exception as exc:  # noqa: BLE001 - reported as one line, the server stops
+            self.error = NmtError(f"cannot load the model: {exc.__class__.__name__}: {exc}")
+        if self.error is not None:
+            self.on_failure()
+            return
+        self.ready = True
+        self.log(f"ready: {self.info['name']} ({self.info['parameters']:,} parameters) loaded in "
+                 f"{time.perf_counter() - start:.1f} s", always=True)
+
+    def _run(self, cfg: DecodeConfig, attention: bool, lines: list[str]):
+        import torch
+
+        from nmt_cli.inference import translate_lines
+
+        with torch.inference_mode():
+            return translate_lines(self.model, self.tok, lines, cfg, normalize=self.normalize,
+                                   device=self.device, return_attention=attention)
+
+    def _translate(self, key: tuple, lines: list[str]):
+        cfg, attention, _ = key
+        if "serve-delay" in self._faults:
+            time.sleep(float(self._faults["serve-delay"]))
+        if self._faults.get("serve-fail-on") in lines:
+            raise RuntimeError("injected fault (NMT_FAULT)")
+        return self._run(cfg, attention, lines)
+
+    def _log_batch(self, report: BatchReport) -> None:
+        failed = f", {report.failed} failed" if report.failed else ""
+        self.log(f"batch: {report.requests} requests, {report.sentences} sentences, "
+                 f"{report.groups} groups, {report.seconds * 1000:.1f} ms{failed}")
+
+    def _model_info(self, recipe, parameters: int, versions: dict[str, str]) -> dict[str, Any]:
+        import fastapi
+        import uvicorn
+
+        limits = {k: v for k, v in to_dict(self.settings).items()
+                  if k not in ("host", "port", "quiet", "threads")}
+        return {
+            "name": recipe.name,
+            "checkpoints": [str(p) for p in self.paths],
+            "languages": {"source": recipe.data.src_lang, "target": recipe.data.tgt_lang},
+            "architecture": to_dict(recipe.model),
+            "parameters": parameters,
+            "vocabulary": {"source": self.tok.src_vocab_size, "target": self.tok.tgt_vocab_size,
+                           "joint": self.tok.joint},
+            "tokenizer_sha256": self.tok.sha256(),
+            "versions": {**versions, "fastapi": fastapi.__version__,
+                         "uvicorn": uvicorn.__version__},
+            "device": str(self.device),
+            "decode": to_dict(self.defaults),
+            "limits": limits,
+        }
+
+    # -- on the event loop ---------------------------------------------------------------------
+
+    async def translate(self, raw: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        assert self.defaults is not None
+        req = parse_request(raw, self.defaults, self.settings)
+        opts = req.options
+        # Sampling seeds follow the line number within the request, as in `nmt translate`, so a
+        # sampled request gets a search of its own; every other request shares one per setting.
+        alone = next(self._unique) if req.decode.sample else None
+        key = (req.decode, opts.return_alignments, alone)
+        try:
+            future = self.batcher.submit(req.texts, key)
+        except BatchFailed as exc:
+            raise ApiError(503, "server", str(exc)) from None
+        results = await asyncio.wrap_future(future)
+        return len(req.texts), render(results, opts, req.decode.n_best)
+
+
+class AccessLog:
+    """One line per request: client, method and path, status, sentences, latency."""
+
+    def __init__(self, app, log: Log):
+        self.app, self.log = app, log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            sentences = scope.get("state", {}).get("sentences", 0)
+            self.log(f'{client[0]}:{client[1]} "{scope["method"]} {scope["path"]}" {status[0]} '
+                     f"{sentences} sentences {(time.perf_counter() - start) * 1000:.1f} ms")
+
+
+def error(status: int, message: str, field: str | None = None) -> JSONResponse:
+    body = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse(body, status_code=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is longer than ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    too_long = ApiError(413, "body", f"longer than this server's {limit:,} bytes (--max-texts "
+                                     "times --max-chars)")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_long
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_long
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def make_app(service: Service) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.batcher.start(setup=service.load)
+        yield
+        service.batcher.stop(timeout=60)
+
+    app = FastAPI(title="nmt", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
+    app.add_middleware(AccessLog, log=service.log)
+    limit = body_limit(service.settings)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(BatchFailed)
+    async def batch_failed(request: Request, exc: BatchFailed) -> JSONResponse:
+        return error(500, str(exc))
+
+    @app.get("/health")
+    async def health():
+        if service.ready:
+            return {"status": "ready"}
+        return error(503, "the model is still loading")
+
+    @app.get("/model")
+    async def model():
+        if not service.ready:
+            return error(503, "the model is still loading; retry when GET /health answers 200")
+        return service.info
+
+    @app.post("/translate")
+    async def translate(request: Request):
+        if not service.ready:
+            return error(503, "the model is still loading; retry when GET /health answers 200")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            raise ApiError(400, "content-type", f"expected application/json, got "
+                                                f"{kind or 'none'}")
+        raw = decode_json(await read_body(request, limit))
+        sentences, body = await service.translate(raw)
+        request.state.sentences = sentences
+        return JSONResponse(body)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return HTMLResponse(PAGE)
+
+    return app
