@@ -208,7 +208,9 @@ class CheckpointStore:
             (self.folder / name).unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path | str) -> dict:
+def load_checkpoint(path: Path | str, mmap: bool = False) -> dict:
+    """The checkpoint's payload. ``mmap`` maps the file instead of reading it, so what is never
+    used (a training checkpoint's optimizer state, when translating) is never read from disk."""
     path = Path(path)
     if path.is_dir():
         found = [p for p in (path / "checkpoints" / "best.pt", path / "best.pt") if p.is_file()]
@@ -218,7 +220,7 @@ def load_checkpoint(path: Path | str) -> dict:
         raise CheckpointError(f"{path}: checkpoint not found; train one with 'nmt train RECIPE' "
                               "(checkpoints are written to WORKDIR/checkpoints/)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated, corrupt or not a checkpoint at all
         raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.__class__.__name__}); it is "
                               "truncated or not an nmt checkpoint") from None

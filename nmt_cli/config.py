@@ -202,7 +202,9 @@ class TrainConfig:
     keep_last: int = _num(1, ge=1, doc="most recent step checkpoints kept besides last.pt")
     keep_best: int = _num(1, ge=0, doc="best-scoring step checkpoints kept besides best.pt")
     save_every: int = _num(0, ge=0, doc="steps between checkpoints; 0 saves at each validation")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 on a GPU that has it or a CPU with native bf16 matmul, else fp32 (runtime.py);
+    # master weights, the loss and the log-softmax stay fp32 at every choice
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     max_nonfinite: int = _num(10, ge=1, doc="skipped non-finite updates in a row before stopping")
     tensorboard: bool = False
     threads: int = _num(0, ge=0, doc="torch CPU threads; 0 leaves torch's default")
@@ -230,6 +232,9 @@ class DecodeConfig:
     n_best: int = _num(1, ge=1, doc="hypotheses (or samples) kept per sentence, best first")
     allow_unk: bool = False  # let search emit <unk>; off, like PAD and BOS, by default
     invalid_utf8: Literal["replace", "error"] = "replace"  # bad bytes in text to translate
+    # weights and activations while translating; auto as train.precision. Checkpoints saved
+    # before this key existed say nothing and keep decoding in fp32 (recipes.recipe_from_dict).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     def __post_init__(self) -> None:
         if not self.sample and self.n_best > self.beam_size:

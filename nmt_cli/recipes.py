@@ -122,8 +122,17 @@ def _yaml_kind(value: Any) -> str:
     return f"a single value ({str(value)[:40]!r})"
 
 
+# Keys whose default changed after checkpoints were saved with every key written out: a saved
+# recipe that lacks one was trained (and translated) under the old default, and keeps it.
+PINNED_OLD_DEFAULTS = {("decode", "precision"): "fp32"}
+
+
 def recipe_from_dict(raw: dict[str, Any], base_dir: Path | None = None) -> Recipe:
     """Rebuild a recipe from its ``to_dict`` form (for example, out of a checkpoint)."""
+    raw = dict(raw)
+    for (section, key), old in PINNED_OLD_DEFAULTS.items():
+        if isinstance(raw.get(section), dict) and key not in raw[section]:
+            raw[section] = {**raw[section], key: old}
     return build(Recipe, raw, base_dir=base_dir)
 
 

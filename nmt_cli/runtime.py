@@ -27,13 +27,64 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_precision(device: torch.device, precision: str) -> None:
+# CPU flags that mean native bf16 matrix multiplication (x86 AVX512-BF16 and AMX; Arm BF16).
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo, or None where that file does not exist."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86, Arm
+            flags.update(value.split())
+    return flags
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively: its flags, or where there are none to read,
+    torch's own probe of the instruction set (never a guess from the vendor)."""
+    flags = cpu_flags()
+    if flags is not None:
+        return bool(flags & BF16_CPU_FLAGS)
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(probe and probe())
+
+
+def resolve_precision(precision: str, device: torch.device, key: str) -> str:
+    """The precision to run at: ``auto`` is bf16 on a GPU that supports it or a CPU with native
+    bf16 matmul, else fp32; an explicit choice is checked (``key`` names the setting)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+    check_precision(device, precision, key)
+    return precision
+
+
+def check_precision(device: torch.device, precision: str, key: str = "train.precision") -> None:
     """fp16 needs CUDA (the CPU has no fast fp16 matmuls); bf16 needs a GPU that supports it."""
     if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("fp16 needs a CUDA device; use bf16 or fp32 on the CPU",
-                          "train.precision")
+        raise ConfigError("fp16 needs a CUDA device; use bf16 or fp32 on the CPU", key)
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("this GPU does not support bf16; use fp16 or fp32", "train.precision")
+        raise ConfigError("this GPU does not support bf16; use fp16 or fp32", key)
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def for_decoding(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """The model with its weights in ``precision`` (a resolved choice), for inference only.
+
+    Every matmul then runs in that type without a per-step cast; the model's ``step`` still returns
+    fp32 log-probabilities, so scores are summed and compared in fp32.
+    """
+    return model if precision == "fp32" else model.to(DTYPES[precision])
 
 
 def autocast(device: torch.device, precision: str):

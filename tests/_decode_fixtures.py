@@ -52,7 +52,7 @@ def trained_checkpoint() -> Path:
                   "decoder": {"hidden_size": 64, "dropout": 0.0}},
         "train": {"seed": 7, "batch_tokens": 1500, "max_steps": 60, "learning_rate": 0.01,
                   "valid_every": 1000, "log_every": 1000, "valid_max_sentences": 5,
-                  "threads": 1, "device": "cpu"},
+                  "threads": 1, "device": "cpu", "precision": "fp32"},
         "decode": {"beam_size": 5, "batch_size": 64},
     }
     recipe = recipe_from_dict(raw)

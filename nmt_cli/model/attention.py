@@ -28,7 +28,7 @@ class Attention(nn.Module):
         scores = self.score(query, keys)
         scores = scores.masked_fill(~src_mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(scores, dim=-1)
-        return torch.bmm(weights, values), weights
+        return torch.bmm(weights.to(values.dtype), values), weights
 
 
 class BahdanauAttention(Attention):
@@ -41,12 +41,15 @@ class BahdanauAttention(Attention):
         self.energy_layer = nn.Linear(attn_size, 1, bias=False)
 
     def project_keys(self, memory: Tensor) -> Tensor:
-        return self.key_layer(memory)
+        # fp32 keys even when the weights are bf16: the tanh below is the one large elementwise
+        # step of a decoding step, and CPUs run it about 3x slower in bf16 than in fp32
+        return self.key_layer(memory).float()
 
     def score(self, query: Tensor, keys: Tensor) -> Tensor:
-        q = self.query_layer(query)  # (B, T, A)
-        # (B, T, 1, A) + (B, 1, S, A) -> (B, T, S, A) -> (B, T, S)
-        return self.energy_layer(torch.tanh(q.unsqueeze(2) + keys.unsqueeze(1))).squeeze(-1)
+        q = self.query_layer(query).float()  # (B, T, A)
+        # (B, 1, S, A) + (B, T, 1, A) -> (B, T, S, A), tanh in place (no second buffer) -> (B, T, S)
+        energy = (keys.unsqueeze(1) + q.unsqueeze(2)).tanh_()
+        return nn.functional.linear(energy, self.energy_layer.weight.float()).squeeze(-1)
 
 
 class LuongDotAttention(Attention):

@@ -83,7 +83,7 @@ class Seq2Seq(nn.Module):
         """One decoding step: prev_tokens (B,) -> log-probabilities (B, V), new state, attention."""
         vector, state, weights = self.decoder.step(self.tgt_embed(prev_tokens), state, memory)
         logits = self.output_layer(vector)
-        return torch.log_softmax(logits.float(), dim=-1), state, weights
+        return torch.log_softmax(logits, dim=-1, dtype=torch.float32), state, weights
 
 
 def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
