@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,10 +32,13 @@ def seed_everything(seed: int) -> None:
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
 def cpu_flags() -> set[str] | None:
     """The CPU's feature flags from /proc/cpuinfo, or None where that file does not exist."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as fh:
             text = fh.read()
     except OSError:
         return None
