@@ -49,7 +49,10 @@ class BahdanauAttention(Attention):
         q = self.query_layer(query).float()  # (B, T, A)
         # (B, 1, S, A) + (B, T, 1, A) -> (B, T, S, A), tanh in place (no second buffer) -> (B, T, S)
         energy = (keys.unsqueeze(1) + q.unsqueeze(2)).tanh_()
-        return nn.functional.linear(energy, self.energy_layer.weight.float()).squeeze(-1)
+        layer = self.energy_layer  # (an int8 module after quantization, which takes fp32)
+        if isinstance(layer, nn.Linear) and layer.weight.dtype != energy.dtype:
+            return nn.functional.linear(energy, layer.weight.to(energy.dtype)).squeeze(-1)
+        return layer(energy).squeeze(-1)
 
 
 class LuongDotAttention(Attention):
