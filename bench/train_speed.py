@@ -4,7 +4,12 @@ Tokens are real target tokens (EOS included, padding excluded) of the batches th
 divided by the seconds spent in training steps (forward, backward, update); validation and start-up
 are excluded. Run the recipe's tokenizer and preprocess stages first.
 
-    python bench/train_speed.py recipes/multi30k-de-en-cpu.yaml --steps 200 [--set key=value ...]
+    python bench/train_speed.py recipes/multi30k-de-en-cpu.yaml --steps 200 [--set key=value ...] \
+        [--precision fp32 auto] [--repeats 2]
+
+With several ``--precision`` values the runs take turns (fp32, auto, fp32, auto, ...), so that a
+change in the machine's load hits each alike; each result gives the precision that ``auto``
+resolved to, the target tokens per update and the load average.
 """
 
 from __future__ import annotations
@@ -29,15 +34,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("recipe")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--precision", nargs="+", default=[None],
+                    help="train.precision values to compare in turn (default: the recipe's)")
+    ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args(argv)
-    base = load_recipe(args.recipe, args.overrides)
+    for _ in range(args.repeats):
+        for precision in args.precision:
+            extra = [f"train.precision={precision}"] if precision else []
+            print(json.dumps(measure(args, args.overrides + extra), indent=2), flush=True)
+
+
+def measure(args, overrides: list[str]) -> dict:
+    base = load_recipe(args.recipe, overrides)
     with tempfile.TemporaryDirectory() as tmp:
         # Train in a scratch folder that shares the recipe's tokenizer and data.
         scratch = Path(tmp) / "run"
         scratch.mkdir()
         for sub in ("tokenizer", "data"):
             os.symlink(base.workdir / sub, scratch / sub)
-        recipe = load_recipe(args.recipe, args.overrides + [
+        recipe = load_recipe(args.recipe, overrides + [
             f"workdir={scratch}", f"train.max_steps={args.steps}", "train.max_time=0",
             f"train.valid_every={10**9}", "train.valid_max_sentences=1", "train.log_every=1000000"])
         trainer = Trainer(recipe)
@@ -45,14 +60,17 @@ def main(argv: list[str] | None = None) -> None:
         summary = trainer.train()
         wall = time.time() - start
     result = {
-        "recipe": args.recipe, "overrides": args.overrides, "steps": summary.steps,
+        "recipe": args.recipe, "overrides": overrides, "steps": summary.steps,
+        "precision": trainer.precision, "precision_setting": recipe.train.precision,
+        "tgt_tokens_per_update": round(summary.tgt_tokens / max(summary.steps, 1), 1),
         "parameters": count_parameters(trainer.model), "tgt_tokens": summary.tgt_tokens,
         "train_seconds": round(summary.seconds, 2), "wall_seconds": round(wall, 2),
         "tgt_tok_per_s": round(summary.tokens_per_second, 1), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
-    print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":
