@@ -28,7 +28,12 @@ class Attention(nn.Module):
         scores = self.score(query, keys)
         scores = scores.masked_fill(~src_mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(scores, dim=-1)
-        return torch.bmm(weights.to(values.dtype), values), weights
+        if self.training:
+            return torch.bmm(weights.to(values.dtype), values), weights
+        # decoding: a weighted sum over S in order, where padding adds exact zeros at the end, so
+        # the context does not depend on how far the batch is padded (bmm's rounding does)
+        context = (weights.unsqueeze(-1).to(values.dtype) * values.unsqueeze(1)).sum(dim=2)
+        return context, weights
 
 
 class BahdanauAttention(Attention):
@@ -50,8 +55,11 @@ class BahdanauAttention(Attention):
         # (B, 1, S, A) + (B, T, 1, A) -> (B, T, S, A), tanh in place (no second buffer) -> (B, T, S)
         energy = (keys.unsqueeze(1) + q.unsqueeze(2)).tanh_()
         layer = self.energy_layer  # (an int8 module after quantization, which takes fp32)
-        if isinstance(layer, nn.Linear) and layer.weight.dtype != energy.dtype:
-            return nn.functional.linear(energy, layer.weight.to(energy.dtype)).squeeze(-1)
+        if not self.training and isinstance(layer, nn.Linear):
+            # a product and a sum over A per position, not a matrix-vector product over B*T*S
+            # rows: a GEMV's rounding depends on the row count, so a sentence's scores would
+            # change with its batch's padded length (batch invariance)
+            return (energy * layer.weight.view(-1).to(energy.dtype)).sum(-1)
         return layer(energy).squeeze(-1)
 
 
