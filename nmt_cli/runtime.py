@@ -83,12 +83,23 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def for_decoding(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """The model with its weights in ``precision`` (a resolved choice), for inference only.
+    """The model with the weights of its bias-free linear layers (the output projection to the
+    vocabulary, the attention's key and query layers) in ``precision`` (a resolved choice), for
+    inference only; cast once here, so no step casts a weight.
 
-    Every matmul then runs in that type without a per-step cast; the model's ``step`` still returns
-    fp32 log-probabilities, so scores are summed and compared in fp32.
+    Layers with a bias and the RNNs stay fp32: in a bf16 ``addmm`` the bias is added with a
+    rounding that depends on the row's place in the batch, so a sentence decoded alone and in a
+    batch would drift apart. The model casts the inputs of these layers, and its ``step`` still
+    returns fp32 log-probabilities.
     """
-    return model if precision == "fp32" else model.to(DTYPES[precision])
+    if precision == "fp32":
+        return model
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.bias is None:
+            # a new parameter: an output layer tied to the embeddings leaves them in fp32
+            module.weight = torch.nn.Parameter(module.weight.detach().to(DTYPES[precision]),
+                                               requires_grad=False)
+    return model
 
 
 def autocast(device: torch.device, precision: str):

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from nmt_cli.config import ModelConfig
 from nmt_cli.errors import ConfigError
 from nmt_cli.ids import PAD_ID
+from nmt_cli.model.attention import linear_in
 from nmt_cli.model.decoder import DecoderState, Memory, RecurrentDecoder
 from nmt_cli.model.encoder import RecurrentEncoder
 
@@ -82,7 +83,7 @@ class Seq2Seq(nn.Module):
              memory: Memory) -> tuple[Tensor, DecoderState, Tensor]:
         """One decoding step: prev_tokens (B,) -> log-probabilities (B, V), new state, attention."""
         vector, state, weights = self.decoder.step(self.tgt_embed(prev_tokens), state, memory)
-        logits = self.output_layer(vector)
+        logits = linear_in(self.output_layer, vector)
         return torch.log_softmax(logits, dim=-1, dtype=torch.float32), state, weights
 
 
