@@ -6,7 +6,13 @@ from start to exit (interpreter start, imports and model load included), the way
 "decode only" loads the model here and times translation alone, after one warm-up batch.
 
     python bench/decode.py -m runs/m30k/checkpoints/best.pt -i test.de --beam-size 5 \\
-        --batch-size 64 --device cpu [--quantize int8] [--threads 2] [--output hyp.txt]
+        --batch-size 64 --device cpu [--quantize int8] [--threads 2] [--output hyp.txt] \\
+        [--precision fp32 auto] [--reference test.en] [--batch-1-check]
+
+With several ``--precision`` values each is measured in turn in the same run (decode only, then
+the whole process), so a change of the machine's load hits them alike; ``--reference`` adds the
+BLEU of each output, ``--batch-1-check`` translates once more at batch size 1 and says whether
+every line is identical to the batched output. The load average is printed with every figure.
 
 tokens/s counts target subwords (EOS excluded) of the translations. Each line also gives the CPU
 time used, a steadier figure than wall time on a machine shared with other work.
@@ -31,6 +37,8 @@ def whole_process(args, output: Path) -> tuple[float, float]:
            str(args.batch_size), "--batch-type", args.batch_type, "--device", args.device, "-q"]
     if args.quantize:
         cmd += ["--quantize", args.quantize]
+    if args.precision:
+        cmd += ["--precision", args.precision]
     for name in ("max_len_a", "max_len_b"):
         if getattr(args, name) is not None:
             cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
@@ -53,7 +61,7 @@ def decode_only(args) -> tuple[float, float, int, int, list[str]]:
     from nmt_cli.bitext import read_lines
     from nmt_cli.config import with_overrides
     from nmt_cli.inference import translate_lines
-    from nmt_cli.runtime import pick_device
+    from nmt_cli.runtime import for_decoding, pick_device, resolve_precision
     from nmt_cli.translate import load_models
 
     if args.threads:
@@ -62,9 +70,13 @@ def decode_only(args) -> tuple[float, float, int, int, list[str]]:
     model, tok, recipe = load_models([args.model], device, args.quantize)
     settings = {"beam_size": args.beam_size, "batch_size": args.batch_size,
                 "batch_type": args.batch_type}
+    if args.precision:
+        settings["precision"] = args.precision
     settings.update({name: getattr(args, name) for name in ("max_len_a", "max_len_b")
                      if getattr(args, name) is not None})
     cfg = with_overrides(recipe.decode, settings, "decode")
+    resolved = resolve_precision(cfg.precision, device, "decode.precision")
+    model = for_decoding(model, resolved)
     norm = recipe.preprocess.normalize
     lines = list(read_lines(args.input))
     with torch.inference_mode():
@@ -78,7 +90,7 @@ def decode_only(args) -> tuple[float, float, int, int, list[str]]:
             torch.cuda.synchronize()
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     tokens = sum(len(t.hypotheses[0].tokens) for t in found if t.hypotheses)
-    return seconds, cpu, len(lines), tokens, [t.text for t in found]
+    return seconds, cpu, len(lines), tokens, [t.text for t in found], resolved
 
 
 def main() -> None:
@@ -95,24 +107,56 @@ def main() -> None:
     parser.add_argument("--max-len-b", type=int, default=None)
     parser.add_argument("--output", type=Path, default=None, help="Keep the translations here.")
     parser.add_argument("--skip-process", action="store_true", help="Only the decode-only run.")
+    parser.add_argument("--precision", nargs="+", default=[None],
+                        help="decode.precision values to compare (default: the checkpoint's)")
+    parser.add_argument("--reference", type=Path, default=None, help="Score each output (BLEU).")
+    parser.add_argument("--batch-1-check", action="store_true",
+                        help="Also translate at batch size 1 and compare every line.")
     args = parser.parse_args()
+    for precision in args.precision:
+        run_one(argparse.Namespace(**{**vars(args), "precision": precision}))
 
-    seconds, cpu, sentences, tokens, texts = decode_only(args)
+
+def _load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def run_one(args) -> None:
+    seconds, cpu, sentences, tokens, texts, resolved = decode_only(args)
     setting = (f"beam {args.beam_size}, batch {args.batch_size} {args.batch_type}, "
-               f"{args.device}{', int8' if args.quantize else ''}"
+               f"{args.device}, precision {args.precision or 'of the checkpoint'} -> {resolved}"
+               f"{', int8' if args.quantize else ''}"
                f"{f', {args.threads} threads' if args.threads else ''}")
     print(f"decode only   ({setting}): {sentences} sentences, {tokens} tokens in {seconds:.2f} s: "
           f"{sentences / seconds:.1f} sentences/s, {tokens / seconds:.1f} tokens/s "
-          f"(CPU time {cpu:.2f} s)")
-    if not args.skip_process:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = args.output or Path(tmp) / "hyp.txt"
-            wall, cpu = whole_process(args, out)
-            same = out.read_text(encoding="utf-8").split("\n")[:-1] == texts
+          f"(CPU time {cpu:.2f} s; {_load()})", flush=True)
+    if args.skip_process:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.output or Path(tmp) / "hyp.txt"
+        if args.output and len(args.precision) > 1:  # one file per precision
+            out = args.output.with_name(f"{args.output.stem}.{args.precision}{args.output.suffix}")
+        wall, cpu = whole_process(args, out)
+        produced = out.read_text(encoding="utf-8").split("\n")[:-1]
+        same = produced == texts
         print(f"whole process ({setting}): {sentences} sentences, {tokens} tokens in {wall:.2f} s: "
               f"{sentences / wall:.1f} sentences/s, {tokens / wall:.1f} tokens/s"
-              f" (CPU time {cpu:.2f} s)"
-              f"{'' if same else '  (warning: output differs from the decode-only run)'}")
+              f" (CPU time {cpu:.2f} s; {_load()})"
+              f"{'' if same else '  (warning: output differs from the decode-only run)'}",
+              flush=True)
+        if args.reference is not None:
+            from nmt_cli.scoring import score_files
+
+            bleu = score_files(out, [args.reference], ["bleu"])[0]
+            print(f"  {bleu.text}", flush=True)
+        if args.batch_1_check:
+            one = Path(tmp) / "batch1.txt"
+            whole_process(argparse.Namespace(**{**vars(args), "batch_size": 1,
+                                                "batch_type": "sentences"}), one)
+            alone = one.read_text(encoding="utf-8").split("\n")[:-1]
+            differ = sum(a != b for a, b in zip(alone, produced)) + abs(len(alone) - len(produced))
+            print(f"  batch 1 vs batch {args.batch_size}: {differ} of {sentences} lines differ",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -342,6 +342,9 @@ def translate(
                                        "(needs matplotlib)."),
     quantize: Optional[Quantize] = typer.Option(None, "--quantize",
                                                 help="int8 dynamic quantization (CPU)."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="auto (bf16 where the GPU or CPU multiplies bf16 natively, "
+                                  "else fp32), fp32, bf16 or fp16 (CUDA)."),
     device: Device = typer.Option(Device.auto, help="Where to run the model."),
     threads: int = typer.Option(0, "--threads", min=0,
                                 help="CPU threads for torch; 0 keeps torch's default (the cores)."),
@@ -383,7 +386,7 @@ def translate(
 DECODE_OPTIONS = ("beam_size", "batch_size", "batch_type", "length_penalty", "length_norm",
                   "min_len_a", "min_len_b", "max_len_a", "max_len_b", "no_repeat_ngram",
                   "max_src_len", "n_best", "sample", "temperature", "top_k", "top_p", "seed",
-                  "allow_unk", "invalid_utf8")
+                  "allow_unk", "invalid_utf8", "precision")
 
 
 def _serve_settings(given: dict) -> "object":

@@ -264,7 +264,10 @@ class TrainConfig:
     save_every: int = _num(0, ge=0, doc="steps between checkpoints; 0 saves at each validation")
     average_last: int = _num(0, ge=0, doc="at the end, average the newest N step checkpoints "
                                            "into checkpoints/averaged.pt; 0 is off")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 on a GPU that has it or a CPU with native bf16 matmul, else fp32 (runtime.py);
+    # master weights, the loss and the log-softmax stay fp32 at every choice. fp32 stays the
+    # default until a full pipeline shows auto costs no BLEU (docs/results.md).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     max_nonfinite: int = _num(10, ge=1, doc="skipped non-finite updates in a row before stopping")
     tensorboard: bool = False
     threads: int = _num(0, ge=0, doc="torch CPU threads; 0 leaves torch's default")
@@ -302,6 +305,9 @@ class DecodeConfig:
     n_best: int = _num(1, ge=1, doc="hypotheses (or samples) kept per sentence, best first")
     allow_unk: bool = False  # let search emit <unk>; off, like PAD and BOS, by default
     invalid_utf8: Literal["replace", "error"] = "replace"  # bad bytes in text to translate
+    # weights and activations while translating; auto as train.precision. fp32 stays the
+    # default: bf16 beam search is not yet byte-identical across batch sizes (docs/results.md).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
 
     def __post_init__(self) -> None:
         if not self.sample and self.n_best > self.beam_size:

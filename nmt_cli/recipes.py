@@ -124,7 +124,7 @@ def _yaml_kind(value: Any) -> str:
 
 def recipe_from_dict(raw: dict[str, Any], base_dir: Path | None = None) -> Recipe:
     """Rebuild a recipe from its ``to_dict`` form (for example, out of a checkpoint)."""
-    return build(Recipe, raw, base_dir=base_dir)
+    return build(Recipe, dict(raw), base_dir=base_dir)
 
 
 def dump_recipe(recipe: Recipe) -> str:

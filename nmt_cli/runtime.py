@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,13 +28,78 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_precision(device: torch.device, precision: str) -> None:
+# CPU flags that mean native bf16 matrix multiplication (x86 AVX512-BF16 and AMX; Arm BF16).
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo, or None where that file does not exist."""
+    try:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86, Arm
+            flags.update(value.split())
+    return flags
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively: its flags, or where there are none to read,
+    torch's own probe of the instruction set (never a guess from the vendor)."""
+    flags = cpu_flags()
+    if flags is not None:
+        return bool(flags & BF16_CPU_FLAGS)
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(probe and probe())
+
+
+def resolve_precision(precision: str, device: torch.device, key: str) -> str:
+    """The precision to run at: ``auto`` is bf16 on a GPU that supports it or a CPU with native
+    bf16 matmul, else fp32; an explicit choice is checked (``key`` names the setting)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+    check_precision(device, precision, key)
+    return precision
+
+
+def check_precision(device: torch.device, precision: str, key: str = "train.precision") -> None:
     """fp16 needs CUDA (the CPU has no fast fp16 matmuls); bf16 needs a GPU that supports it."""
     if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("fp16 needs a CUDA device; use bf16 or fp32 on the CPU",
-                          "train.precision")
+        raise ConfigError("fp16 needs a CUDA device; use bf16 or fp32 on the CPU", key)
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("this GPU does not support bf16; use fp16 or fp32", "train.precision")
+        raise ConfigError("this GPU does not support bf16; use fp16 or fp32", key)
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def for_decoding(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """The model with the weights of its bias-free linear layers (the output projection to the
+    vocabulary, the attention's key and query layers) in ``precision`` (a resolved choice), for
+    inference only; cast once here, so no step casts a weight.
+
+    Layers with a bias and the RNNs stay fp32: in a bf16 ``addmm`` the bias is added with a
+    rounding that depends on the row's place in the batch, so a sentence decoded alone and in a
+    batch would drift apart. The model casts the inputs of these layers, and its ``step`` still
+    returns fp32 log-probabilities.
+    """
+    if precision == "fp32":
+        return model
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.bias is None:
+            # a new parameter: an output layer tied to the embeddings leaves them in fp32
+            module.weight = torch.nn.Parameter(module.weight.detach().to(DTYPES[precision]),
+                                               requires_grad=False)
+    return model
 
 
 def autocast(device: torch.device, precision: str):

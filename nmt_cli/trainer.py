@@ -43,7 +43,7 @@ from nmt_cli.optim import LrSchedule, build_optimizer
 from nmt_cli.preprocess import data_dir, load_manifest
 from nmt_cli.recipes import write_resolved
 from nmt_cli.runs import TrainState, check_resumable, data_identity, load_init_weights
-from nmt_cli.runtime import (autocast, check_precision, free_device_memory, grad_scaler,
+from nmt_cli.runtime import (autocast, free_device_memory, grad_scaler, resolve_precision,
                              pick_device, seed_everything)
 from nmt_cli.scoring import score_lines
 from nmt_cli.tokenizer import Tokenizers
@@ -102,7 +102,8 @@ class Trainer:
         self.ckpt_dir = self.workdir / "checkpoints"
         self.device = pick_device(device or self.cfg.device)
         self.dist, self.device = dist.setup(self.device)
-        check_precision(self.device, self.cfg.precision)
+        # train.precision as run here: auto becomes bf16 or fp32 for this device (and is logged)
+        self.precision = resolve_precision(self.cfg.precision, self.device, "train.precision")
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         seed_everything(self.cfg.seed)
@@ -135,7 +136,7 @@ class Trainer:
             load_init_weights(self.model, self.tok, init_from)
         self.optimizer = build_optimizer(self.model.parameters(), self.cfg)
         self.schedule = LrSchedule(self.optimizer, self.cfg)
-        self.scaler = grad_scaler(self.device, self.cfg.precision)
+        self.scaler = grad_scaler(self.device, self.precision)
         self.state = TrainState(world_size=self.dist.world_size)
         self.store = CheckpointStore(self.ckpt_dir, self.cfg.keep_last, self.cfg.keep_best)
         self.metrics = MetricsLog(self.workdir, self.dist.is_main, self.cfg.tensorboard)
@@ -210,7 +211,7 @@ class Trainer:
             nll = tokens = 0.0
             for idx in self.dev_data.batches(self.cfg.batch_tokens):
                 batch = self.dev_data.collate(idx).to(self.device)
-                with autocast(self.device, self.cfg.precision):
+                with autocast(self.device, self.precision):
                     logits = self.model(batch.src, batch.src_lengths, batch.tgt_in)
                 nll += float(sequence_loss(logits, batch.tgt_out, 0.0)[1])
                 tokens += batch.n_tgt_tokens
@@ -306,7 +307,7 @@ class Trainer:
             try:
                 batch = batch.to(self.device)
                 with sync:
-                    with autocast(self.device, cfg.precision):
+                    with autocast(self.device, self.precision):
                         logits = model(batch.src, batch.src_lengths, batch.tgt_in)
                     loss, nll = sequence_loss(logits, batch.tgt_out, cfg.label_smoothing)
                     self.scaler.scale(loss * scale).backward()
@@ -359,7 +360,8 @@ class Trainer:
             session = {"resumed_from_step": resumed,
                        "init_from": str(self.init_from) if self.init_from else None,
                        "device": str(self.device), "world_size": self.dist.world_size,
-                       "precision": self.cfg.precision, "seed": self.cfg.seed}
+                       "precision": self.precision, "precision_setting": self.cfg.precision,
+                       "seed": self.cfg.seed}
             write_environment(self.workdir, library_versions(), self.manifest, session)
             self.metrics.start(resumed)
             if resumed is not None:
@@ -385,7 +387,8 @@ class Trainer:
         self._say(f"training on {self.device}"
                   + (f" x {self.dist.world_size} ranks" if self.dist.enabled else "")
                   + f": {count_parameters(self.model):,} parameters, "
-                  f"{len(self.train_data):,} pairs, precision {cfg.precision}")
+                  f"{len(self.train_data):,} pairs, precision {self.precision}"
+                  + (" (auto)" if cfg.precision == "auto" else ""))
         if not self.has_dev:
             self._say("[yellow]no dev set[/] (data.dev): no validation; best.pt is always the "
                       "newest checkpoint")

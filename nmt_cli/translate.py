@@ -33,7 +33,7 @@ from nmt_cli.config import DecodeConfig, with_overrides
 from nmt_cli.errors import CheckpointError, DataError, NmtError
 from nmt_cli.files import default_mode, replace_durably
 from nmt_cli.inference import Translation, score_references, translate_lines
-from nmt_cli.runtime import pick_device
+from nmt_cli.runtime import for_decoding, pick_device, resolve_precision
 
 
 @dataclass
@@ -43,13 +43,14 @@ class TranslateStats:
     tgt_tokens: int = 0
     seconds: float = 0.0
     truncated: int = 0  # inputs cut to max_src_len subwords
+    precision: str = "fp32"  # decode.precision as resolved for this run
     warnings: list[str] = field(default_factory=list)  # one line each, for stderr
 
     def line(self) -> str:
         s = max(self.seconds, 1e-9)
         return (f"translated {self.sentences} sentences ({self.tgt_tokens} target tokens) in "
                 f"{self.seconds:.2f} s: {self.sentences / s:.1f} sentences/s, "
-                f"{self.tgt_tokens / s:.1f} tokens/s")
+                f"{self.tgt_tokens / s:.1f} tokens/s, {self.precision}")
 
 
 @dataclass
@@ -172,7 +173,7 @@ def load_models(paths: Sequence[Path], device: torch.device, quantize: str | Non
         _int8_quantizer()  # before any checkpoint is read
     models, first_tok, recipe = [], None, None
     for path in paths:
-        model, tok, rcp = model_from_checkpoint(load_checkpoint(path), path, device)
+        model, tok, rcp = model_from_checkpoint(load_checkpoint(path, mmap=True), path, device)
         if first_tok is None:
             first_tok, recipe = tok, rcp
         elif (tok.src_bytes, tok.tgt_bytes) != (first_tok.src_bytes, first_tok.tgt_bytes):
@@ -243,12 +244,14 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
         require_matplotlib()
     model, tok, recipe = load_models([Path(p) for p in paths], dev, opts.quantize)
     cfg = with_overrides(recipe.decode, decode, "decode")
+    precision = _decoding_precision(cfg, dev, opts.quantize)
+    model = for_decoding(model, precision)
     tsv = opts.tsv or cfg.n_best > 1
     if opts.score_reference is not None and (tsv or opts.alignments or opts.plot_attention):
         raise NmtError("--score-reference prints one score per line; it cannot be combined with "
                        "--n-best, --alignments or --plot-attention")
 
-    stats = TranslateStats()
+    stats = TranslateStats(precision=precision)
     in_stream = open_binary(input_path) if input_path else sys.stdin.buffer
     source = Utf8Lines(str(input_path) if input_path else "<stdin>", cfg.invalid_utf8)
     reference = Utf8Lines(str(opts.score_reference), cfg.invalid_utf8)
@@ -294,6 +297,16 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
     stats.warnings = [w for w in (source.warning(), reference.warning()) if w]
     stats.seconds = time.time() - start
     return stats
+
+
+def _decoding_precision(cfg: DecodeConfig, device: torch.device, quantize: str | None) -> str:
+    """``decode.precision`` resolved for ``device``; int8 linear layers run with fp32 around them."""
+    if quantize is None:
+        return resolve_precision(cfg.precision, device, "decode.precision")
+    if cfg.precision not in ("auto", "fp32"):
+        raise NmtError(f"--quantize {quantize} cannot be combined with --precision "
+                       f"{cfg.precision} (decode.precision); use --precision fp32 or auto")
+    return "fp32"
 
 
 def _write_translation(t: Translation, index: int, out: IO[str], tsv: bool) -> None:

@@ -64,7 +64,7 @@ def trained_checkpoint(arch: str = "rnn") -> Path:
         "model": MODELS[arch],
         "train": {"seed": 7, "batch_tokens": 1500, **TRAIN[arch],
                   "valid_every": 1000, "log_every": 1000, "valid_max_sentences": 5,
-                  "threads": 1, "device": "cpu"},
+                  "threads": 1, "device": "cpu", "precision": "fp32"},
         "decode": {"beam_size": 5, "batch_size": 64},
     }
     recipe = recipe_from_dict(raw)

@@ -25,7 +25,7 @@ TINY_RECIPE = {
               "decoder": {"cell": "gru", "hidden_size": 32, "dropout": 0.1}},
     "train": {"seed": 7, "batch_tokens": 300, "max_steps": 20, "learning_rate": 0.003,
               "log_every": 1, "valid_every": 10, "valid_max_sentences": 4, "threads": 1,
-              "device": "cpu"},
+              "device": "cpu", "precision": "fp32"},  # the same numbers on every CPU
     "decode": {"beam_size": 1, "max_len_b": 5},
 }
 

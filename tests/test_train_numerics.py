@@ -132,7 +132,7 @@ def test_fp16_grad_scaler_path_skips_overflow_and_saves_its_state(prepared, monk
     ``nmt`` refuses fp16 there for speed reasons."""
     import nmt_cli.trainer as module
 
-    monkeypatch.setattr(module, "check_precision", lambda device, precision: None)
+    monkeypatch.setattr(module, "resolve_precision", lambda precision, device, key: precision)
     trainer, workdir = _trainer(prepared, "fp16cpu", precision="fp16", max_steps=3, valid_every=3)
     assert trainer.scaler.is_enabled()
     _infinite_loss_on_call(monkeypatch, module, 1)

@@ -10,6 +10,12 @@ import torch
 from torch import Tensor, nn
 
 
+def linear_in(layer: nn.Module, x: Tensor) -> Tensor:
+    """``layer(x)`` with ``x`` cast to the layer's weight type (bf16 when decoding at bf16)."""
+    weight = getattr(layer, "weight", None)  # a method on an int8 module, absent on Identity
+    return layer(x.to(weight.dtype) if isinstance(weight, Tensor) else x)
+
+
 class Attention(nn.Module):
     """Base: softmax over masked scores, and the context vector they weight."""
 
@@ -28,7 +34,12 @@ class Attention(nn.Module):
         scores = self.score(query, keys)
         scores = scores.masked_fill(~src_mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(scores, dim=-1)
-        return torch.bmm(weights, values), weights
+        if self.training:
+            return torch.bmm(weights.to(values.dtype), values), weights
+        # decoding: a weighted sum over S in order, where padding adds exact zeros at the end, so
+        # the context does not depend on how far the batch is padded (bmm's rounding does)
+        context = (weights.unsqueeze(-1).to(values.dtype) * values.unsqueeze(1)).sum(dim=2)
+        return context, weights
 
 
 class BahdanauAttention(Attention):
@@ -41,12 +52,21 @@ class BahdanauAttention(Attention):
         self.energy_layer = nn.Linear(attn_size, 1, bias=False)
 
     def project_keys(self, memory: Tensor) -> Tensor:
-        return self.key_layer(memory)
+        # fp32 keys even when the weights are bf16: the tanh below is the one large elementwise
+        # step of a decoding step, and CPUs run it about 3x slower in bf16 than in fp32
+        return linear_in(self.key_layer, memory).float()
 
     def score(self, query: Tensor, keys: Tensor) -> Tensor:
-        q = self.query_layer(query)  # (B, T, A)
-        # (B, T, 1, A) + (B, 1, S, A) -> (B, T, S, A) -> (B, T, S)
-        return self.energy_layer(torch.tanh(q.unsqueeze(2) + keys.unsqueeze(1))).squeeze(-1)
+        q = linear_in(self.query_layer, query).float()  # (B, T, A)
+        # (B, 1, S, A) + (B, T, 1, A) -> (B, T, S, A), tanh in place (no second buffer) -> (B, T, S)
+        energy = (keys.unsqueeze(1) + q.unsqueeze(2)).tanh_()
+        layer = self.energy_layer  # (an int8 module after quantization, which takes fp32)
+        if not self.training and isinstance(layer, nn.Linear):
+            # a product and a sum over A per position, not a matrix-vector product over B*T*S
+            # rows: a GEMV's rounding depends on the row count, so a sentence's scores would
+            # change with its batch's padded length (batch invariance)
+            return (energy * layer.weight.view(-1).to(energy.dtype)).sum(-1)
+        return layer(energy).squeeze(-1)
 
 
 class LuongDotAttention(Attention):
@@ -58,7 +78,7 @@ class LuongDotAttention(Attention):
                           if memory_size != query_size else nn.Identity())
 
     def project_keys(self, memory: Tensor) -> Tensor:
-        return self.key_layer(memory)
+        return linear_in(self.key_layer, memory).float()
 
     def score(self, query: Tensor, keys: Tensor) -> Tensor:
         return torch.bmm(query, keys.transpose(1, 2))

@@ -64,7 +64,9 @@ class RecurrentDecoder(nn.Module):
     # -- set-up ------------------------------------------------------------------------------
 
     def memory(self, enc_outputs: Tensor, src_mask: Tensor) -> Memory:
-        return Memory(enc_outputs, self.attention.project_keys(enc_outputs), src_mask)
+        # fp32 values even with bf16 weights: bf16 sums over the padded source length depend on
+        # that length, so a sentence would attend differently alone and in a batch
+        return Memory(enc_outputs.float(), self.attention.project_keys(enc_outputs), src_mask)
 
     def init_state(self, enc_final: Tensor) -> DecoderState:
         batch = enc_final.size(0)
@@ -88,7 +90,7 @@ class RecurrentDecoder(nn.Module):
 
     def _attend(self, rnn_out: Tensor, memory: Memory) -> tuple[Tensor, Tensor]:
         context, weights = self.attention(rnn_out, memory.keys, memory.values, memory.mask)
-        att = torch.tanh(self.att_vector(torch.cat([rnn_out, context], dim=-1)))
+        att = torch.tanh(self.att_vector(torch.cat([rnn_out, context.to(rnn_out.dtype)], dim=-1)))
         return self.dropout(att), weights
 
     def step(self, embedded: Tensor, state: DecoderState,
