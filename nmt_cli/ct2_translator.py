@@ -20,7 +20,7 @@ from nmt_cli.config import DecodeConfig, NormalizeConfig, Recipe
 from nmt_cli.errors import CheckpointError, NmtError
 from nmt_cli.files import sha256_bytes
 from nmt_cli.ids import BOS_ID, PAD_ID
-from nmt_cli.inference import Translation, clean_lines, sentence_seed
+from nmt_cli.inference import Translation, clean_lines
 from nmt_cli.search import Hypothesis
 
 METADATA = "nmt-export.json"
@@ -73,6 +73,16 @@ class Ct2Model:
     recipe: Recipe
     metadata: dict[str, Any]
     folder: Path
+    options: dict[str, Any]  # the Translator's device and thread settings
+
+    def seeded(self, seed: int) -> Any:
+        """The translator created anew with its sampling generators seeded by ``seed``: the
+        engine seeds them once, when a translator starts, so each sampled call restarts it and
+        the same call with the same seed draws the same samples."""
+        ct2 = require_ctranslate2()
+        ct2.set_random_seed(seed)
+        self.translator = ct2.Translator(str(self.folder), **self.options)
+        return self.translator
 
 
 def engine_device(device: str) -> str:
@@ -109,14 +119,15 @@ def load_exported(folder: Path, device: str = "auto", threads: int = 0,
     except Exception:  # sentencepiece raises plain RuntimeError on a corrupt model
         raise CheckpointError(f"{folder}: {files['src']} is not a SentencePiece model; export "
                               "the model again with nmt export") from None
+    options = {"device": engine_device(device), "intra_threads": threads,
+               "inter_threads": inter_threads}
     try:
-        translator = ct2.Translator(str(folder), device=engine_device(device),
-                                    intra_threads=threads, inter_threads=inter_threads)
+        translator = ct2.Translator(str(folder), **options)
     except (RuntimeError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{folder}: CTranslate2 cannot load this model ({first}); it is "
                               "truncated or corrupt, export it again with nmt export") from None
-    return Ct2Model(translator, tok, recipe, meta, folder)
+    return Ct2Model(translator, tok, recipe, meta, folder, options)
 
 
 def engine_options(cfg: DecodeConfig) -> dict[str, Any]:
@@ -153,7 +164,10 @@ def _limits(n_src: int, cfg: DecodeConfig) -> tuple[int, int]:
 
 def translate_lines(model: Ct2Model, lines: list[str], cfg: DecodeConfig, *,
                     normalize: NormalizeConfig, first_index: int = 0) -> list[Translation]:
-    """Translate ``lines`` on the engine; the i-th result belongs to the i-th line."""
+    """Translate ``lines`` on the engine; the i-th result belongs to the i-th line.
+
+    ``first_index`` is accepted for the same calls as ``inference.translate_lines``; the engine
+    has no per-sentence seeds, so sampling draws from one generator seeded by ``cfg.seed``."""
     tok = model.tok
     sources = clean_lines(lines, normalize)
     src_ids = tok.encode_src(sources)
@@ -169,14 +183,12 @@ def translate_lines(model: Ct2Model, lines: list[str], cfg: DecodeConfig, *,
     options = engine_options(cfg)
     # PAD and BOS are never generated, as in nmt's search (<unk> is disable_unk).
     options["suppress_sequences"] = [[tok.tgt.id_to_piece(PAD_ID)], [tok.tgt.id_to_piece(BOS_ID)]]
-    ct2 = require_ctranslate2()
+    translator = model.seeded(cfg.seed) if cfg.sample else model.translator
     for (min_len, max_len), batch in sorted(groups.items()):
-        if cfg.sample:  # one seed per group: the run's seed and the group's first line
-            ct2.set_random_seed(sentence_seed(cfg.seed, first_index + batch[0]))
         pieces = [[tok.src.id_to_piece(t) for t in src_ids[i]] for i in batch]
         # Both limits count subwords without EOS, as nmt's do; at the maximum the engine stops
         # without adding EOS's log-probability to the score (nmt adds it).
-        found = model.translator.translate_batch(
+        found = translator.translate_batch(
             pieces, min_decoding_length=min_len, max_decoding_length=max_len, **options)
         for i, res in zip(batch, found):
             hyps = [Hypothesis([tok.tgt.piece_to_id(p) for p in hyp], float(score),
