@@ -183,7 +183,8 @@ def test_an_engine_failure_leaves_nothing_behind(nmt_model, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("damage", ["truncate model.bin", "remove nmt-export.json",
-                                    "remove source.spm.model", "garble nmt-export.json"])
+                                    "remove source.spm.model", "garble nmt-export.json",
+                                    "garble target.spm.model"])
 def test_a_corrupt_or_partial_model_directory_is_one_line(exported, tmp_path, damage):
     import shutil
 
@@ -197,26 +198,61 @@ def test_a_corrupt_or_partial_model_directory_is_one_line(exported, tmp_path, da
         (folder / name).unlink()
     else:
         (folder / name).write_text("{not json", encoding="utf-8")
-    out = tmp_path / "hyp.txt"
-    proc = run_cli("translate", "-m", folder, "-o", out, input="the dog\n")
-    assert_one_line_error(proc, str(folder))
-    assert not out.exists()
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError) as caught:
         load_exported(folder, "cpu")
+    assert str(folder) in str(caught.value) and "\n" not in str(caught.value)
+    if damage == "truncate model.bin":  # and through the command, with nothing written
+        out = tmp_path / "hyp.txt"
+        proc = run_cli("translate", "-m", folder, "-o", out, input="the dog\n")
+        assert_one_line_error(proc, str(folder), "export it again")
+        assert not out.exists()
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--alignments", "a.txt"], "--alignments"), (["--quantize", "int8"], "--quantization"),
-    (["-m", "SELF"], "ensemble")])
-def test_what_the_engine_cannot_do_is_one_line(exported, tmp_path, extra, needle):
-    extra = [str(exported.folder) if x == "SELF" else x for x in extra]
-    proc = run_cli("translate", "-m", exported.folder, *extra, "-o", tmp_path / "hyp.txt",
-                   input="the dog\n", cwd=tmp_path)
-    assert_one_line_error(proc, needle)
-    assert not (tmp_path / "hyp.txt").exists() and not (tmp_path / "a.txt").exists()
+@pytest.mark.parametrize("option, needle", [
+    ({"alignments": "a.txt"}, "--alignments"), ({"quantize": "int8"}, "--quantization"),
+    ({"plot_attention": "plots"}, "--plot-attention"), ({"ensemble": True}, "ensemble")])
+def test_what_the_engine_cannot_do_is_one_line(exported, tmp_path, option, needle):
+    from nmt_cli.translate import TranslateOptions, translate_file
+
+    src, out = tmp_path / "in.txt", tmp_path / "hyp.txt"
+    src.write_text("the dog\n", encoding="utf-8")
+    models = [exported.folder] * (2 if option.pop("ensemble", False) else 1)
+    opts = TranslateOptions(**{k: tmp_path / v if k != "quantize" else v
+                               for k, v in option.items()})
+    with pytest.raises(NmtError, match=needle):
+        translate_file(models, src, out, device="cpu", options=opts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_the_cli_refuses_alignments_on_an_exported_model(exported, tmp_path):
+    proc = run_cli("translate", "-m", exported.folder, "--alignments", tmp_path / "a.txt",
+                   input="the dog\n")
+    assert_one_line_error(proc, "--alignments", "exported CTranslate2 model")
+    assert not (tmp_path / "a.txt").exists()
 
 
 def test_the_python_api_refuses_an_unknown_quantization(nmt_model, tmp_path):
     with pytest.raises(NmtError, match="int3"):
         export_ctranslate2(nmt_model[0], tmp_path / "out", "int3")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_answers_from_the_exported_model(exported, tmp_path):
+    from _serve_helpers import Server
+
+    lines = source_lines(3)
+    texts = [lines[0], "", lines[1], lines[2]]
+    want = run_cli("translate", "-m", exported.folder, "-q", "--beam-size", "3",
+                   input="\n".join(texts) + "\n").stdout.split("\n")[:-1]
+    srv = Server(exported.folder, tmp_path / "serve.log", "--threads", "1")
+    try:
+        with srv.client() as client:
+            got = client.post("/translate", json={"texts": texts, "beam_size": 3})
+            refused = client.post("/translate", json={"text": lines[0],
+                                                      "return_alignments": True})
+            info = client.get("/model").json()
+    finally:
+        srv.stop()
+    assert [t["text"] for t in got.json()["translations"]] == want and want[1] == ""
+    assert refused.status_code == 400 and refused.json()["field"] == "return_alignments"
+    assert info["parameters"] > 0
