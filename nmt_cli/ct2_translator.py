@@ -191,8 +191,9 @@ def translate_lines(model: Ct2Model, lines: list[str], cfg: DecodeConfig, *,
         found = translator.translate_batch(
             pieces, min_decoding_length=min_len, max_decoding_length=max_len, **options)
         for i, res in zip(batch, found):
+            penalty = options["length_penalty"]  # the engine's score is log_prob / len ** it
             hyps = [Hypothesis([tok.tgt.piece_to_id(p) for p in hyp], float(score),
-                               float(score))
+                               float(score) * (len(hyp) + 1) ** penalty)
                     for hyp, score in zip(res.hypotheses, res.scores)]
             hyps.sort(key=lambda h: -h.score)
             texts = tok.decode_tgt([h.tokens for h in hyps])
