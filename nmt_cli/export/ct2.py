@@ -15,6 +15,7 @@ never leaves a half-written model behind.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,7 +24,7 @@ from nmt_cli.checkpoint import library_versions, load_checkpoint, model_from_che
 from nmt_cli.config import to_dict
 from nmt_cli.ct2_translator import FORMAT, METADATA, SRC_SPM, TGT_SPM, require_ctranslate2
 from nmt_cli.errors import CheckpointError, NmtError
-from nmt_cli.files import fsync_dir
+from nmt_cli.files import fsync_dir, replace_durably
 from nmt_cli.ids import BOS_ID, EOS_ID, UNK_ID
 
 def _linear(spec, layer) -> None:
@@ -142,14 +143,17 @@ def export_ctranslate2(checkpoint: Path, output: Path, quantization: str = "floa
         }
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
         tmp.chmod(0o755)
+        for path in tmp.iterdir():  # every file on disk before the folder gets its real name
+            with open(path, "rb+") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(tmp)
         if output.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=output.parent))
-            output.rename(old / "model")
-            tmp.rename(output)
+            replace_durably(output, old / "model")
+            replace_durably(tmp, output)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            tmp.rename(output)
-        fsync_dir(output.parent)
+            replace_durably(tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return output
