@@ -410,7 +410,8 @@ def _serve_help(name: str, text: str) -> str:
 @app.command()
 def serve(
     model: List[Path] = typer.Option(..., "-m", "--model",
-                                     help="Checkpoint (.pt); repeat for an ensemble, as in "
+                                     help="Checkpoint (.pt), or a folder written by nmt "
+                                          "export; repeat checkpoints for an ensemble, as in "
                                           "translate."),
     host: Optional[str] = typer.Option(None, "--host", help=_serve_help("host", "Address to "
                                                                          "listen on.")),
