@@ -16,6 +16,14 @@ every line is identical to the batched output. The load average is printed with 
 
 tokens/s counts target subwords (EOS excluded) of the translations. Each line also gives the CPU
 time used, a steadier figure than wall time on a machine shared with other work.
+
+``-m`` may also be a folder written by ``nmt export`` (CTranslate2). With ``--ct2 DIR...``, one
+run compares whole processes side by side: nmt's own decoding of ``-m`` and each exported model,
+at every ``--beam-sizes`` value, in turn, with the speed-up over nmt, the share of lines
+identical to nmt's output and, with ``-r``, BLEU:
+
+    python bench/decode.py -m best.pt --ct2 m-int8 m-float32 -i test.de -r test.en \
+        --beam-sizes 5 1 --threads 2
 """
 
 from __future__ import annotations
@@ -31,10 +39,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def whole_process(args, output: Path) -> tuple[float, float]:
-    cmd = [sys.executable, "-m", "nmt_cli", "translate", "-m", str(args.model), "-i",
-           str(args.input), "-o", str(output), "--beam-size", str(args.beam_size), "--batch-size",
-           str(args.batch_size), "--batch-type", args.batch_type, "--device", args.device, "-q"]
+def whole_process(args, output: Path, model: Path | None = None,
+                  beam_size: int | None = None) -> tuple[float, float]:
+    cmd = [sys.executable, "-m", "nmt_cli", "translate", "-m", str(model or args.model), "-i",
+           str(args.input), "-o", str(output), "--beam-size", str(beam_size or args.beam_size),
+           "--batch-size", str(args.batch_size), "--batch-type", args.batch_type, "--device",
+           args.device, "-q"]
     if args.quantize:
         cmd += ["--quantize", args.quantize]
     if args.precision:
@@ -64,21 +74,34 @@ def decode_only(args) -> tuple[float, float, int, int, list[str]]:
     from nmt_cli.runtime import for_decoding, pick_device, resolve_precision
     from nmt_cli.translate import load_models
 
+    from nmt_cli.ct2_translator import is_exported, load_exported
+    from nmt_cli.ct2_translator import translate_lines as ct2_translate_lines
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    model, tok, recipe = load_models([args.model], device, args.quantize)
     settings = {"beam_size": args.beam_size, "batch_size": args.batch_size,
                 "batch_type": args.batch_type}
     if args.precision:
         settings["precision"] = args.precision
     settings.update({name: getattr(args, name) for name in ("max_len_a", "max_len_b")
                      if getattr(args, name) is not None})
+    lines = list(read_lines(args.input))
+    if is_exported(args.model):
+        engine = load_exported(args.model, args.device, args.threads)
+        cfg = with_overrides(engine.recipe.decode, settings, "decode")
+        norm = engine.recipe.preprocess.normalize
+        ct2_translate_lines(engine, lines[:64], cfg, normalize=norm)  # warm-up
+        start, cpu_start = time.perf_counter(), time.process_time()
+        found = ct2_translate_lines(engine, lines, cfg, normalize=norm)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        tokens = sum(len(t.hypotheses[0].tokens) for t in found if t.hypotheses)
+        return seconds, cpu, len(lines), tokens, [t.text for t in found], "ctranslate2"
+    device = pick_device(args.device)
+    model, tok, recipe = load_models([args.model], device, args.quantize)
     cfg = with_overrides(recipe.decode, settings, "decode")
     resolved = resolve_precision(cfg.precision, device, "decode.precision")
     model = for_decoding(model, resolved)
     norm = recipe.preprocess.normalize
-    lines = list(read_lines(args.input))
     with torch.inference_mode():
         translate_lines(model, tok, lines[: min(len(lines), 64)], cfg, normalize=norm,
                         device=device)  # warm-up
@@ -91,6 +114,43 @@ def decode_only(args) -> tuple[float, float, int, int, list[str]]:
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     tokens = sum(len(t.hypotheses[0].tokens) for t in found if t.hypotheses)
     return seconds, cpu, len(lines), tokens, [t.text for t in found], resolved
+
+
+def compare(args) -> None:
+    """Whole processes side by side: nmt on -m, then each --ct2 model, per beam size."""
+    import sacrebleu
+
+    refs = args.reference.read_text(encoding="utf-8").split("\n")[:-1] if args.reference \
+        else None
+    models = [("nmt fp32", args.model)] + [(f"ct2 {ct2_label(d)}", d) for d in args.ct2]
+    with tempfile.TemporaryDirectory() as tmp:
+        for beam in args.beam_sizes:
+            base_speed, base_text = None, None
+            for label, model in models:
+                out = Path(tmp) / f"{label.replace(' ', '-')}-beam{beam}.txt"
+                wall, cpu = whole_process(args, out, model, beam)
+                text = out.read_text(encoding="utf-8").split("\n")[:-1]
+                speed = len(text) / wall
+                line = (f"beam {beam:<2} {label:<18} {len(text)} sentences in {wall:6.2f} s: "
+                        f"{speed:6.1f} sentences/s (CPU time {cpu:.2f} s)")
+                if base_speed is None:
+                    base_speed, base_text = speed, text
+                else:
+                    same = sum(a == b for a, b in zip(text, base_text)) / max(1, len(text))
+                    line += f"  x{speed / base_speed:.2f} nmt, {100 * same:.1f}% lines = nmt"
+                if refs is not None:
+                    line += f"  BLEU {sacrebleu.corpus_bleu(text, [refs]).score:.2f}"
+                if args.keep:
+                    args.keep.mkdir(parents=True, exist_ok=True)
+                    (args.keep / out.name).write_text("\n".join(text) + "\n", encoding="utf-8")
+                print(line, flush=True)
+
+
+def ct2_label(folder: Path) -> str:
+    import json
+
+    meta = json.loads((folder / "nmt-export.json").read_text(encoding="utf-8"))
+    return meta["quantization"]
 
 
 def main() -> None:
@@ -109,10 +169,19 @@ def main() -> None:
     parser.add_argument("--skip-process", action="store_true", help="Only the decode-only run.")
     parser.add_argument("--precision", nargs="+", default=[None],
                         help="decode.precision values to compare (default: the checkpoint's)")
-    parser.add_argument("--reference", type=Path, default=None, help="Score each output (BLEU).")
+    parser.add_argument("-r", "--reference", type=Path, default=None, help="Score each output (BLEU).")
     parser.add_argument("--batch-1-check", action="store_true",
                         help="Also translate at batch size 1 and compare every line.")
+    parser.add_argument("--ct2", type=Path, nargs="+", default=[],
+                        help="Exported models to compare with -m, whole process, side by side.")
+    parser.add_argument("--beam-sizes", type=int, nargs="+", default=[5, 1],
+                        help="With --ct2: the beam sizes to compare (1 is greedy).")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="With --ct2: keep every translation in this folder.")
     args = parser.parse_args()
+    if args.ct2:
+        compare(argparse.Namespace(**{**vars(args), "precision": None}))
+        return
     for precision in args.precision:
         run_one(argparse.Namespace(**{**vars(args), "precision": precision}))
 

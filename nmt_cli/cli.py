@@ -292,7 +292,8 @@ def plot(run_dir: Path = typer.Argument(..., help="A training run folder (the re
 @app.command()
 def translate(
     model: List[Path] = typer.Option(..., "-m", "--model",
-                                     help="Checkpoint (.pt) written by nmt train; repeat for an "
+                                     help="Checkpoint (.pt) written by nmt train, or a folder "
+                                          "written by nmt export; repeat checkpoints for an "
                                           "ensemble that averages log-probabilities."),
     input: Optional[Path] = typer.Option(None, "-i", "--input", help="Source text; default stdin."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Default stdout."),
@@ -347,7 +348,8 @@ def translate(
                                   "else fp32), fp32, bf16 or fp16 (CUDA)."),
     device: Device = typer.Option(Device.auto, help="Where to run the model."),
     threads: int = typer.Option(0, "--threads", min=0,
-                                help="CPU threads for torch; 0 keeps torch's default (the cores)."),
+                                help="CPU threads for torch (or CTranslate2's intra_threads on an "
+                                     "exported model); 0 keeps the default."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No statistics on stderr."),
 ) -> None:
     """Translate text with beam search, greedy or sampling.
@@ -370,7 +372,8 @@ def translate(
 
         options = TranslateOptions(tsv=n_best is not None, score_reference=score_reference,
                                    alignments=alignments, plot_attention=plot_attention,
-                                   quantize=quantize.value if quantize else None)
+                                   quantize=quantize.value if quantize else None,
+                                   threads=threads)
         stats = translate_file(model, input, output, device=device.value, options=options,
                                **decode)
         for line in stats.warnings:
@@ -410,7 +413,8 @@ def _serve_help(name: str, text: str) -> str:
 @app.command()
 def serve(
     model: List[Path] = typer.Option(..., "-m", "--model",
-                                     help="Checkpoint (.pt); repeat for an ensemble, as in "
+                                     help="Checkpoint (.pt), or a folder written by nmt "
+                                          "export; repeat checkpoints for an ensemble, as in "
                                           "translate."),
     host: Optional[str] = typer.Option(None, "--host", help=_serve_help("host", "Address to "
                                                                          "listen on.")),
@@ -498,6 +502,41 @@ def average(
         average_to_file(paths, output)
         print(f"averaged {len(paths)} checkpoint(s) ({', '.join(str(p) for p in paths)}) "
               f"into {output}")
+
+
+class ExportFormat(str, Enum):
+    ctranslate2 = "ctranslate2"
+
+
+class Quantization(str, Enum):
+    int8 = "int8"
+    int8_float32 = "int8_float32"
+    int16 = "int16"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    float32 = "float32"
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="A Transformer checkpoint (.pt).",
+                                      show_default=False),
+    output: Path = typer.Option(..., "-o", "--output", help="Model directory to write."),
+    format: ExportFormat = typer.Option(ExportFormat.ctranslate2, "--format",
+                                        help="Inference engine."),
+    quantization: Quantization = typer.Option(Quantization.float32, "--quantization",
+                                              help="Weight type of the exported model."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty directory."),
+) -> None:
+    """Export a Transformer checkpoint for CTranslate2 (translate and serve take the folder).
+
+    Needs the optional extra: pip install 'nmt[ct2]'.
+    """
+    with user_errors():
+        from nmt_cli.export.ct2 import export_ctranslate2
+
+        export_ctranslate2(checkpoint, output, quantization.value, overwrite)
+        print(f"exported {checkpoint} to {output} ({format.value}, {quantization.value})")
 
 
 @app.command("eval")

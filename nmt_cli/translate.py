@@ -30,6 +30,9 @@ import torch
 from nmt_cli.bitext import BOM, open_binary
 from nmt_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from nmt_cli.config import DecodeConfig, with_overrides
+from nmt_cli.ct2_translator import Ct2Model, is_exported, load_exported
+from nmt_cli.ct2_translator import score_references as ct2_score_references
+from nmt_cli.ct2_translator import translate_lines as ct2_translate_lines
 from nmt_cli.errors import CheckpointError, DataError, NmtError
 from nmt_cli.files import default_mode, replace_durably
 from nmt_cli.inference import Translation, score_references, translate_lines
@@ -63,6 +66,7 @@ class TranslateOptions:
     plot_attention: Path | None = None  # one PNG heatmap per sentence
     quantize: str | None = None  # "int8": dynamic quantization of the Linear layers (CPU)
     chunk_lines: int = 1000
+    threads: int = 0  # CTranslate2's intra_threads on an exported model; 0: the engine's default
 
 
 class Utf8Lines:
@@ -237,15 +241,22 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
     opts = options or TranslateOptions()
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     start = time.time()
-    dev = pick_device(device)
+    engine = _exported_model(paths, opts, device)
+    dev = pick_device(device) if engine is None else torch.device("cpu")
     if opts.plot_attention is not None:
         from nmt_cli.alignment import require_matplotlib
 
         require_matplotlib()
-    model, tok, recipe = load_models([Path(p) for p in paths], dev, opts.quantize)
+    if engine is None:
+        model, tok, recipe = load_models([Path(p) for p in paths], dev, opts.quantize)
+    else:
+        model, tok, recipe = engine, engine.tok, engine.recipe
     cfg = with_overrides(recipe.decode, decode, "decode")
-    precision = _decoding_precision(cfg, dev, opts.quantize)
-    model = for_decoding(model, precision)
+    if engine is None:
+        precision = _decoding_precision(cfg, dev, opts.quantize)
+        model = for_decoding(model, precision)
+    else:  # the engine computes in the type the model was exported with
+        precision = f"ctranslate2 {engine.metadata.get('quantization', '')}".strip()
     tsv = opts.tsv or cfg.n_best > 1
     if opts.score_reference is not None and (tsv or opts.alignments or opts.plot_attention):
         raise NmtError("--score-reference prints one score per line; it cannot be combined with "
@@ -273,9 +284,13 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
             else:
                 want_attention = align_out is not None or opts.plot_attention is not None
                 for chunk in chunks:
-                    found = translate_lines(model, tok, chunk, cfg, normalize=norm, device=dev,
-                                            return_attention=want_attention,
-                                            first_index=stats.sentences)
+                    if engine is not None:
+                        found = ct2_translate_lines(engine, chunk, cfg, normalize=norm,
+                                                    first_index=stats.sentences)
+                    else:
+                        found = translate_lines(model, tok, chunk, cfg, normalize=norm,
+                                                device=dev, return_attention=want_attention,
+                                                first_index=stats.sentences)
                     for t in found:
                         _write_translation(t, stats.sentences, out, tsv)
                         if want_attention:
@@ -307,6 +322,25 @@ def _decoding_precision(cfg: DecodeConfig, device: torch.device, quantize: str |
         raise NmtError(f"--quantize {quantize} cannot be combined with --precision "
                        f"{cfg.precision} (decode.precision); use --precision fp32 or auto")
     return "fp32"
+
+
+def _exported_model(paths: list, opts: TranslateOptions, device: str) -> Ct2Model | None:
+    """The CTranslate2 model when ``paths`` is one folder written by ``nmt export``, after
+    refusing what the engine cannot do; None for checkpoints."""
+    exported = [Path(p) for p in paths if is_exported(Path(p))]
+    if not exported:
+        return None
+    if len(paths) > 1:
+        raise NmtError(f"{exported[0]}: an exported CTranslate2 model cannot be part of an "
+                       "ensemble; give one -m, or ensemble the .pt checkpoints")
+    refused = {"--quantize": opts.quantize, "--alignments": opts.alignments,
+               "--plot-attention": opts.plot_attention}
+    for flag, value in refused.items():
+        if value is not None:
+            hint = (" (choose --quantization when exporting)" if flag == "--quantize"
+                    else " (use the .pt checkpoint)")
+            raise NmtError(f"{flag} does not work on an exported CTranslate2 model{hint}")
+    return load_exported(exported[0], device, opts.threads)
 
 
 def _write_translation(t: Translation, index: int, out: IO[str], tsv: bool) -> None:
@@ -344,8 +378,13 @@ def _score_stream(model, tok, recipe, cfg: DecodeConfig, dev, chunks: Iterator[l
         if len(ref_chunk) < len(chunk):
             raise DataError(f"the reference has fewer lines ({stats.sentences + len(ref_chunk)}) "
                             "than the input; give one reference line per input line", reference)
-        for score in score_references(model, tok, chunk, ref_chunk, cfg, normalize=norm,
-                                      device=dev):
+        if isinstance(model, Ct2Model):
+            scores = ct2_score_references(model, chunk, ref_chunk, normalize=norm,
+                                          max_src_len=cfg.max_src_len)
+        else:
+            scores = score_references(model, tok, chunk, ref_chunk, cfg, normalize=norm,
+                                      device=dev)
+        for score in scores:
             out.write(f"{score:.4f}\n")
         stats.sentences += len(chunk)
         stats.tgt_tokens += sum(len(ids) + 1 for ids in tok.encode_tgt(ref_chunk))

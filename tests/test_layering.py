@@ -99,16 +99,19 @@ RANKS = {
     "nmt_cli.optim": 12, "nmt_cli.runs": 12, "nmt_cli.average": 12,
     "nmt_cli.search": 13,
     "nmt_cli.inference": 14,
+    # the CTranslate2 engine: inference's clean-up and results, below translate and serve
+    "nmt_cli.ct2_translator": 14.5,
     # the two ends, which must not know each other
     "nmt_cli.trainer": 15, "nmt_cli.translate": 15,
     # the server over decoding (and exporters beside it)
     "nmt_cli.serve.batcher": 16, "nmt_cli.serve.page": 16, "nmt_cli.serve.protocol": 16,
     "nmt_cli.serve.app": 17, "nmt_cli.serve": 18,
+    "nmt_cli.export.ct2": 16, "nmt_cli.export": 16,
     "nmt_cli.cli": 19,
     "nmt_cli.__main__": 20,
 }
 DECODING = {"nmt_cli.penalties", "nmt_cli.ensemble", "nmt_cli.alignment", "nmt_cli.search",
-            "nmt_cli.inference", "nmt_cli.translate"}
+            "nmt_cli.inference", "nmt_cli.translate", "nmt_cli.ct2_translator"}
 TRAINING = {"nmt_cli.optim", "nmt_cli.runs", "nmt_cli.average", "nmt_cli.trainer",
             "nmt_cli.distributed", "nmt_cli.metrics"}
 

@@ -49,8 +49,10 @@ def run_server(paths: Sequence[Path], settings: ServeConfig, device: str = "auto
 
     from nmt_cli.serve.app import Service, make_app
 
+    from nmt_cli.ct2_translator import is_exported
+
     for path in paths:
-        if not Path(path).is_file():
+        if not Path(path).is_file() and not is_exported(Path(path)):  # nmt export's folders too
             raise CheckpointError(f"{path}: checkpoint not found; train one with 'nmt train "
                                   "RECIPE' (checkpoints are written to WORKDIR/checkpoints/)")
     service = Service([Path(p) for p in paths], settings, device, decode, quantize)

@@ -75,14 +75,29 @@ class Service:
             from nmt_cli.runtime import pick_device
             from nmt_cli.translate import load_models
 
+            from nmt_cli.ct2_translator import is_exported, load_exported
+
             if self.settings.threads:
                 torch.set_num_threads(self.settings.threads)
-            self.device = pick_device(self.device_name)
-            self.model, self.tok, recipe = load_models(self.paths, self.device, self.quantize)
+            self.engine = None  # a CTranslate2 model when -m is a folder written by nmt export
+            if len(self.paths) == 1 and is_exported(self.paths[0]):
+                if self.quantize:
+                    raise NmtError("--quantize does not work on an exported CTranslate2 model "
+                                   "(choose --quantization when exporting)")
+                self.engine = load_exported(self.paths[0], self.device_name,
+                                            self.settings.threads)
+                self.device = self.engine.translator.device
+                self.model, self.tok, recipe = self.engine, self.engine.tok, self.engine.recipe
+                parameters = self.engine.metadata.get("parameters", 0)
+            else:
+                self.device = pick_device(self.device_name)
+                self.model, self.tok, recipe = load_models(self.paths, self.device,
+                                                           self.quantize)
+                parameters = count_parameters(self.model)
             self.normalize = recipe.preprocess.normalize  # the clean-up the model was trained on
             self.defaults = with_overrides(recipe.decode, self.decode_overrides, "decode")
             self._run(self.defaults, False, ["warm up"])
-            self.info = self._model_info(recipe, count_parameters(self.model), library_versions())
+            self.info = self._model_info(recipe, parameters, library_versions())
         except NmtError as exc:
             self.error = exc
         except Exception as exc:  # noqa: BLE001 - reported as one line, the server stops
@@ -99,6 +114,10 @@ class Service:
 
         from nmt_cli.inference import translate_lines
 
+        if self.engine is not None:
+            from nmt_cli.ct2_translator import translate_lines as ct2_translate_lines
+
+            return ct2_translate_lines(self.engine, lines, cfg, normalize=self.normalize)
         with torch.inference_mode():
             return translate_lines(self.model, self.tok, lines, cfg, normalize=self.normalize,
                                    device=self.device, return_attention=attention)
@@ -144,6 +163,9 @@ class Service:
         assert self.defaults is not None
         req = parse_request(raw, self.defaults, self.settings)
         opts = req.options
+        if opts.return_alignments and getattr(self, "engine", None) is not None:
+            raise ApiError(400, "return_alignments", "not available on an exported CTranslate2 "
+                                                     "model; serve the .pt checkpoint for it")
         # Sampling seeds follow the line number within the request, as in `nmt translate`, so a
         # sampled request gets a search of its own; every other request shares one per setting.
         alone = next(self._unique) if req.decode.sample else None

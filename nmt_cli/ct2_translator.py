@@ -1,0 +1,215 @@
+"""Translation on an exported CTranslate2 model directory (``nmt export``), with the contract of
+``inference.translate_lines``: the same cleaning and subwords, N lines in and N results out, in
+order, empty lines kept.
+
+An exported directory holds the engine's ``model.bin`` and ``config.json``, the SentencePiece
+model(s) and ``nmt-export.json`` (the recipe, tokenizer hashes, quantization, versions), so it
+needs nothing else. Decode settings map onto ``ctranslate2.Translator.translate_batch``;
+``docs/decoding.md`` lists which map exactly and which differ. Length limits are per sentence, as
+in nmt's own search: sentences are grouped by their limits and each group is one engine call.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nmt_cli.config import DecodeConfig, NormalizeConfig, Recipe
+from nmt_cli.errors import CheckpointError, NmtError
+from nmt_cli.files import sha256_bytes
+from nmt_cli.ids import BOS_ID, PAD_ID
+from nmt_cli.inference import Translation, clean_lines
+from nmt_cli.search import Hypothesis
+
+METADATA = "nmt-export.json"
+FORMAT = "nmt-ctranslate2-1"
+SRC_SPM, TGT_SPM = "source.spm.model", "target.spm.model"
+ENGINE_FILES = ("model.bin", "config.json")
+
+
+def is_exported(path: Path) -> bool:
+    """A folder that ``nmt export`` wrote (or that claims to be one: it holds the metadata)."""
+    return path.is_dir() and any((path / name).exists() for name in (METADATA,) + ENGINE_FILES)
+
+
+def require_ctranslate2():
+    try:
+        import ctranslate2
+    except ImportError:
+        raise NmtError("CTranslate2 is not installed; pip install 'nmt[ct2]' (or "
+                       "pip install ctranslate2)") from None
+    return ctranslate2
+
+
+def read_metadata(folder: Path) -> dict[str, Any]:
+    """``nmt-export.json`` of an exported folder, every file it names present, or one error."""
+    if not (folder / METADATA).is_file():
+        raise CheckpointError(f"{folder}: incomplete model directory, {METADATA} missing; "
+                              "export the model again with nmt export")
+    try:
+        meta = json.loads((folder / METADATA).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{folder}: {METADATA} is unreadable ({exc.__class__.__name__}); "
+                              "export the model again with nmt export") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{folder}: {METADATA} is not an nmt export (expected format "
+                              f"{FORMAT!r}); export the model again with nmt export")
+    needed = list(ENGINE_FILES) + sorted(set(meta.get("tokenizer", {}).get("files", {}).values()))
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder}: incomplete model directory, {', '.join(missing)} "
+                              "missing; export the model again with nmt export")
+    return meta
+
+
+@dataclass
+class Ct2Model:
+    """An exported model loaded for translation: the engine, the tokenizers and the recipe."""
+
+    translator: Any  # ctranslate2.Translator
+    tok: Any  # nmt_cli.tokenizer.Tokenizers
+    recipe: Recipe
+    metadata: dict[str, Any]
+    folder: Path
+    options: dict[str, Any]  # the Translator's device and thread settings
+
+    def seeded(self, seed: int) -> Any:
+        """The translator created anew with its sampling generators seeded by ``seed``: the
+        engine seeds them once, when a translator starts, so each sampled call restarts it and
+        the same call with the same seed draws the same samples."""
+        ct2 = require_ctranslate2()
+        ct2.set_random_seed(seed)
+        self.translator = ct2.Translator(str(self.folder), **self.options)
+        return self.translator
+
+
+def engine_device(device: str) -> str:
+    """nmt's --device (auto, cpu, cuda) as the engine's; auto picks a GPU the engine can see."""
+    ct2 = require_ctranslate2()
+    if device == "auto":
+        return "cuda" if ct2.get_cuda_device_count() > 0 else "cpu"
+    if device == "cuda" and ct2.get_cuda_device_count() == 0:
+        raise NmtError("--device cuda: CTranslate2 sees no CUDA device; use --device cpu")
+    return device
+
+
+def load_exported(folder: Path, device: str = "auto", threads: int = 0,
+                  inter_threads: int = 1) -> Ct2Model:
+    """Open an exported folder; a corrupt or partial one is one CheckpointError line."""
+    from nmt_cli.recipes import recipe_from_dict
+    from nmt_cli.tokenizer import Tokenizers
+
+    ct2 = require_ctranslate2()
+    meta = read_metadata(folder)
+    files = meta["tokenizer"]["files"]
+    try:
+        src, tgt = (folder / files["src"]).read_bytes(), (folder / files["tgt"]).read_bytes()
+        recipe = recipe_from_dict(meta["recipe"])
+    except (KeyError, NmtError) as exc:
+        raise CheckpointError(f"{folder}: {METADATA} is incomplete ({exc}); export the model "
+                              "again with nmt export") from None
+    for side, data in (("src", src), ("tgt", tgt)):
+        if sha256_bytes(data) != meta["tokenizer"]["sha256"][side]:
+            raise CheckpointError(f"{folder}: {files[side]} does not match the SHA-256 in "
+                                  f"{METADATA}; export the model again with nmt export")
+    try:
+        tok = Tokenizers.from_bytes(src, tgt)
+    except Exception:  # sentencepiece raises plain RuntimeError on a corrupt model
+        raise CheckpointError(f"{folder}: {files['src']} is not a SentencePiece model; export "
+                              "the model again with nmt export") from None
+    options = {"device": engine_device(device), "intra_threads": threads,
+               "inter_threads": inter_threads}
+    try:
+        translator = ct2.Translator(str(folder), **options)
+    except (RuntimeError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{folder}: CTranslate2 cannot load this model ({first}); it is "
+                              "truncated or corrupt, export it again with nmt export") from None
+    return Ct2Model(translator, tok, recipe, meta, folder, options)
+
+
+def engine_options(cfg: DecodeConfig) -> dict[str, Any]:
+    """The decode settings that map onto ``translate_batch`` options (length limits apart)."""
+    if cfg.length_norm == "none" or (cfg.length_norm == "gnmt" and cfg.length_penalty == 0.0):
+        penalty = 0.0
+    elif cfg.length_norm == "average":
+        penalty = 1.0
+    else:  # gnmt: the engine divides by length ** alpha, not ((5 + length) / 6) ** alpha
+        penalty = cfg.length_penalty
+    options: dict[str, Any] = {
+        "length_penalty": penalty, "no_repeat_ngram_size": cfg.no_repeat_ngram,
+        "disable_unk": not cfg.allow_unk, "num_hypotheses": cfg.n_best, "return_scores": True,
+        "max_batch_size": cfg.batch_size,
+        "batch_type": "examples" if cfg.batch_type == "sentences" else "tokens",
+        "max_input_length": 0,  # sources are cut to max_src_len here, as nmt does
+    }
+    if cfg.sample:
+        options.update(beam_size=1, sampling_topk=cfg.top_k, sampling_topp=cfg.top_p,
+                       sampling_temperature=cfg.temperature)
+    else:
+        options.update(beam_size=cfg.beam_size)
+    return options
+
+
+def _limits(n_src: int, cfg: DecodeConfig) -> tuple[int, int]:
+    """nmt's per-sentence output limits (``penalties.output_lengths``) for a source of ``n_src``
+    subwords; the source length counts its EOS, as in nmt's search."""
+    length = n_src + 1
+    max_len = max(0, int(cfg.max_len_a * length) + cfg.max_len_b)
+    min_len = min(max(0, int(cfg.min_len_a * length) + cfg.min_len_b), max_len)
+    return min_len, max_len
+
+
+def translate_lines(model: Ct2Model, lines: list[str], cfg: DecodeConfig, *,
+                    normalize: NormalizeConfig, first_index: int = 0) -> list[Translation]:
+    """Translate ``lines`` on the engine; the i-th result belongs to the i-th line.
+
+    ``first_index`` is accepted for the same calls as ``inference.translate_lines``; the engine
+    has no per-sentence seeds, so sampling draws from one generator seeded by ``cfg.seed``."""
+    tok = model.tok
+    sources = clean_lines(lines, normalize)
+    src_ids = tok.encode_src(sources)
+    truncated = [len(ids) > cfg.max_src_len for ids in src_ids]
+    src_ids = [ids[: cfg.max_src_len] for ids in src_ids]
+    results: list[Translation | None] = [None] * len(lines)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, ids in enumerate(src_ids):
+        if not ids:
+            results[i] = Translation(i, "", [], 0, texts=[""], source=sources[i])
+        else:
+            groups.setdefault(_limits(len(ids), cfg), []).append(i)
+    options = engine_options(cfg)
+    # PAD and BOS are never generated, as in nmt's search (<unk> is disable_unk).
+    options["suppress_sequences"] = [[tok.tgt.id_to_piece(PAD_ID)], [tok.tgt.id_to_piece(BOS_ID)]]
+    translator = model.seeded(cfg.seed) if cfg.sample else model.translator
+    for (min_len, max_len), batch in sorted(groups.items()):
+        pieces = [[tok.src.id_to_piece(t) for t in src_ids[i]] for i in batch]
+        # Both limits count subwords without EOS, as nmt's do; at the maximum the engine stops
+        # without adding EOS's log-probability to the score (nmt adds it).
+        found = translator.translate_batch(
+            pieces, min_decoding_length=min_len, max_decoding_length=max_len, **options)
+        for i, res in zip(batch, found):
+            penalty = options["length_penalty"]  # the engine's score is log_prob / len ** it
+            hyps = [Hypothesis([tok.tgt.piece_to_id(p) for p in hyp], float(score),
+                               float(score) * (len(hyp) + 1) ** penalty)
+                    for hyp, score in zip(res.hypotheses, res.scores)]
+            hyps.sort(key=lambda h: -h.score)
+            texts = tok.decode_tgt([h.tokens for h in hyps])
+            results[i] = Translation(i, texts[0], hyps, len(src_ids[i]), truncated[i], texts,
+                                     sources[i])
+    return [r for r in results if r is not None]
+
+
+def score_references(model: Ct2Model, lines: list[str], references: list[str], *,
+                     normalize: NormalizeConfig, max_src_len: int) -> list[float]:
+    """Forced decoding on the engine (``score_batch``): the summed log-probability, EOS included,
+    of each reference, as ``inference.score_references``; an empty source is scored as EOS."""
+    tok = model.tok
+    src = [ids[:max_src_len] for ids in tok.encode_src(clean_lines(lines, normalize))]
+    tgt = tok.encode_tgt(clean_lines(references, normalize))
+    found = model.translator.score_batch(
+        [[tok.src.id_to_piece(t) for t in ids] for ids in src],
+        [[tok.tgt.id_to_piece(t) for t in ids] for ids in tgt], max_input_length=0)
+    return [float(sum(res.log_probs)) for res in found]

@@ -1,0 +1,1 @@
+"""Exporters of trained checkpoints to inference engines (``nmt export``)."""
