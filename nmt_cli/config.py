@@ -467,18 +467,27 @@ def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
             raise ConfigError(f"{value!r} is out of range, it must be {sign} {bound}", key)
 
 
-def build(cls: type, raw: dict[str, Any], prefix: str = "", base_dir: Path | None = None) -> Any:
-    """Build dataclass ``cls`` from ``raw``, rejecting unknown keys with a did-you-mean."""
+def _checked(cls: type, raw: typing.Mapping[str, Any], prefix: str,
+             base_dir: Path | None) -> dict[str, Any]:
+    """``raw``'s values converted to the field types of ``cls``, each checked for its type, range
+    and choices; an unknown key is a ConfigError with a did-you-mean."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for name, value in raw.items():
         key = f"{prefix}.{name}" if prefix else str(name)
         if name not in fields:
             raise ConfigError(_unknown_key_message(str(name), list(fields), prefix), key)
-        converted = _coerce(value, hints[name], key, base_dir)
-        _check_range(converted, fields[name].metadata, key)
-        kwargs[name] = converted
+        values[name] = _coerce(value, hints[name], key, base_dir)
+        _check_range(values[name], fields[name].metadata, key)
+    return values
+
+
+def build(cls: type, raw: dict[str, Any], prefix: str = "", base_dir: Path | None = None) -> Any:
+    """Build dataclass ``cls`` from ``raw``, rejecting unknown keys with a did-you-mean."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = _checked(cls, raw, prefix, base_dir)
     for name, f in fields.items():  # a relative default path is relative to the recipe, too
         if name not in kwargs and base_dir is not None and hints[name] is Path \
                 and isinstance(f.default, Path) and not f.default.is_absolute():
@@ -506,17 +515,7 @@ def with_overrides(cfg: Any, overrides: typing.Mapping[str, Any], prefix: str = 
     built: CLI options, the Python API and request settings all go through here."""
     if not overrides:
         return cfg
-    hints = typing.get_type_hints(type(cfg))
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    changed: dict[str, Any] = {}
-    for name, value in overrides.items():
-        key = f"{prefix}.{name}" if prefix else str(name)
-        if name not in fields:
-            raise ConfigError(_unknown_key_message(str(name), list(fields), prefix), key)
-        converted = _coerce(value, hints[name], key, None)
-        _check_range(converted, fields[name].metadata, key)
-        changed[name] = converted
-    return dataclasses.replace(cfg, **changed)
+    return dataclasses.replace(cfg, **_checked(type(cfg), overrides, prefix, None))
 
 
 def to_dict(obj: Any) -> Any:
