@@ -574,7 +574,30 @@ def eval_(
 
 
 def main() -> None:
-    app(prog_name="nmt")
+    """The ``nmt`` command. A mistyped command, option or value is one ``error:`` line (exit 2)
+    naming what is wrong and where to find the right usage, like every other user error."""
+    try:  # typer's own copy of click (newer typer), else click itself
+        from typer._click import exceptions as errors
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click import exceptions as errors
+
+    no_args = getattr(errors, "NoArgsIsHelpError", ())
+    try:
+        code = app(prog_name="nmt", standalone_mode=False)
+    except no_args as exc:  # bare `nmt` or `nmt COMMAND`: the help, as click shows it
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except errors.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "nmt"
+        print(f"error: {where}: {exc.format_message()} (see '{where} --help')", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    except errors.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -90,3 +90,20 @@ def test_resume_with_a_changed_layout_is_refused_and_names_the_keys(experiment):
                                  "train.batch_tokens (1500 -> 999)", "train.seed (7 -> 8)")
     assert "--init-from" in line
     assert (experiment.workdir / "metrics.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, needles", [
+    (("translate", "-m", "x.pt", "--beam-size", "abc"), ("nmt translate", "--beam-size",
+                                                         "nmt translate --help")),
+    (("trian", "recipe.yaml"), ("No such command 'trian'", "did you mean 'train'?")),
+    (("train", "recipe.yaml", "--bogus"), ("nmt train", "--bogus")),
+    (("eval", "-r", "ref.txt"), ("nmt eval", "--input")),
+])
+def test_a_mistyped_command_option_or_value_is_one_line(args, needles):
+    """Typer's own usage errors (a bad integer, an unknown command or option, a missing one) end
+    in one error line too, exit status 2, never a three-line usage block."""
+    proc = run_cli(*args)
+    line = assert_one_line_error(proc, *needles[:1])
+    assert proc.returncode == 2
+    for needle in needles[1:]:
+        assert needle.lower() in line.lower(), line
