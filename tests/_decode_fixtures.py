@@ -116,3 +116,36 @@ def translate(sample_model, lines: list[str], **changes):
 def source_lines(n: int = 40) -> list[str]:
     with open(SAMPLE / "test.src", encoding="utf-8") as fh:
         return [next(fh).rstrip("\n") for _ in range(n)]
+
+
+def assert_stdin_streams(checkpoint) -> None:
+    """``nmt translate`` on a pipe writes the first translation before its input has ended, and
+    gives one line per input line once it has."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "nmt_cli", "translate", "-m", str(checkpoint),
+                             "--device", "cpu", "--beam-size", "2", "-q"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=ROOT)
+    first: list[bytes] = []
+    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
+    try:
+        lines = source_lines(3)
+        proc.stdin.write((lines[0] + "\n").encode())
+        proc.stdin.flush()
+        reader.start()
+        reader.join(timeout=60)
+        assert first and first[0].strip(), "no translation before the input was closed"
+        assert proc.poll() is None  # still waiting for more input
+        proc.stdin.write(("\n".join(lines[1:]) + "\n").encode())
+        proc.stdin.close()
+        rest = proc.stdout.read().decode().split("\n")[:-1]
+        assert proc.wait(timeout=60) == 0
+        assert len(rest) == 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -7,16 +7,12 @@ on each without knowing which one they have.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from _decode_fixtures import ROOT, arch_checkpoint, source_lines  # noqa: F401
+from _decode_fixtures import assert_stdin_streams, arch_checkpoint, source_lines  # noqa: F401
 from nmt_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from nmt_cli.model import DecodingModel
 from nmt_cli.translate import TranslateOptions, translate_file
@@ -148,26 +144,5 @@ def test_average_of_two_checkpoints_translates(arch_checkpoint, source, tmp_path
     assert len(_read(out)) == N + 1
 
 
-def test_stdin_streams_the_first_translation_before_input_ends(arch_checkpoint):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "nmt_cli", "translate", "-m",
-                             str(arch_checkpoint), "--device", "cpu", "--beam-size", "2", "-q"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=ROOT)
-    first: list[bytes] = []
-    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
-    try:
-        lines = source_lines(3)
-        proc.stdin.write((lines[0] + "\n").encode())
-        proc.stdin.flush()
-        reader.start()
-        reader.join(timeout=60)
-        assert first and first[0].strip(), "no translation before the input was closed"
-        assert proc.poll() is None
-        proc.stdin.write(("\n".join(lines[1:]) + "\n").encode())
-        proc.stdin.close()
-        assert len(proc.stdout.read().decode().split("\n")[:-1]) == 2
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def test_stdin_streams_the_first_translation_before_input_ends(arch_checkpoint):  # noqa: F811
+    assert_stdin_streams(arch_checkpoint)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import threading
 import unicodedata
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from _decode_fixtures import ROOT, sample_checkpoint, source_lines  # noqa: F401
+from _decode_fixtures import ROOT, assert_stdin_streams, sample_checkpoint, source_lines  # noqa: F401
 from nmt_cli.cli import app
 from nmt_cli.errors import ConfigError, NmtError
 from nmt_cli.translate import TranslateOptions, translate_file
@@ -149,30 +147,8 @@ def test_cli_average_and_n_best_errors(sample_checkpoint, source, tmp_path):
     assert "decode.n_best: 3 is more than decode.beam_size (2)" in result.output
 
 
-def test_stdin_streams_first_translation_before_input_ends(sample_checkpoint):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "nmt_cli", "translate", "-m",
-                             str(sample_checkpoint), "--device", "cpu", "--beam-size", "2", "-q"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=ROOT)
-    first: list[bytes] = []
-    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
-    try:
-        lines = source_lines(3)
-        proc.stdin.write((lines[0] + "\n").encode())
-        proc.stdin.flush()
-        reader.start()
-        reader.join(timeout=60)
-        assert first and first[0].strip(), "no translation before the input was closed"
-        assert proc.poll() is None  # still waiting for more input
-        proc.stdin.write(("\n".join(lines[1:]) + "\n").encode())
-        proc.stdin.close()
-        rest = proc.stdout.read().decode().split("\n")[:-1]
-        assert proc.wait(timeout=60) == 0
-        assert len(rest) == 2
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def test_stdin_streams_first_translation_before_input_ends(sample_checkpoint):  # noqa: F811
+    assert_stdin_streams(sample_checkpoint)
 
 
 def test_output_to_a_link_to_a_device_writes_through_it(sample_checkpoint, source, tmp_path):
