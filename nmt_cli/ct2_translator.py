@@ -20,8 +20,7 @@ from nmt_cli.config import DecodeConfig, NormalizeConfig, Recipe
 from nmt_cli.errors import CheckpointError, NmtError
 from nmt_cli.files import sha256_bytes
 from nmt_cli.ids import BOS_ID, PAD_ID
-from nmt_cli.inference import Translation, clean_lines
-from nmt_cli.search import Hypothesis
+from nmt_cli.hypotheses import Hypothesis, Translation, clean_lines
 
 METADATA = "nmt-export.json"
 FORMAT = "nmt-ctranslate2-1"

@@ -13,29 +13,16 @@ differently from the training text still meets the subwords the model knows.
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
 from nmt_cli.config import DecodeConfig, NormalizeConfig
 from nmt_cli.data import pad_sequences
+from nmt_cli.hypotheses import Translation, clean_lines
 from nmt_cli.ids import EOS_ID
-from nmt_cli.normalize import Normalizer
 from nmt_cli.search import Hypothesis, SearchResult, beam_search, sample_search, score_targets
 from nmt_cli.tokenizer import Tokenizers
-
-
-@dataclass
-class Translation:
-    index: int  # position in the input
-    text: str  # the best hypothesis, detokenized
-    hypotheses: list[Hypothesis]  # best first; empty for an empty input line
-    src_pieces: int  # source subwords given to the model, EOS not counted
-    truncated: bool = False  # the source was cut to max_src_len subwords
-    texts: list[str] | None = None  # every hypothesis detokenized, best first (n-best)
-    source: str = ""  # the input line as cleaned and given to the tokenizer
 
 
 def make_batches(lengths: list[int], batch_size: int, batch_type: str = "sentences"
@@ -56,12 +43,6 @@ def make_batches(lengths: list[int], batch_size: int, batch_type: str = "sentenc
         batch.append(i)
     if batch:
         yield batch
-
-
-def clean_lines(lines: list[str], normalize: NormalizeConfig) -> list[str]:
-    """Lines as the training data was cleaned (``preprocess.normalize``), whitespace collapsed."""
-    cleaned, _ = Normalizer(normalize).clean_lines(list(lines), False, Counter())
-    return [" ".join(line.split()) for line in cleaned]
 
 
 def sentence_seed(seed: int, index: int) -> int:

@@ -23,17 +23,10 @@ import torch
 from torch import Tensor
 
 from nmt_cli.config import DecodeConfig
+from nmt_cli.hypotheses import Hypothesis
 from nmt_cli.penalties import (NEG_INF, LengthNorm, block_repeated_ngrams, constrain_length,
                                forbid_specials, output_lengths)
 from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID
-
-
-@dataclass
-class Hypothesis:
-    tokens: list[int]  # without BOS and EOS
-    score: float  # log_prob divided by the length normalizer
-    log_prob: float  # summed log-probability, EOS included
-    attention: Tensor | None = None  # (len + 1, S) over the real source tokens (EOS included)
 
 
 @dataclass

@@ -23,20 +23,23 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
-
-import torch
+from contextlib import nullcontext
+from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence
 
 from nmt_cli.bitext import BOM, open_binary
-from nmt_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from nmt_cli.config import DecodeConfig, with_overrides
 from nmt_cli.ct2_translator import Ct2Model, is_exported, load_exported
 from nmt_cli.ct2_translator import score_references as ct2_score_references
 from nmt_cli.ct2_translator import translate_lines as ct2_translate_lines
 from nmt_cli.errors import CheckpointError, DataError, NmtError
 from nmt_cli.files import default_mode, replace_durably
-from nmt_cli.inference import Translation, score_references, translate_lines
-from nmt_cli.runtime import for_decoding, pick_device, resolve_precision
+from nmt_cli.hypotheses import Translation
+
+if TYPE_CHECKING:
+    import torch
+
+# torch, the checkpoint reader and nmt's own search are imported where a checkpoint is used: an
+# exported CTranslate2 model translates without them, so its start-up does not pay for torch.
 
 
 @dataclass
@@ -144,6 +147,8 @@ def _int8_quantizer():
     """``torch.ao.quantization.quantize_dynamic``, or one clear error where this torch lacks it."""
     import warnings
 
+    import torch
+
     with warnings.catch_warnings():  # torch >= 2.9 announces a move to torchao; it still works
         warnings.simplefilter("ignore")
         try:
@@ -161,6 +166,8 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     fly); CPU only."""
     import warnings
 
+    import torch
+
     quantize_dynamic = _int8_quantizer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -169,6 +176,7 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
 
 def load_models(paths: Sequence[Path], device: torch.device, quantize: str | None = None):
     """One model, or an ensemble of several that share one tokenizer; the first one's recipe."""
+    from nmt_cli.checkpoint import load_checkpoint, model_from_checkpoint
     from nmt_cli.ensemble import Ensemble
 
     if quantize is not None and device.type != "cpu":
@@ -242,7 +250,14 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     start = time.time()
     engine = _exported_model(paths, opts, device)
-    dev = pick_device(device) if engine is None else torch.device("cpu")
+    dev = None  # the engine places itself (--device goes to ctranslate2.Translator)
+    if engine is None:
+        import torch
+
+        from nmt_cli.inference import translate_lines
+        from nmt_cli.runtime import for_decoding, pick_device
+
+        dev = pick_device(device)
     if opts.plot_attention is not None:
         from nmt_cli.alignment import require_matplotlib
 
@@ -275,7 +290,7 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
             align_out = _Output(opts.alignments)
             outputs.append(align_out)
         out = outputs[0].fh
-        with torch.inference_mode():
+        with torch.inference_mode() if engine is None else nullcontext():
             chunks = read_chunks(in_stream, source, opts.chunk_lines)
             if opts.score_reference is not None:
                 refs = read_lines(opts.score_reference, reference)
@@ -316,6 +331,8 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
 
 def _decoding_precision(cfg: DecodeConfig, device: torch.device, quantize: str | None) -> str:
     """``decode.precision`` resolved for ``device``; int8 linear layers run with fp32 around them."""
+    from nmt_cli.runtime import resolve_precision
+
     if quantize is None:
         return resolve_precision(cfg.precision, device, "decode.precision")
     if cfg.precision not in ("auto", "fp32"):
@@ -382,6 +399,8 @@ def _score_stream(model, tok, recipe, cfg: DecodeConfig, dev, chunks: Iterator[l
             scores = ct2_score_references(model, chunk, ref_chunk, normalize=norm,
                                           max_src_len=cfg.max_src_len)
         else:
+            from nmt_cli.inference import score_references
+
             scores = score_references(model, tok, chunk, ref_chunk, cfg, normalize=norm,
                                       device=dev)
         for score in scores:

@@ -132,6 +132,24 @@ def test_the_cli_keeps_line_alignment_with_empty_lines(exported, tmp_path):
     assert [int(r[0]) for r in rows] == [0, 0, 1, 2, 2, 3, 4, 4, 5]
 
 
+def test_translating_an_exported_model_never_imports_torch(exported):
+    """The engine path starts without torch (the start-up of a CTranslate2 translate is the
+    engine's, not torch's): run the real CLI and look at what it loaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom nmt_cli.cli import main\n"
+            f"sys.argv = ['nmt', 'translate', '-m', {str(exported.folder)!r}, '-q']\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print('torch loaded' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n")
+    lines = source_lines(3)
+    proc = subprocess.run([sys.executable, "-c", code], input="\n".join(lines) + "\n",
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 3 and all(proc.stdout.splitlines())
+    assert proc.stderr.strip().splitlines()[-1] == "no torch", proc.stderr
+
+
 def test_score_reference_runs_on_the_engine(nmt_model, exported, tmp_path):
     _, model, tok, recipe = nmt_model
     lines = source_lines(4)

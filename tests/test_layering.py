@@ -88,7 +88,7 @@ RANKS = {
     "nmt_cli.normalize": 3, "nmt_cli.filters": 3,
     "nmt_cli.bitext": 4,
     "nmt_cli.tokenizer": 5, "nmt_cli.scoring": 5, "nmt_cli.plot": 5,
-    "nmt_cli.preprocess": 6,
+    "nmt_cli.preprocess": 6, "nmt_cli.hypotheses": 6,
     # data and model
     "nmt_cli.data": 7, "nmt_cli.model.attention": 7, "nmt_cli.model.encoder": 7,
     "nmt_cli.model.contract": 7,
@@ -174,7 +174,8 @@ def test_only_the_cli_imports_typer():
 
 
 @pytest.mark.parametrize("name", ["nmt_cli.config", "nmt_cli.errors", "nmt_cli.recipes",
-                                  "nmt_cli.bitext", "nmt_cli.scoring", "nmt_cli.files"])
+                                  "nmt_cli.bitext", "nmt_cli.scoring", "nmt_cli.files",
+                                  "nmt_cli.hypotheses", "nmt_cli.ct2_translator"])
 def test_light_modules_never_import_torch(name):
     loaded = closure(name)
     assert "torch" not in loaded, sorted(loaded)
@@ -184,6 +185,15 @@ def test_light_modules_never_import_torch(name):
 def test_cli_module_level_stays_light():
     loaded = closure("nmt_cli.cli", top_level_only=True)
     assert not {"torch", "sentencepiece", "numpy", "sacrebleu"} & loaded, sorted(loaded)
+
+
+def test_translate_reaches_torch_only_for_a_checkpoint():
+    """An exported CTranslate2 model is translated without torch: the translate command's
+    module level (and everything it pulls in) stays off torch, which only a checkpoint loads."""
+    loaded = closure("nmt_cli.translate", top_level_only=True)
+    assert not {"torch", "nmt_cli.checkpoint", "nmt_cli.inference", "nmt_cli.search"} & loaded, \
+        sorted(loaded)
+    assert "torch" in closure("nmt_cli.translate")  # a control: the checkpoint path does load it
 
 
 def test_model_does_not_depend_on_the_tokenizer_or_io():

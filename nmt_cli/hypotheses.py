@@ -1,0 +1,39 @@
+"""What decoding returns, and the clean-up every input line gets first; no torch.
+
+Both engines share these: nmt's own search (``search``, ``inference``) and the CTranslate2 one
+(``ct2_translator``), so a translation of an exported model never has to import torch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from nmt_cli.config import NormalizeConfig
+from nmt_cli.normalize import Normalizer
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # without BOS and EOS
+    score: float  # log_prob divided by the length normalizer
+    log_prob: float  # summed log-probability, EOS included
+    attention: Any = None  # a (len + 1, S) tensor over the real source tokens (EOS included)
+
+
+@dataclass
+class Translation:
+    index: int  # position in the input
+    text: str  # the best hypothesis, detokenized
+    hypotheses: list[Hypothesis]  # best first; empty for an empty input line
+    src_pieces: int  # source subwords given to the model, EOS not counted
+    truncated: bool = False  # the source was cut to max_src_len subwords
+    texts: list[str] | None = None  # every hypothesis detokenized, best first (n-best)
+    source: str = ""  # the input line as cleaned and given to the tokenizer
+
+
+def clean_lines(lines: list[str], normalize: NormalizeConfig) -> list[str]:
+    """Lines as the training data was cleaned (``preprocess.normalize``), whitespace collapsed."""
+    cleaned, _ = Normalizer(normalize).clean_lines(list(lines), False, Counter())
+    return [" ".join(line.split()) for line in cleaned]
