@@ -274,10 +274,10 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
-        if self.schedule == "cosine" and not self.max_steps:
-            raise ConfigError("'cosine' decays to train.min_learning_rate at train.max_steps; set "
-                              "train.max_steps (train.max_time may still stop training earlier)",
-                              "train.schedule")
+        if self.schedule == "cosine" and not (self.max_steps or self.max_time):
+            raise ConfigError("'cosine' decays to train.min_learning_rate at the end of the "
+                              "budget; set train.max_steps or train.max_time (or both: it ends "
+                              "at whichever comes first)", "train.schedule")
         if self.average_last > self.keep_last:
             raise ConfigError(f"averaging the newest {self.average_last} checkpoints needs "
                               f"train.keep_last >= {self.average_last} (it is {self.keep_last})",

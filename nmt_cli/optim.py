@@ -26,8 +26,11 @@ class LrSchedule:
     ``constant``: the base rate after warmup. ``inverse_sqrt``: base * sqrt(warmup / step) after
     warmup. ``plateau``: the base rate, multiplied by ``plateau_factor`` each time the dev metric
     has not improved for ``plateau_patience`` validations, never below ``min_learning_rate``.
-    ``cosine``: from the base rate at the end of warmup down to ``min_learning_rate`` at
-    ``max_steps`` along half a cosine, for short fixed budgets where the rate should end low.
+    ``cosine``: from the base rate at the end of warmup down to ``min_learning_rate`` along half
+    a cosine, for short fixed budgets where the rate should end low. The budget is ``max_steps``
+    or ``max_time``, whichever runs out first: with ``max_time`` set, the decay also follows the
+    training time (the clock ``max_time`` counts, summed over resumes) from the end of warmup to
+    the end of the budget, so a time-limited run ends at the floor however fast the machine is.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig):
@@ -36,23 +39,33 @@ class LrSchedule:
         self.best: float | None = None
         self.bad_validations = 0
         self.lr = cfg.learning_rate
+        self.warm_seconds: float | None = None  # training time when warmup ended (max_time)
 
-    def rate(self, step: int) -> float:
+    def rate(self, step: int, seconds: float = 0.0) -> float:
+        """The rate for update ``step`` (1-based), ``seconds`` into training (for ``max_time``)."""
         cfg, step = self.cfg, max(1, step)
         warm = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
         if cfg.schedule == "inverse_sqrt":
             lr = cfg.learning_rate * (warm if step < cfg.warmup_steps
                                       else math.sqrt(max(1, cfg.warmup_steps) / step))
         elif cfg.schedule == "cosine" and step >= cfg.warmup_steps:
-            done = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+            done = ((step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+                    if cfg.max_steps else 0.0)
+            if cfg.max_time:
+                start = self.warm_seconds if self.warm_seconds is not None else seconds
+                budget = max(1e-9, cfg.max_time * 60 - start)
+                done = max(done, (seconds - start) / budget)
+            done = min(1.0, max(0.0, done))
             low = min(cfg.min_learning_rate, cfg.learning_rate)
             lr = low + (cfg.learning_rate - low) * 0.5 * (1.0 + math.cos(math.pi * done))
         else:
             lr = cfg.learning_rate * warm * self.scale
         return max(lr, cfg.min_learning_rate) if cfg.schedule == "plateau" else lr
 
-    def step(self, step: int) -> float:
-        self.lr = self.rate(step)
+    def step(self, step: int, seconds: float = 0.0) -> float:
+        if self.warm_seconds is None and step >= self.cfg.warmup_steps:
+            self.warm_seconds = seconds
+        self.lr = self.rate(step, seconds)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         return self.lr
@@ -68,8 +81,11 @@ class LrSchedule:
             self.bad_validations = 0
 
     def state_dict(self) -> dict:
-        return {"scale": self.scale, "best": self.best, "bad_validations": self.bad_validations}
+        return {"scale": self.scale, "best": self.best, "bad_validations": self.bad_validations,
+                "warm_seconds": self.warm_seconds}
 
     def load_state_dict(self, state: dict) -> None:
         self.scale, self.best = float(state["scale"]), state["best"]
         self.bad_validations = int(state["bad_validations"])
+        warm = state.get("warm_seconds")  # absent from checkpoints written before it existed
+        self.warm_seconds = None if warm is None else float(warm)

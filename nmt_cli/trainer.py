@@ -292,10 +292,12 @@ class Trainer:
         their total. Returns the all-reduced statistics and whether the update was applied.
         """
         cfg, st = self.cfg, self.state
-        lr = self.schedule.step(st.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         local_tokens = sum(int(self.train_data.tgt.lengths[idx].sum()) + len(idx) for idx in group)
-        (total_tokens,) = dist.all_reduce_sum([float(local_tokens)], self.device)
+        # the ranks' clocks averaged, so that a schedule that follows max_time is the same on all
+        (total_tokens, seconds) = dist.all_reduce_sum(
+            [float(local_tokens), self._base_seconds + self._session_seconds()], self.device)
+        lr = self.schedule.step(st.step + 1, seconds / self.dist.world_size)
         scale = self.dist.world_size / total_tokens
         model = self.ddp if self.ddp is not None else self.model
         loss_sum = nll_sum = 0.0

@@ -190,6 +190,41 @@ def test_cosine_schedule_warms_up_then_falls_to_the_floor_at_max_steps():
         TrainConfig(average_last=3, keep_last=2)
 
 
+def test_cosine_with_max_time_ends_at_the_floor_when_the_time_runs_out():
+    """A time-limited run decays over its time budget (from the end of warmup), so that the rate
+    is at the floor when max_time stops training, whatever the speed of the machine; with
+    max_steps as well, whichever budget runs out first sets the pace."""
+    from nmt_cli.config import TrainConfig
+    from nmt_cli.optim import LrSchedule
+
+    def fresh(max_steps=0):
+        cfg = TrainConfig(schedule="cosine", learning_rate=1e-3, warmup_steps=10,
+                          max_steps=max_steps, max_time=10.0, min_learning_rate=1e-5)
+        return LrSchedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), cfg)
+
+    schedule = fresh()
+    assert schedule.step(5, 30.0) == pytest.approx(5e-4)  # warmup is counted in steps
+    assert schedule.step(10, 60.0) == pytest.approx(1e-3)  # warmup ends at 60 s of 600
+    assert schedule.warm_seconds == 60.0
+    assert schedule.step(11, 330.0) == pytest.approx((1e-3 + 1e-5) / 2)  # half of 540 s
+    assert schedule.step(12, 599.0) == pytest.approx(1e-5, abs=1e-7)
+    assert schedule.step(13, 700.0) == pytest.approx(1e-5)
+    # a resumed run keeps the time at which warmup ended
+    resumed = fresh()
+    resumed.load_state_dict(schedule.state_dict())
+    assert resumed.rate(11, 330.0) == pytest.approx((1e-3 + 1e-5) / 2)
+    old = {k: v for k, v in schedule.state_dict().items() if k != "warm_seconds"}
+    resumed.load_state_dict(old)  # a checkpoint from before: warmup taken to end now
+    assert resumed.warm_seconds is None
+    # steps run out first: the step budget sets the rate
+    both = fresh(max_steps=110)
+    both.step(10, 60.0)
+    assert both.step(60, 100.0) == pytest.approx((1e-3 + 1e-5) / 2)
+    # time runs out first: the time budget does
+    assert both.step(20, 330.0) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert TrainConfig(schedule="cosine", max_steps=0, max_time=5.0).max_time == 5.0
+
+
 def test_average_last_writes_the_mean_of_the_newest_checkpoints():
     import json
 
