@@ -268,7 +268,7 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
         model, tok, recipe = engine, engine.tok, engine.recipe
     cfg = with_overrides(recipe.decode, decode, "decode")
     if engine is None:
-        precision = _decoding_precision(cfg, dev, opts.quantize)
+        precision = decoding_precision(cfg, dev, opts.quantize)
         model = for_decoding(model, precision)
     else:  # the engine computes in the type the model was exported with
         precision = f"ctranslate2 {engine.metadata.get('quantization', '')}".strip()
@@ -329,7 +329,7 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
     return stats
 
 
-def _decoding_precision(cfg: DecodeConfig, device: torch.device, quantize: str | None) -> str:
+def decoding_precision(cfg: DecodeConfig, device: torch.device, quantize: str | None) -> str:
     """``decode.precision`` resolved for ``device``; int8 linear layers run with fp32 around them."""
     from nmt_cli.runtime import resolve_precision
 

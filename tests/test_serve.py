@@ -51,6 +51,25 @@ def test_health_and_model_describe_the_checkpoint(server, experiment):
     assert info["decode"]["beam_size"] == recipe.decode.beam_size
     assert {"torch", "nmt", "fastapi", "uvicorn"} <= set(info["versions"])
     assert info["limits"]["max_texts"] == MAX_TEXTS
+    assert info["precision"] == "fp32"  # the sample recipe's decode.precision, resolved
+
+
+def test_the_server_casts_the_model_to_its_decoding_precision_once(experiment):
+    """decode.precision applies as in nmt translate: the weights are cast when the model loads
+    (a request cannot change it: it is a server setting, see the bad-input cases)."""
+    import torch
+
+    from nmt_cli.config import ServeConfig
+    from nmt_cli.serve.app import Service
+
+    service = Service([experiment.checkpoint], ServeConfig(quiet=True), "cpu",
+                      {"precision": "bf16"})
+    service.load()
+    assert service.error is None and service.ready, service.error
+    assert service.info["precision"] == "bf16"
+    dtypes = {m.weight.dtype for m in service.model.modules()
+              if isinstance(m, torch.nn.Linear) and m.bias is None}
+    assert dtypes == {torch.bfloat16}
 
 
 def test_200_test_lines_are_byte_identical_to_nmt_translate(server, experiment, tmp_path):
@@ -164,6 +183,7 @@ BAD = [  # (case, request kwargs, status, field)
     ("n-best above beam", {"json": {"text": "a", "beam_size": 2, "n_best": 3}}, 422, "n_best"),
     ("endless output", {"json": {"text": "a", "max_len_b": 10 ** 9}}, 422, "max_len_b"),
     ("a server setting", {"json": {"text": "a", "batch_size": 1}}, 422, "batch_size"),
+    ("precision per request", {"json": {"text": "a", "precision": "bf16"}}, 422, "precision"),
     ("both text and texts", {"json": {"text": "a", "texts": ["b"]}}, 422, "text"),
     ("no text", {"json": {"beam_size": 2}}, 422, "texts"),
     ("empty list", {"json": {"texts": []}}, 422, "texts"),

@@ -72,8 +72,8 @@ class Service:
 
             from nmt_cli.model import count_parameters
             from nmt_cli.checkpoint import library_versions
-            from nmt_cli.runtime import pick_device
-            from nmt_cli.translate import load_models
+            from nmt_cli.runtime import for_decoding, pick_device
+            from nmt_cli.translate import decoding_precision, load_models
 
             from nmt_cli.ct2_translator import is_exported, load_exported
 
@@ -96,6 +96,11 @@ class Service:
                 parameters = count_parameters(self.model)
             self.normalize = recipe.preprocess.normalize  # the clean-up the model was trained on
             self.defaults = with_overrides(recipe.decode, self.decode_overrides, "decode")
+            if self.engine is None:  # decode.precision, as nmt translate applies it
+                self.precision = decoding_precision(self.defaults, self.device, self.quantize)
+                self.model = for_decoding(self.model, self.precision)
+            else:
+                self.precision = f"ctranslate2 {self.engine.metadata.get('quantization', '')}"
             self._run(self.defaults, False, ["warm up"])
             self.info = self._model_info(recipe, parameters, library_versions())
         except NmtError as exc:
@@ -107,7 +112,7 @@ class Service:
             return
         self.ready = True
         self.log(f"ready: {self.info['name']} ({self.info['parameters']:,} parameters) loaded in "
-                 f"{time.perf_counter() - start:.1f} s", always=True)
+                 f"{time.perf_counter() - start:.1f} s, {self.precision}", always=True)
 
     def _run(self, cfg: DecodeConfig, attention: bool, lines: list[str]):
         import torch
@@ -153,6 +158,7 @@ class Service:
             "versions": {**versions, "fastapi": fastapi.__version__,
                          "uvicorn": uvicorn.__version__},
             "device": str(self.device),
+            "precision": self.precision,  # decode.precision as resolved when the model loaded
             "decode": to_dict(self.defaults),
             "limits": limits,
         }

@@ -21,7 +21,8 @@ from nmt_cli.errors import ConfigError
 
 # Decode settings that belong to the server (how it batches and bounds work), not to a request.
 SERVER_ONLY = {"batch_size": "--max-batch-sentences", "batch_type": "--max-batch-sentences",
-               "max_src_len": "--set decode.max_src_len"}
+               "max_src_len": "--set decode.max_src_len",
+               "precision": "--set decode.precision; the model is cast once, when it loads"}
 TEXT_KEYS = ("text", "texts")
 
 
