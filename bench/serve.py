@@ -89,10 +89,11 @@ def batch_figures(args, lines: list[str], source: Path) -> tuple[float, str, lis
         torch.set_num_threads(args.threads)
     model, tok, recipe = load_models([args.model], torch.device("cpu"))
     cfg = with_overrides(recipe.decode, {"beam_size": args.beam_size})
+    norm = recipe.preprocess.normalize  # the clean-up the server applies too
     with torch.inference_mode():
-        translate_lines(model, tok, lines[:cfg.batch_size], cfg)  # warm-up
+        translate_lines(model, tok, lines[:cfg.batch_size], cfg, normalize=norm)  # warm-up
         start = time.perf_counter()
-        found = translate_lines(model, tok, lines, cfg)
+        found = translate_lines(model, tok, lines, cfg, normalize=norm)
         decode_rate = len(lines) / (time.perf_counter() - start)
     cmd = [sys.executable, "-m", "nmt_cli", "translate", "-m", str(args.model), "-i",
            str(source), "-o", os.devnull, "--beam-size", str(args.beam_size), "--device", "cpu"]

@@ -348,8 +348,12 @@ def translate(
                                   "else fp32), fp32, bf16 or fp16 (CUDA)."),
     device: Device = typer.Option(Device.auto, help="Where to run the model."),
     threads: int = typer.Option(0, "--threads", min=0,
-                                help="CPU threads for torch (or CTranslate2's intra_threads on an "
-                                     "exported model); 0 keeps the default."),
+                                help="CPU threads for torch, or in all for CTranslate2 on an "
+                                     "exported model; 0 keeps the default (one per core)."),
+    inter_threads: int = typer.Option(0, "--inter-threads", min=0,
+                                      help="Exported model on the CPU: batches translated side "
+                                           "by side, each on threads/N threads; 0 is one per "
+                                           "thread."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No statistics on stderr."),
 ) -> None:
     """Translate text with beam search, greedy or sampling.
@@ -364,16 +368,12 @@ def translate(
     given = locals()
     decode = {key: given[key] for key in DECODE_OPTIONS if given[key] is not None}
     with user_errors():
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
         from nmt_cli.translate import TranslateOptions, translate_file
 
         options = TranslateOptions(tsv=n_best is not None, score_reference=score_reference,
                                    alignments=alignments, plot_attention=plot_attention,
                                    quantize=quantize.value if quantize else None,
-                                   threads=threads)
+                                   threads=threads, inter_threads=inter_threads)
         stats = translate_file(model, input, output, device=device.value, options=options,
                                **decode)
         for line in stats.warnings:

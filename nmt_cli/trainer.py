@@ -49,23 +49,51 @@ from nmt_cli.scoring import score_lines
 from nmt_cli.tokenizer import Tokenizers
 
 
+class _SmoothedCrossEntropy(torch.autograd.Function):
+    """Label-smoothed cross-entropy summed over the non-padding rows of (N, V) logits, with a
+    backward pass written out: the gradient is ``softmax - (1 - eps) * onehot - eps / V`` on kept
+    rows, computed in place from the saved fp32 log-probabilities. Autograd would instead take
+    the log-softmax backward, the mean's and the gather's, each a pass over the (N, V) tensor.
+    Returns (loss, nll); the NLL sum is for reporting and has no gradient."""
+
+    @staticmethod
+    def forward(ctx, logits, target, eps: float):  # type: ignore[override]
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        keep = target != PAD_ID
+        nll = (-log_probs.gather(1, target.unsqueeze(1)).squeeze(1)).masked_fill(~keep, 0.0)
+        loss = nll.sum()
+        if eps > 0:
+            smooth = (-log_probs.mean(dim=-1)).masked_fill(~keep, 0.0)
+            loss = (1.0 - eps) * loss + eps * smooth.sum()
+        ctx.save_for_backward(log_probs, target, keep)
+        ctx.eps, ctx.dtype = eps, logits.dtype
+        nll_sum = nll.sum()
+        ctx.mark_non_differentiable(nll_sum)
+        return loss, nll_sum
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_nll):  # type: ignore[override]
+        log_probs, target, keep = ctx.saved_tensors
+        eps, vocab = ctx.eps, log_probs.size(1)
+        grad = log_probs.exp_()  # the saved tensor becomes the softmax: backward runs once
+        if eps > 0:
+            grad.sub_(eps / vocab)
+        grad.scatter_add_(1, target.unsqueeze(1),
+                          grad.new_full((target.numel(), 1), -(1.0 - eps)))
+        grad.mul_((keep.to(grad.dtype) * grad_loss).unsqueeze(1))
+        return grad.to(ctx.dtype), None, None
+
+
 def sequence_loss(logits: torch.Tensor, target: torch.Tensor,
                   label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed label-smoothed cross-entropy and summed plain NLL over non-padding positions.
 
-    Same value as ``F.cross_entropy(..., label_smoothing=eps, ignore_index=PAD)`` summed, but with
-    one log-softmax shared by both sums: ``(1 - eps) * nll + eps * mean_v(-log p_v)``.
+    Same value and gradient as ``F.cross_entropy(..., label_smoothing=eps, ignore_index=PAD)``
+    summed, with one fp32 log-softmax shared by both sums: ``(1 - eps) * nll + eps *
+    mean_v(-log p_v)``.
     """
-    flat_target = target.reshape(-1)
-    keep = (flat_target != PAD_ID).to(logits.dtype if logits.is_floating_point() else torch.float)
-    log_probs = torch.log_softmax(logits.reshape(-1, logits.size(-1)).float(), dim=-1)
-    nll = -log_probs.gather(1, flat_target.unsqueeze(1)).squeeze(1) * keep
-    if label_smoothing > 0:
-        smooth = -log_probs.mean(dim=-1) * keep
-        loss = ((1.0 - label_smoothing) * nll + label_smoothing * smooth).sum()
-    else:
-        loss = nll.sum()
-    return loss, nll.detach().sum()
+    flat = logits.reshape(-1, logits.size(-1))
+    return _SmoothedCrossEntropy.apply(flat, target.reshape(-1), float(label_smoothing))
 
 
 @dataclass

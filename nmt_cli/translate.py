@@ -69,7 +69,8 @@ class TranslateOptions:
     plot_attention: Path | None = None  # one PNG heatmap per sentence
     quantize: str | None = None  # "int8": dynamic quantization of the Linear layers (CPU)
     chunk_lines: int = 1000
-    threads: int = 0  # CTranslate2's intra_threads on an exported model; 0: the engine's default
+    threads: int = 0  # CPU threads: torch's for a checkpoint, the engine's in all for an export
+    inter_threads: int = 0  # exported model on the CPU: batches side by side; 0: one per thread
 
 
 class Utf8Lines:
@@ -258,6 +259,8 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
         from nmt_cli.runtime import for_decoding, pick_device
 
         dev = pick_device(device)
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
     if opts.plot_attention is not None:
         from nmt_cli.alignment import require_matplotlib
 
@@ -357,7 +360,7 @@ def _exported_model(paths: list, opts: TranslateOptions, device: str) -> Ct2Mode
             hint = (" (choose --quantization when exporting)" if flag == "--quantize"
                     else " (use the .pt checkpoint)")
             raise NmtError(f"{flag} does not work on an exported CTranslate2 model{hint}")
-    return load_exported(exported[0], device, opts.threads)
+    return load_exported(exported[0], device, opts.threads, opts.inter_threads)
 
 
 def _write_translation(t: Translation, index: int, out: IO[str], tsv: bool) -> None:

@@ -139,7 +139,8 @@ def test_translating_an_exported_model_never_imports_torch(exported):
     import sys
 
     code = ("import sys\nfrom nmt_cli.cli import main\n"
-            f"sys.argv = ['nmt', 'translate', '-m', {str(exported.folder)!r}, '-q']\n"
+            f"sys.argv = ['nmt', 'translate', '-m', {str(exported.folder)!r}, '-q', "
+            "'--threads', '2']\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
             "print('torch loaded' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n")
     lines = source_lines(3)
@@ -148,6 +149,34 @@ def test_translating_an_exported_model_never_imports_torch(exported):
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 3 and all(proc.stdout.splitlines())
     assert proc.stderr.strip().splitlines()[-1] == "no torch", proc.stderr
+
+
+def test_the_engine_threads_split_between_and_within_batches(monkeypatch):
+    import os
+
+    from nmt_cli.ct2_translator import thread_split
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert thread_split("cpu", 0, 0) == (1, 4)  # by default one batch per core
+    assert thread_split("cpu", 2, 0) == (1, 2)
+    assert thread_split("cpu", 4, 2) == (2, 2)
+    assert thread_split("cpu", 0, 1) == (4, 1)  # one batch at a time, on every core (serve)
+    assert thread_split("cpu", 2, 8) == (1, 2)  # never more workers than threads
+    assert thread_split("cuda", 0, 0) == (0, 1)
+
+
+def test_batches_side_by_side_keep_every_line_in_place(exported, tmp_path):
+    """Groups of sentences run on several engine workers at once; the output is the same, line
+    for line, as one worker's."""
+    lines = source_lines(40)
+    text = "\n".join(lines[:20] + [""] + lines[20:]) + "\n"
+    one = run_cli("translate", "-m", exported.folder, "--threads", "2", "--inter-threads", "1",
+                  "-q", input=text)
+    two = run_cli("translate", "-m", exported.folder, "--threads", "2", "--inter-threads", "2",
+                  "-q", input=text)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert len(two.stdout.split("\n")[:-1]) == 41 and two.stdout.split("\n")[20] == ""
+    assert two.stdout == one.stdout
 
 
 def test_score_reference_runs_on_the_engine(nmt_model, exported, tmp_path):

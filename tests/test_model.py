@@ -172,6 +172,19 @@ def test_sequence_loss_equals_label_smoothed_cross_entropy(eps):
     logits.requires_grad_(True)
     sequence_loss(logits, target, eps)[0].backward()
     assert torch.all(logits.grad.reshape(-1, VOCAB)[flat_target == PAD_ID] == 0)
+    # the hand-written backward gives autograd's gradient of the reference loss
+    reference = logits.detach().clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(reference.reshape(-1, VOCAB), flat_target,
+                                      ignore_index=PAD_ID, label_smoothing=eps,
+                                      reduction="sum").mul(0.7).backward()
+    logits.grad = None
+    sequence_loss(logits, target, eps)[0].mul(0.7).backward()
+    torch.testing.assert_close(logits.grad, reference.grad, atol=1e-6, rtol=1e-5)
+    # bf16 logits (autocast) get a bf16 gradient computed from fp32 log-probabilities
+    half = logits.detach().bfloat16().requires_grad_(True)
+    sequence_loss(half, target, eps)[0].backward()
+    assert half.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(half.grad.float(), reference.grad / 0.7, atol=2e-2, rtol=2e-2)
 
 
 def test_eval_mode_is_deterministic_and_train_mode_uses_dropout():
