@@ -12,7 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 import nmt_cli.runtime as runtime
-from _decode_fixtures import sample_checkpoint, sample_model, source_lines  # noqa: F401
+from _decode_fixtures import (arch_checkpoint, sample_checkpoint, sample_model,  # noqa: F401
+                              source_lines)
 from _train_fixtures import new_run, prepared  # noqa: F401
 from nmt_cli.cli import app
 from nmt_cli.config import DecodeConfig, TrainConfig, with_overrides
@@ -106,14 +107,16 @@ def _lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").split("\n")[:-1]
 
 
-def test_bf16_translation_is_the_same_at_batch_1_and_64(sample_checkpoint, tmp_path):  # noqa: F811
+def test_bf16_translation_is_the_same_at_batch_1_and_64(arch_checkpoint, tmp_path):  # noqa: F811
+    """Both architectures decode at bf16 (the Transformer's output layer takes the cast weight)
+    and give the same lines alone and batched."""
     src = tmp_path / "in.src"
     src.write_text("".join(line + "\n" for line in source_lines(40)), encoding="utf-8")
     outputs = {}
     for batch in (1, 64):
         for beam in (5, 1):
             out = tmp_path / f"b{batch}-k{beam}.hyp"
-            stats = translate_file(sample_checkpoint, src, out, device="cpu", precision="bf16",
+            stats = translate_file(arch_checkpoint, src, out, device="cpu", precision="bf16",
                                    batch_size=batch, beam_size=beam)
             assert stats.precision == "bf16"
             outputs[batch, beam] = _lines(out)

@@ -308,7 +308,15 @@ class Transformer(nn.Module):
         for layer in self.decoder_layers:
             k, v = layer.cross_attn.cross_keys_values(states)
             x, _, _ = layer(x, None, k, v, mask)
-        return self.output_layer(self.decoder_norm(x))
+        return self._logits(self.decoder_norm(x))
+
+    def _logits(self, h: Tensor) -> Tensor:
+        """The output layer; after ``runtime.for_decoding`` its weight is bf16 (or fp16), and the
+        decoder's fp32 output is cast to it (fp32 weights leave autocast to decide)."""
+        weight = self.output_layer.weight
+        if weight.dtype != torch.float32 and h.dtype != weight.dtype:
+            h = h.to(weight.dtype)
+        return self.output_layer(h)
 
     def step(self, prev_tokens: Tensor, state: TransformerState, memory: TransformerMemory,
              need_attention: bool = False
@@ -325,7 +333,7 @@ class Transformer(nn.Module):
             keys.append(k)
             values.append(v)
             weights = w if w is not None else weights
-        logits = self.output_layer(self.decoder_norm(x[:, 0]))
+        logits = self._logits(self.decoder_norm(x[:, 0]))
         return (torch.log_softmax(logits.float(), dim=-1),
                 TransformerState(keys, values, state.position + 1),
                 None if weights is None else weights[:, 0])
