@@ -312,9 +312,10 @@ class Transformer(nn.Module):
 
     def _logits(self, h: Tensor) -> Tensor:
         """The output layer; after ``runtime.for_decoding`` its weight is bf16 (or fp16), and the
-        decoder's fp32 output is cast to it (fp32 weights leave autocast to decide)."""
+        decoder's fp32 output is cast to it (fp32 weights leave autocast to decide; an int8
+        layer of ``--quantize`` has a method, not a tensor, for its weight and takes fp32)."""
         weight = self.output_layer.weight
-        if weight.dtype != torch.float32 and h.dtype != weight.dtype:
+        if isinstance(weight, Tensor) and weight.dtype != torch.float32 and h.dtype != weight.dtype:
             h = h.to(weight.dtype)
         return self.output_layer(h)
 
