@@ -21,9 +21,9 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from contextlib import nullcontext
 from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence
 
 from nmt_cli.bitext import BOM, open_binary
