@@ -50,38 +50,50 @@ from nmt_cli.tokenizer import Tokenizers
 
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
-    """Label-smoothed cross-entropy summed over the non-padding rows of (N, V) logits, with a
-    backward pass written out: the gradient is ``softmax - (1 - eps) * onehot - eps / V`` on kept
-    rows, computed in place from the saved fp32 log-probabilities. Autograd would instead take
-    the log-softmax backward, the mean's and the gather's, each a pass over the (N, V) tensor.
-    Returns (loss, nll); the NLL sum is for reporting and has no gradient."""
+    """Label-smoothed cross-entropy summed over the non-padding rows of (N, V) logits, with the
+    gradient computed in the forward pass: ``softmax - (1 - eps) * onehot - eps / V`` on kept
+    rows, zero on padding. On the CPU the rows go a block at a time (about 2**20 logits), so each
+    block's fp32 log-probabilities stay in cache while the loss and the gradient are read off
+    them; no (N, V) fp32 tensor is made, and backward is one scaling of the saved gradient, in
+    the logits' dtype. Autograd would instead take the log-softmax backward, the mean's and the
+    gather's, each a pass over the (N, V) tensor. Returns (loss, nll); the NLL sum is for
+    reporting and has no gradient."""
 
     @staticmethod
     def forward(ctx, logits, target, eps: float):  # type: ignore[override]
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        rows, vocab = logits.shape
         keep = target != PAD_ID
-        nll = (-log_probs.gather(1, target.unsqueeze(1)).squeeze(1)).masked_fill(~keep, 0.0)
+        want_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(logits) if want_grad else None
+        block = rows if logits.device.type != "cpu" else max(1, (1 << 20) // vocab)
+        nll_parts, smooth_parts = [], []
+        for lo in range(0, max(rows, 1), block):
+            hi = min(lo + block, rows)
+            log_probs = torch.log_softmax(logits[lo:hi].float(), dim=-1)
+            tgt, kept = target[lo:hi].unsqueeze(1), keep[lo:hi]
+            nll_parts.append((-log_probs.gather(1, tgt).squeeze(1)).masked_fill(~kept, 0.0))
+            if eps > 0:
+                smooth_parts.append((-log_probs.mean(dim=-1)).masked_fill(~kept, 0.0))
+            if want_grad:
+                g = log_probs.exp_()  # the softmax
+                if eps > 0:
+                    g.sub_(eps / vocab)
+                g.scatter_add_(1, tgt, g.new_full((hi - lo, 1), -(1.0 - eps)))
+                grad[lo:hi] = g.mul_(kept.unsqueeze(1))
+        nll = torch.cat(nll_parts)
         loss = nll.sum()
         if eps > 0:
-            smooth = (-log_probs.mean(dim=-1)).masked_fill(~keep, 0.0)
-            loss = (1.0 - eps) * loss + eps * smooth.sum()
-        ctx.save_for_backward(log_probs, target, keep)
-        ctx.eps, ctx.dtype = eps, logits.dtype
+            loss = (1.0 - eps) * loss + eps * torch.cat(smooth_parts).sum()
+        if want_grad:
+            ctx.save_for_backward(grad)
         nll_sum = nll.sum()
         ctx.mark_non_differentiable(nll_sum)
         return loss, nll_sum
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_nll):  # type: ignore[override]
-        log_probs, target, keep = ctx.saved_tensors
-        eps, vocab = ctx.eps, log_probs.size(1)
-        grad = log_probs.exp_()  # the saved tensor becomes the softmax: backward runs once
-        if eps > 0:
-            grad.sub_(eps / vocab)
-        grad.scatter_add_(1, target.unsqueeze(1),
-                          grad.new_full((target.numel(), 1), -(1.0 - eps)))
-        grad.mul_((keep.to(grad.dtype) * grad_loss).unsqueeze(1))
-        return grad.to(ctx.dtype), None, None
+        (grad,) = ctx.saved_tensors
+        return grad.mul_(grad_loss), None, None  # backward runs once: scaled in place
 
 
 def sequence_loss(logits: torch.Tensor, target: torch.Tensor,

@@ -90,6 +90,7 @@ RANKS = {
     "nmt_cli.tokenizer": 5, "nmt_cli.scoring": 5, "nmt_cli.plot": 5,
     "nmt_cli.preprocess": 6, "nmt_cli.hypotheses": 6,
     # data and model
+    "nmt_cli.model.dropout": 6.5,
     "nmt_cli.data": 7, "nmt_cli.model.attention": 7, "nmt_cli.model.encoder": 7,
     "nmt_cli.model.contract": 7,
     "nmt_cli.model.decoder": 8, "nmt_cli.model.seq2seq": 9, "nmt_cli.model.transformer": 9, "nmt_cli.model": 10,

@@ -187,6 +187,26 @@ def test_sequence_loss_equals_label_smoothed_cross_entropy(eps):
     torch.testing.assert_close(half.grad.float(), reference.grad / 0.7, atol=2e-2, rtol=2e-2)
 
 
+def test_sequence_loss_in_blocks_of_rows_equals_cross_entropy():
+    """A vocabulary this large makes the CPU loss run over several blocks of rows (and a last,
+    shorter one); loss and gradient must not depend on where the blocks fall."""
+    vocab = 1 << 17  # 8 rows per block
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(19, vocab, generator=g) * 2).requires_grad_(True)
+    target = torch.randint(4, vocab, (19,), generator=g)
+    target[[3, 8, 17]] = PAD_ID
+    loss, nll = sequence_loss(logits, target, 0.1)
+    loss.mul(0.5).backward()
+    reference = logits.detach().clone().requires_grad_(True)
+    ref = torch.nn.functional.cross_entropy(reference, target, ignore_index=PAD_ID,
+                                            label_smoothing=0.1, reduction="sum")
+    ref.mul(0.5).backward()
+    torch.testing.assert_close(loss, ref, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(nll, torch.nn.functional.cross_entropy(
+        logits.detach(), target, ignore_index=PAD_ID, reduction="sum"), atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(logits.grad, reference.grad, atol=1e-6, rtol=1e-4)
+
+
 def test_eval_mode_is_deterministic_and_train_mode_uses_dropout():
     model = make_model(make_cfg(dropout=0.3))
     src, lens, tgt_in, _ = toy_batch()

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from nmt_cli.config import DecoderConfig
 from nmt_cli.model.attention import build_attention
 from nmt_cli.model.encoder import RNN_CELLS
+from nmt_cli.model.dropout import Dropout
 
 
 @dataclass
@@ -58,7 +59,7 @@ class RecurrentDecoder(nn.Module):
         self.attention = build_attention(cfg.attention, hidden, memory_size)
         self.att_vector = nn.Linear(hidden + memory_size, hidden, bias=True)
         self.bridge = nn.Linear(enc_final_size, hidden) if cfg.init == "bridge" else None
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.output_size = hidden
 
     # -- set-up ------------------------------------------------------------------------------

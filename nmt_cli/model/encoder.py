@@ -6,6 +6,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt_cli.config import EncoderConfig
+from nmt_cli.model.dropout import Dropout
 
 RNN_CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -17,7 +18,7 @@ class RecurrentEncoder(nn.Module):
         self.rnn = RNN_CELLS[cfg.cell](
             emb_size, cfg.hidden_size, num_layers=cfg.layers, batch_first=True,
             bidirectional=cfg.bidirectional, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.output_size = cfg.hidden_size * (2 if cfg.bidirectional else 1)
 
     def forward(self, embedded: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:

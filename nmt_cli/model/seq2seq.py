@@ -11,6 +11,7 @@ from nmt_cli.ids import PAD_ID
 from nmt_cli.model.attention import linear_in
 from nmt_cli.model.decoder import DecoderState, Memory, RecurrentDecoder
 from nmt_cli.model.encoder import RecurrentEncoder
+from nmt_cli.model.dropout import Dropout
 
 
 class Seq2Seq(nn.Module):
@@ -27,7 +28,7 @@ class Seq2Seq(nn.Module):
             self.tgt_embed = self.src_embed
         else:
             self.tgt_embed = nn.Embedding(tgt_vocab_size, cfg.emb_size, padding_idx=PAD_ID)
-        self.emb_dropout = nn.Dropout(cfg.emb_dropout)
+        self.emb_dropout = Dropout(cfg.emb_dropout)
         self.encoder = RecurrentEncoder(cfg.encoder, cfg.emb_size)
         self.decoder = RecurrentDecoder(cfg.decoder, cfg.emb_size, self.encoder.output_size,
                                         self.encoder.output_size)

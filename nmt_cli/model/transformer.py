@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from nmt_cli.config import ModelConfig, TransformerConfig
 from nmt_cli.errors import ConfigError
 from nmt_cli.ids import PAD_ID
+from nmt_cli.model.dropout import Dropout, dropout
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -139,7 +140,7 @@ class MultiHeadAttention(nn.Module):
                     torch.ones(t, s, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
             probs = torch.softmax(scores.float(), dim=-1)
             weights = probs.mean(dim=1) if need_weights else None
-            context = torch.matmul(F.dropout(probs, p, self.training).to(v.dtype), v)
+            context = torch.matmul(dropout(probs, p, self.training).to(v.dtype), v)
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
                                                      is_causal=causal)
@@ -152,7 +153,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.inner = nn.Linear(cfg.d_model, cfg.ff_size)
         self.activation = ACTIVATIONS[cfg.activation]()
-        self.dropout = nn.Dropout(cfg.activation_dropout)
+        self.dropout = Dropout(cfg.activation_dropout)
         self.outer = nn.Linear(cfg.ff_size, cfg.d_model)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -166,7 +167,7 @@ class Sublayer(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.d_model)
         self.pre = cfg.norm == "pre"
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def inputs(self, x: Tensor) -> Tensor:
         return self.norm(x) if self.pre else x
@@ -242,7 +243,7 @@ class Transformer(nn.Module):
             self.register_buffer("sinusoids", sinusoidal_table(tcfg.max_positions, d),
                                  persistent=False)
         self.emb_scale = math.sqrt(d) if tcfg.scale_embeddings else 1.0
-        self.emb_dropout = nn.Dropout(tcfg.dropout)
+        self.emb_dropout = Dropout(tcfg.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(tcfg) for _ in range(tcfg.encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(tcfg) for _ in range(tcfg.decoder_layers))
         pre = tcfg.norm == "pre"
