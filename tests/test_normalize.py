@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from nmt_cli.config import NormalizeConfig, TokenizerConfig
 from nmt_cli.errors import ConfigError, DataError
+import nmt_cli.normalize as N
 from nmt_cli.normalize import Normalizer, nonletter_ratio
 from nmt_cli.preprocess import preprocess
 from nmt_cli.recipes import load_recipe
@@ -128,3 +131,35 @@ def test_split_needs_files(tmp_path):
     path.write_text(yaml.safe_dump({"data": {"dev": {"tsv": "a.tsv", "src": "b"}}}))
     with pytest.raises(ConfigError, match="data.dev.tsv: give either tsv or src and tgt"):
         load_recipe(path, [])
+
+
+def _expected_flags(cp: int) -> int:
+    ch = chr(cp)
+    flags = 0
+    if re.fullmatch(r"[^\W\d_]", ch):
+        flags |= N.LETTER
+    if re.fullmatch(r"\s", ch):
+        flags |= N.SPACE | (0 if cp == 32 else N.ODD_SPACE)
+    if re.fullmatch(r"[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]", ch):
+        flags |= N.CONTROL
+    if ch in N.ZERO_WIDTH_CHARS:
+        flags |= N.ZERO_WIDTH
+    return flags
+
+
+def test_char_flags_fill_only_the_blocks_a_text_uses_and_match_the_character_classes(
+        monkeypatch):
+    monkeypatch.setattr(N, "_TABLE", np.zeros_like(N._TABLE))
+    monkeypatch.setattr(N, "_FILLED", np.zeros_like(N._FILLED))
+    text = "Ein Mann\u00a0läuft\u200b – schnell.\x07"
+    cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    flags = N.char_flags(cps)
+    assert N._FILLED.sum() == 2  # U+0000-U+0FFF and U+2000-U+2FFF: a translation's start-up
+    assert flags.tolist() == [_expected_flags(int(cp)) for cp in cps]
+    # code points from every block, against the character classes one by one
+    sample = np.array(sorted(set(range(0, 0x110000, 997)) | {1, 32, 0x85, 0x2028, 0x3000,
+                                                             0xFEFF, 0xD800, 0x10FFFF}),
+                      dtype=np.uint32)
+    got = N.char_flags(sample)
+    assert got.tolist() == [_expected_flags(int(cp)) for cp in sample]
+    assert np.array_equal(N.char_table()[sample], got) and N._FILLED.all()
