@@ -1,0 +1,81 @@
+"""The bench scripts, run end to end on the tiny test models with a few lines and a few steps, so
+that a change to the code they drive cannot break them unnoticed (as once happened to
+bench/serve.py). No figure is checked, only that each script finishes and prints what it
+promises: the speeds and the checks that docs/results.md quotes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from _decode_fixtures import SAMPLE, _head, arch_checkpoint, sample_checkpoint  # noqa: F401
+from conftest import CLI_ENV, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**CLI_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                               os.environ.get("PYTHONPATH")]))}
+
+
+def bench(script: str, *args, timeout: float = 300) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=timeout)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def lines(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("bench-lines")
+    return (_head(SAMPLE / "test.src", folder / "test.src", 12),
+            _head(SAMPLE / "test.tgt", folder / "test.tgt", 12))
+
+
+def test_decode_bench_reports_both_speeds_bleu_and_the_batch_check(arch_checkpoint, lines):
+    src, ref = lines
+    out = bench("decode.py", "-m", arch_checkpoint, "-i", src, "-r", ref, "--beam-size", "2",
+                "--batch-size", "4", "--threads", "1", "--batch-1-check")
+    assert re.search(r"decode only +\(.*\): 12 sentences, .* sentences/s", out), out
+    assert re.search(r"whole process \(.*\): 12 sentences, .* sentences/s", out), out
+    assert "BLEU" in out and re.search(r"batch 1 vs batch 4: \d+ of 12 lines differ", out), out
+
+
+def test_decode_bench_compares_an_exported_model(tmp_path, lines):
+    pytest.importorskip("ctranslate2")
+    from _decode_fixtures import trained_checkpoint
+
+    checkpoint = trained_checkpoint("transformer")
+    exported = tmp_path / "ct2"
+    proc = run_cli("export", str(checkpoint), "-o", str(exported), "--quantization", "int8")
+    assert proc.returncode == 0, proc.stderr
+    src, ref = lines
+    out = bench("decode.py", "-m", checkpoint, "--ct2", exported, "-i", src, "-r", ref,
+                "--beam-sizes", "1", "--threads", "1")
+    assert "ct2" in out and re.search(r"x\d+\.\d+", out) and "%" in out, out
+
+
+def test_serve_bench_reports_latency_and_agreement(sample_checkpoint, lines):
+    out = bench("serve.py", "-m", sample_checkpoint, "-i", lines[0], "--lines", "12",
+                "--beam-size", "2", "--concurrency", "1,4", "--threads", "1")
+    assert re.search(r"server, concurrency  1: .* sentences/s, latency p50 .* ms", out), out
+    assert re.search(r"concurrency  4: 0 of 12 answers differ", out), out
+    assert "server / nmt translate's own figure" in out and "exit status 0" in out, out
+
+
+def test_startup_bench_reports_the_ratio_to_the_torch_import(sample_checkpoint):
+    out = bench("startup.py", "-m", sample_checkpoint, "--runs", "1")
+    assert re.search(r"ratio first line / import torch: \d+\.\d+x", out), out
+
+
+def test_train_speed_bench_reports_tokens_per_second_and_the_share_of_peak(arch_checkpoint):
+    recipe = arch_checkpoint.parents[1] / "recipe.yaml"
+    assert recipe.is_file()
+    out = bench("train_speed.py", recipe, "--steps", "2", "--peak", "--set", "train.threads=1")
+    result = json.loads(out)
+    assert result["steps"] == 2 and result["tgt_tok_per_s"] > 0
+    assert 0 < result["share_of_peak"] and result["gemm_peak_gflops"] > 0
