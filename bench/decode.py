@@ -68,14 +68,14 @@ def decode_only(args) -> tuple[float, float, int, int, list[str]]:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from nmt_cli.bitext import read_lines
     from nmt_cli.config import with_overrides
-    from nmt_cli.inference import translate_lines
+    from nmt_cli.decoding.inference import translate_lines
+    from nmt_cli.decoding.translate import load_models
     from nmt_cli.runtime import for_decoding, pick_device, resolve_precision
-    from nmt_cli.translate import load_models
+    from nmt_cli.text.bitext import read_lines
 
-    from nmt_cli.ct2_translator import is_exported, load_exported
-    from nmt_cli.ct2_translator import translate_lines as ct2_translate_lines
+    from nmt_cli.decoding.ct2 import is_exported, load_exported
+    from nmt_cli.decoding.ct2 import translate_lines as ct2_translate_lines
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -83,8 +83,8 @@ def batch_figures(args, lines: list[str], source: Path) -> tuple[float, str, lis
     import torch
 
     from nmt_cli.config import with_overrides
-    from nmt_cli.inference import translate_lines
-    from nmt_cli.translate import load_models
+    from nmt_cli.decoding.inference import translate_lines
+    from nmt_cli.decoding.translate import load_models
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -120,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    from nmt_cli.bitext import read_lines
+    from nmt_cli.text.bitext import read_lines
 
     lines = [line for _, line in zip(range(args.lines), read_lines(args.input))]
     work = Path(tempfile.mkdtemp(prefix="nmt-bench-serve-"))

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nmt_cli.model import count_parameters
 from nmt_cli.recipes import load_recipe
-from nmt_cli.trainer import Trainer
+from nmt_cli.training.trainer import Trainer
 
 
 def main(argv: list[str] | None = None) -> None:

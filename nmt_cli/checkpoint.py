@@ -28,7 +28,7 @@ from nmt_cli.errors import CheckpointError, NmtError
 from nmt_cli.files import atomic_write_bytes, replace_durably
 from nmt_cli.model import TrainableModel, build_model
 from nmt_cli.recipes import recipe_from_dict
-from nmt_cli.tokenizer import Tokenizers
+from nmt_cli.text.tokenizer import Tokenizers
 
 FORMAT = "nmt-checkpoint-1"
 

@@ -76,7 +76,7 @@ def tokenizer(recipe: Path = RECIPE, set_: List[str] = SET) -> None:
     One joint model or one per language, on a random sample of the training bitext.
     """
     with user_errors():
-        from nmt_cli.tokenizer import Tokenizers, dev_statistics, train_tokenizers
+        from nmt_cli.text.tokenizer import Tokenizers, dev_statistics, train_tokenizers
 
         rcp = _load(recipe, set_)
         paths = train_tokenizers(rcp)
@@ -177,7 +177,7 @@ def preprocess(recipe: Path = RECIPE, set_: List[str] = SET,
     Every split of the recipe is written as token-id shards that training reads.
     """
     with user_errors():
-        from nmt_cli.preprocess import data_dir, preprocess as run
+        from nmt_cli.text.preprocess import data_dir, preprocess as run
 
         rcp = _load(recipe, set_)
         bars = _PreprocessProgress() if progress else None
@@ -240,8 +240,8 @@ def train(recipe: Path = RECIPE, set_: List[str] = SET,
     Under torchrun (--nproc-per-node N) it trains data-parallel on N processes.
     """
     with user_errors():
-        from nmt_cli.runs import prepare_run
-        from nmt_cli.trainer import Trainer
+        from nmt_cli.training.runs import prepare_run
+        from nmt_cli.training.trainer import Trainer
 
         rcp = _load(recipe, set_)
         prepare_run(rcp, resume=resume, overwrite=overwrite, init_from=init_from)
@@ -251,7 +251,7 @@ def train(recipe: Path = RECIPE, set_: List[str] = SET,
         try:
             summary = trainer.train(_TrainProgress() if trainer.dist.is_main else None)
         finally:
-            from nmt_cli.distributed import teardown
+            from nmt_cli.training.distributed import teardown
 
             teardown()
         if not trainer.dist.is_main:
@@ -368,7 +368,7 @@ def translate(
     given = locals()
     decode = {key: given[key] for key in DECODE_OPTIONS if given[key] is not None}
     with user_errors():
-        from nmt_cli.translate import TranslateOptions, translate_file
+        from nmt_cli.decoding.translate import TranslateOptions, translate_file
 
         options = TranslateOptions(tsv=n_best is not None, score_reference=score_reference,
                                    alignments=alignments, plot_attention=plot_attention,
@@ -484,7 +484,7 @@ def average(
 ) -> None:
     """Average the weights of several checkpoints of one model."""
     with user_errors():
-        from nmt_cli.average import average_to_file, run_checkpoints
+        from nmt_cli.training.average import average_to_file, run_checkpoints
 
         if last is not None:
             if len(checkpoints) != 1 or not checkpoints[0].is_dir():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nmt_cli.errors import NmtError
-from nmt_cli.metrics import read_metrics
+from nmt_cli.training.metrics import read_metrics
 
 
 def _pyplot():

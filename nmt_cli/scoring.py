@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from nmt_cli.bitext import read_lines
 from nmt_cli.errors import DataError
+from nmt_cli.text.bitext import read_lines
 
 METRICS = ("bleu", "chrf", "ter")
 

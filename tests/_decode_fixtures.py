@@ -42,10 +42,10 @@ TRAIN = {"rnn": {"max_steps": 60, "learning_rate": 0.01},
 def trained_checkpoint(arch: str = "rnn") -> Path:
     import torch
 
-    from nmt_cli.preprocess import preprocess
     from nmt_cli.recipes import recipe_from_dict
-    from nmt_cli.tokenizer import train_tokenizers
-    from nmt_cli.trainer import Trainer
+    from nmt_cli.text.preprocess import preprocess
+    from nmt_cli.text.tokenizer import train_tokenizers
+    from nmt_cli.training.trainer import Trainer
 
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="nmt-decode-tests-"))
@@ -106,7 +106,7 @@ def decode_settings(recipe, **changes):
 
 def translate(sample_model, lines: list[str], **changes):
     """``translate_lines`` with the model's own recipe (decode settings changed by ``changes``)."""
-    from nmt_cli.inference import translate_lines
+    from nmt_cli.decoding.inference import translate_lines
 
     model, tok, recipe = sample_model
     return translate_lines(model, tok, lines, decode_settings(recipe, **changes),

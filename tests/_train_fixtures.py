@@ -45,9 +45,9 @@ def env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """A folder with 200 training / 20 dev pairs, a 300-piece tokenizer and binarized data."""
-    from nmt_cli.preprocess import preprocess
     from nmt_cli.recipes import load_recipe
-    from nmt_cli.tokenizer import train_tokenizers
+    from nmt_cli.text.preprocess import preprocess
+    from nmt_cli.text.tokenizer import train_tokenizers
 
     base = tmp_path_factory.mktemp("prepared")
     for split, n in (("train", 200), ("dev", 20)):
@@ -95,8 +95,8 @@ def train(recipe: Path, *args: str, fault: str | None = None,
 def train_here(recipe: Path, resume: bool = False, init_from: Path | None = None):
     """``nmt train`` in this process (cheaper than a subprocess); returns the TrainSummary."""
     from nmt_cli.recipes import load_recipe
-    from nmt_cli.runs import prepare_run
-    from nmt_cli.trainer import Trainer
+    from nmt_cli.training.runs import prepare_run
+    from nmt_cli.training.trainer import Trainer
 
     rcp = load_recipe(recipe)
     prepare_run(rcp, resume=resume, init_from=init_from)

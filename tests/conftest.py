@@ -148,7 +148,7 @@ class Experiment:
     folder: Path
     recipe_path: Path
     recipe: object  # nmt_cli.config.Recipe
-    summary: object  # nmt_cli.trainer.TrainSummary
+    summary: object  # nmt_cli.training.trainer.TrainSummary
 
     @property
     def workdir(self) -> Path:
@@ -166,10 +166,10 @@ class Experiment:
 @pytest.fixture(scope="session")
 def experiment(tmp_path_factory) -> Experiment:
     """tokenizer -> preprocess -> train on data/sample with a tiny model, once per session."""
-    from nmt_cli.preprocess import preprocess
     from nmt_cli.recipes import load_recipe
-    from nmt_cli.tokenizer import train_tokenizers
-    from nmt_cli.trainer import Trainer
+    from nmt_cli.text.preprocess import preprocess
+    from nmt_cli.text.tokenizer import train_tokenizers
+    from nmt_cli.training.trainer import Trainer
 
     folder = tmp_path_factory.mktemp("experiment")
     recipe_path = folder / "tiny.yaml"
@@ -183,7 +183,7 @@ def experiment(tmp_path_factory) -> Experiment:
 
 @pytest.fixture(scope="session")
 def tokenizers(experiment):
-    from nmt_cli.tokenizer import Tokenizers
+    from nmt_cli.text.tokenizer import Tokenizers
 
     return Tokenizers.load(experiment.recipe)
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from _decode_fixtures import sample_checkpoint  # noqa: F401
-from nmt_cli.average import average_checkpoints, average_to_file, run_checkpoints
 from nmt_cli.checkpoint import load_checkpoint, save_checkpoint
 from nmt_cli.errors import CheckpointError
+from nmt_cli.training.average import average_checkpoints, average_to_file, run_checkpoints
 
 
 def test_average_of_identical_checkpoints_is_the_original(sample_checkpoint, tmp_path):

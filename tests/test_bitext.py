@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nmt_cli.bitext import count_lines, normalize, read_bitext, read_lines
 from nmt_cli.errors import DataError
+from nmt_cli.text.bitext import count_lines, normalize, read_bitext, read_lines
 
 LINES = ["Der Hund läuft.", "", "  spaces  inside  ", "naïve café – ☃", "last line"]
 
@@ -119,14 +119,14 @@ def test_normalize_nfc_and_whitespace():
     assert normalize("cafe\u0301") == "caf\u00e9"
 
 
-# -- token filters (nmt_cli.filters; the rest is in test_preprocess_scale.py) --------------------
+# -- token filters (nmt_cli.text.filters; the rest is in test_preprocess_scale.py) ---------------
 
 
 def test_token_filters_count_the_first_reason_and_boundaries_are_inclusive():
     import numpy as np
 
     from nmt_cli.config import PreprocessConfig
-    from nmt_cli.filters import token_filter
+    from nmt_cli.text.filters import token_filter
 
     cfg = PreprocessConfig(min_len=2, max_len=5, max_ratio=3.0)
     src = np.array([5, 2, 1, 6, 2, 2])

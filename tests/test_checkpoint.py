@@ -14,7 +14,7 @@ from nmt_cli.checkpoint import (FORMAT, load_checkpoint, make_checkpoint, model_
 from nmt_cli.config import TokenizerConfig
 from nmt_cli.errors import CheckpointError
 from nmt_cli.recipes import RESOLVED_NAME, load_recipe, recipe_from_dict
-from nmt_cli.tokenizer import Tokenizers, train_model
+from nmt_cli.text.tokenizer import Tokenizers, train_model
 
 from conftest import sample_lines
 

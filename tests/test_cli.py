@@ -109,7 +109,7 @@ def translate(ckpt, *args, input=None):
 def expected(experiment, trained_model, tokenizers):
     """In-process translations with the same weights and the recipe's decode settings."""
     from nmt_cli.config import with_overrides
-    from nmt_cli.inference import translate_lines
+    from nmt_cli.decoding.inference import translate_lines
 
     recipe = experiment.recipe
 
@@ -287,7 +287,7 @@ def test_truncated_checkpoint_is_one_line(experiment, tmp_path):
 def test_vocabulary_mismatch_checkpoint_is_one_line(experiment, trained_model, tmp_path):
     from nmt_cli.checkpoint import make_checkpoint, save_checkpoint
     from nmt_cli.config import TokenizerConfig
-    from nmt_cli.tokenizer import Tokenizers, train_model
+    from nmt_cli.text.tokenizer import Tokenizers, train_model
 
     lines = sample_lines("train", "src", 1000) + sample_lines("train", "tgt", 1000)
     sp = train_model(lines, TokenizerConfig(vocab_size=150, num_threads=1))

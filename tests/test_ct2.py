@@ -13,11 +13,11 @@ import torch
 from _decode_fixtures import decode_settings, source_lines, trained_checkpoint
 from conftest import assert_one_line_error, run_cli
 from nmt_cli.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint
-from nmt_cli.ct2_translator import load_exported, score_references as ct2_score
-from nmt_cli.ct2_translator import translate_lines as ct2_translate
+from nmt_cli.decoding.ct2 import load_exported, score_references as ct2_score
+from nmt_cli.decoding.ct2 import translate_lines as ct2_translate
+from nmt_cli.decoding.inference import score_references, translate_lines
 from nmt_cli.errors import CheckpointError, NmtError
 from nmt_cli.export.ct2 import export_ctranslate2
-from nmt_cli.inference import score_references, translate_lines
 from nmt_cli.model import build_model
 
 
@@ -154,7 +154,7 @@ def test_translating_an_exported_model_never_imports_torch(exported):
 def test_the_engine_threads_split_between_and_within_batches(monkeypatch):
     import os
 
-    from nmt_cli.ct2_translator import thread_split
+    from nmt_cli.decoding.ct2 import thread_split
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert thread_split("cpu", 0, 0) == (1, 4)  # by default one batch per core
@@ -259,7 +259,7 @@ def test_a_corrupt_or_partial_model_directory_is_one_line(exported, tmp_path, da
     ({"alignments": "a.txt"}, "--alignments"), ({"quantize": "int8"}, "--quantization"),
     ({"plot_attention": "plots"}, "--plot-attention"), ({"ensemble": True}, "ensemble")])
 def test_what_the_engine_cannot_do_is_one_line(exported, tmp_path, option, needle):
-    from nmt_cli.translate import TranslateOptions, translate_file
+    from nmt_cli.decoding.translate import TranslateOptions, translate_file
 
     src, out = tmp_path / "in.txt", tmp_path / "hyp.txt"
     src.write_text("the dog\n", encoding="utf-8")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nmt_cli.data import ParallelData, collate, pad_sequences, token_batches
-from nmt_cli.preprocess import data_dir, load_manifest
+from nmt_cli.text.preprocess import data_dir, load_manifest
 from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID
 
 

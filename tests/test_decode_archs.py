@@ -14,8 +14,8 @@ import torch
 
 from _decode_fixtures import assert_stdin_streams, arch_checkpoint, source_lines  # noqa: F401
 from nmt_cli.checkpoint import load_checkpoint, model_from_checkpoint
+from nmt_cli.decoding.translate import TranslateOptions, translate_file
 from nmt_cli.model import DecodingModel
-from nmt_cli.translate import TranslateOptions, translate_file
 
 N = 12
 
@@ -129,7 +129,7 @@ def test_int8_keeps_one_line_per_line(arch_checkpoint, source, tmp_path):
 
 
 def test_average_of_two_checkpoints_translates(arch_checkpoint, source, tmp_path):
-    from nmt_cli.average import average_to_file
+    from nmt_cli.training.average import average_to_file
 
     payload = load_checkpoint(arch_checkpoint)
     noisy = dict(payload, model={k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v

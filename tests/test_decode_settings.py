@@ -9,8 +9,8 @@ import typing
 
 import pytest
 
-from nmt_cli import penalties, search
 from nmt_cli.config import DecodeConfig, Recipe, build, with_overrides
+from nmt_cli.decoding import penalties, search
 from nmt_cli.errors import ConfigError, NmtError
 
 
@@ -67,7 +67,7 @@ def test_defaults_forbid_unk_and_replace_bad_bytes():
 
 
 def test_an_empty_ensemble_is_a_user_error():
-    from nmt_cli.ensemble import Ensemble
+    from nmt_cli.decoding.ensemble import Ensemble
 
     with pytest.raises(NmtError, match="at least one model"):
         Ensemble([])

@@ -55,7 +55,7 @@ def test_two_ranks_match_one_process_on_the_combined_batch(prepared, ddp_run):  
     single_recipe, single = new_run(prepared, "single", **dict(TRAIN, max_steps=1),
                                     accum_steps=2)
     from nmt_cli.recipes import load_recipe
-    from nmt_cli.trainer import Trainer
+    from nmt_cli.training.trainer import Trainer
 
     rcp = load_recipe(single_recipe, NO_DROPOUT[1::2])
     Trainer(rcp).train()

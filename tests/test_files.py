@@ -69,7 +69,7 @@ def test_checkpoint_names_are_published_durably(tmp_path, disk_log):
 
 
 def test_translation_output_is_published_durably(tmp_path, disk_log):
-    from nmt_cli.translate import _Output
+    from nmt_cli.decoding.translate import _Output
 
     out = _Output(tmp_path / "hyp.txt")
     out.fh.write("a line\n")
@@ -93,7 +93,7 @@ def test_every_rename_in_the_package_goes_through_the_durable_helper():
 def test_preprocessed_shards_are_published_durably(tmp_path, disk_log):
     import numpy as np
 
-    from nmt_cli.preprocess import ShardWriter
+    from nmt_cli.text.preprocess import ShardWriter
 
     shard = ShardWriter(tmp_path / "train.src.bin", np.dtype(np.uint16))
     shard.add(np.arange(5), np.array([2, 3]))

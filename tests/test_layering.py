@@ -1,6 +1,7 @@
 """Import layering, read from the source with ``ast``: every module has a rank in ``RANKS`` and
-imports only modules of lower rank; the CLI is the only Typer user, and the light modules (recipes,
-data reading, scoring) never pull in torch, not even through another module."""
+imports only modules of lower rank; the stage folders (text, model, training, decoding, serve,
+export) import only down the pipeline; the CLI is the only Typer user, and the light modules
+(recipes, data reading, scoring) never pull in torch, not even through another module."""
 
 from __future__ import annotations
 
@@ -57,7 +58,9 @@ def imports(name: str, top_level_only: bool = False) -> frozenset[str]:
 
 def closure(name: str, top_level_only: bool = False) -> set[str]:
     """Everything importing ``name`` loads, following nmt_cli modules (and their packages)."""
-    seen, todo, external = set(), [name], set()
+    parts = name.split(".")  # importing ``name`` runs its packages' __init__ first
+    seen, external = set(), set()
+    todo = [name] + [".".join(parts[:i]) for i in range(1, len(parts))]
     while todo:
         mod = todo.pop()
         if mod in seen:
@@ -79,31 +82,34 @@ def closure(name: str, top_level_only: bool = False) -> set[str]:
 # so the trainer validates through ``inference`` but never reaches the translate command. A new
 # module gets a rank here from whoever adds it: above everything it imports, below its users.
 RANKS = {
-    # ground floor: nothing of nmt_cli below them
+    # ground floor: nothing of nmt_cli below them (the stage folders' __init__ import nothing)
     "nmt_cli": 0, "nmt_cli.errors": 0, "nmt_cli.ids": 0, "nmt_cli.files": 0,
+    "nmt_cli.text": 0, "nmt_cli.training": 0, "nmt_cli.decoding": 0,
     # settings, and small helpers over torch and the file system
-    "nmt_cli.config": 1, "nmt_cli.runtime": 1, "nmt_cli.distributed": 1,
-    "nmt_cli.recipes": 2, "nmt_cli.metrics": 2,
+    "nmt_cli.config": 1, "nmt_cli.runtime": 1, "nmt_cli.training.distributed": 1,
+    "nmt_cli.recipes": 2, "nmt_cli.training.metrics": 2,
     # text: raw text -> token shards (and the text-only scoring and plots)
-    "nmt_cli.normalize": 3, "nmt_cli.filters": 3,
-    "nmt_cli.bitext": 4,
-    "nmt_cli.tokenizer": 5, "nmt_cli.scoring": 5, "nmt_cli.plot": 5,
-    "nmt_cli.preprocess": 6, "nmt_cli.hypotheses": 6,
+    "nmt_cli.text.normalize": 3, "nmt_cli.text.filters": 3,
+    "nmt_cli.text.bitext": 4,
+    "nmt_cli.text.tokenizer": 5, "nmt_cli.scoring": 5, "nmt_cli.plot": 5,
+    "nmt_cli.text.preprocess": 6, "nmt_cli.decoding.hypotheses": 6,
     # data and model
     "nmt_cli.model.dropout": 6.5,
     "nmt_cli.data": 7, "nmt_cli.model.attention": 7, "nmt_cli.model.encoder": 7,
     "nmt_cli.model.contract": 7,
-    "nmt_cli.model.decoder": 8, "nmt_cli.model.seq2seq": 9, "nmt_cli.model.transformer": 9, "nmt_cli.model": 10,
+    "nmt_cli.model.decoder": 8, "nmt_cli.model.seq2seq": 9, "nmt_cli.model.transformer": 9,
+    "nmt_cli.model": 10,
     "nmt_cli.checkpoint": 11,
     # decoding pieces, and the training helpers beside them
-    "nmt_cli.penalties": 12, "nmt_cli.ensemble": 12, "nmt_cli.alignment": 12,
-    "nmt_cli.optim": 12, "nmt_cli.runs": 12, "nmt_cli.average": 12,
-    "nmt_cli.search": 13,
-    "nmt_cli.inference": 14,
+    "nmt_cli.decoding.penalties": 12, "nmt_cli.decoding.ensemble": 12,
+    "nmt_cli.decoding.alignment": 12,
+    "nmt_cli.training.optim": 12, "nmt_cli.training.runs": 12, "nmt_cli.training.average": 12,
+    "nmt_cli.decoding.search": 13,
+    "nmt_cli.decoding.inference": 14,
     # the CTranslate2 engine: inference's clean-up and results, below translate and serve
-    "nmt_cli.ct2_translator": 14.5,
+    "nmt_cli.decoding.ct2": 14.5,
     # the two ends, which must not know each other
-    "nmt_cli.trainer": 15, "nmt_cli.translate": 15,
+    "nmt_cli.training.trainer": 15, "nmt_cli.decoding.translate": 15,
     # the server over decoding (and exporters beside it)
     "nmt_cli.serve.batcher": 16, "nmt_cli.serve.page": 16, "nmt_cli.serve.protocol": 16,
     "nmt_cli.serve.app": 17, "nmt_cli.serve": 18,
@@ -111,10 +117,26 @@ RANKS = {
     "nmt_cli.cli": 19,
     "nmt_cli.__main__": 20,
 }
-DECODING = {"nmt_cli.penalties", "nmt_cli.ensemble", "nmt_cli.alignment", "nmt_cli.search",
-            "nmt_cli.inference", "nmt_cli.translate", "nmt_cli.ct2_translator"}
-TRAINING = {"nmt_cli.optim", "nmt_cli.runs", "nmt_cli.average", "nmt_cli.trainer",
-            "nmt_cli.distributed", "nmt_cli.metrics"}
+DECODING = {name for name in MODULES if name.startswith("nmt_cli.decoding.")}
+TRAINING = {name for name in MODULES if name.startswith("nmt_cli.training.")}
+
+# The stage folders, and the folders each may import from (the modules at the top of nmt_cli/
+# are placed by RANKS alone): text -> model -> training and decoding -> serve and export, where
+# training may validate through decoding but decoding never reaches training.
+STAGE_IMPORTS = {
+    "text": {"text"},
+    "model": {"text", "model"},
+    "decoding": {"text", "model", "decoding"},
+    "training": {"text", "model", "decoding", "training"},
+    "serve": {"text", "model", "decoding", "training", "serve"},
+    "export": {"text", "model", "decoding", "training", "export"},
+}
+
+
+def stage(name: str) -> str | None:
+    """The stage folder ``name`` sits in (``nmt_cli.text.bitext`` -> ``text``), or None."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in STAGE_IMPORTS else None
 
 
 def internal_imports(name: str) -> set[str]:
@@ -152,21 +174,55 @@ def test_every_import_goes_to_a_lower_rank():
 def test_the_rank_check_sees_an_upward_import():
     """A control: the check above does catch the imports it exists to stop."""
     graph = {name: internal_imports(name) for name in RANKS}
-    graph["nmt_cli.trainer"] = graph["nmt_cli.trainer"] | {"nmt_cli.translate"}
+    trainer, translate = "nmt_cli.training.trainer", "nmt_cli.decoding.translate"
+    graph[trainer] = graph[trainer] | {translate}
     problems = rank_violations(graph, RANKS)
-    assert len(problems) == 1 and "nmt_cli.trainer (rank 15) imports nmt_cli.translate" in \
-        problems[0]
+    assert len(problems) == 1 and f"{trainer} (rank 15) imports {translate}" in problems[0]
     assert rank_violations({"nmt_cli.ids": {"nmt_cli.config"}}, RANKS)
 
 
 def test_decoding_never_imports_training():
+    assert {"nmt_cli.decoding.search", "nmt_cli.decoding.translate"} <= DECODING  # the folders
+    assert {"nmt_cli.training.trainer", "nmt_cli.training.optim"} <= TRAINING  # are found
     for name in DECODING:
         assert not internal_imports(name) & TRAINING, (name, sorted(internal_imports(name)))
 
 
+def stage_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every import in ``graph`` from a stage folder into a folder it may not import from."""
+    found = []
+    for name in sorted(graph):
+        if stage(name) is None:
+            continue
+        for target in sorted(graph[name]):
+            if stage(target) is not None and stage(target) not in STAGE_IMPORTS[stage(name)]:
+                found.append(f"{name} ({stage(name)}/) imports {target} ({stage(target)}/); "
+                             f"{stage(name)}/ may import only from "
+                             f"{', '.join(sorted(STAGE_IMPORTS[stage(name)]))}")
+    return found
+
+
+def test_stage_folders_import_down_the_pipeline():
+    graph = {name: internal_imports(name) for name in MODULES}
+    problems = stage_violations(graph)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_stage_check_sees_an_import_up_the_pipeline():
+    """A control: text reaching decoding, and decoding reaching training, are both caught."""
+    assert {stage(name) for name in MODULES} >= set(STAGE_IMPORTS)  # every folder is there
+    graph = {"nmt_cli.text.bitext": {"nmt_cli.decoding.search"},
+             "nmt_cli.decoding.search": {"nmt_cli.training.optim"},
+             "nmt_cli.training.trainer": {"nmt_cli.decoding.inference"}}  # allowed
+    problems = stage_violations(graph)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("nmt_cli.decoding.search (decoding/) imports nmt_cli.training")
+    assert problems[1].startswith("nmt_cli.text.bitext (text/) imports nmt_cli.decoding")
+
+
 def test_the_package_is_found():
-    assert {"nmt_cli.cli", "nmt_cli.config", "nmt_cli.model.decoder", "nmt_cli.search"} <= set(
-        MODULES)
+    assert {"nmt_cli.cli", "nmt_cli.config", "nmt_cli.model.decoder",
+            "nmt_cli.decoding.search"} <= set(MODULES)
 
 
 def test_only_the_cli_imports_typer():
@@ -175,8 +231,8 @@ def test_only_the_cli_imports_typer():
 
 
 @pytest.mark.parametrize("name", ["nmt_cli.config", "nmt_cli.errors", "nmt_cli.recipes",
-                                  "nmt_cli.bitext", "nmt_cli.scoring", "nmt_cli.files",
-                                  "nmt_cli.hypotheses", "nmt_cli.ct2_translator"])
+                                  "nmt_cli.text.bitext", "nmt_cli.scoring", "nmt_cli.files",
+                                  "nmt_cli.decoding.hypotheses", "nmt_cli.decoding.ct2"])
 def test_light_modules_never_import_torch(name):
     loaded = closure(name)
     assert "torch" not in loaded, sorted(loaded)
@@ -191,29 +247,32 @@ def test_cli_module_level_stays_light():
 def test_translate_reaches_torch_only_for_a_checkpoint():
     """An exported CTranslate2 model is translated without torch: the translate command's
     module level (and everything it pulls in) stays off torch, which only a checkpoint loads."""
-    loaded = closure("nmt_cli.translate", top_level_only=True)
-    assert not {"torch", "nmt_cli.checkpoint", "nmt_cli.inference", "nmt_cli.search"} & loaded, \
-        sorted(loaded)
-    assert "torch" in closure("nmt_cli.translate")  # a control: the checkpoint path does load it
+    loaded = closure("nmt_cli.decoding.translate", top_level_only=True)
+    assert not {"torch", "nmt_cli.checkpoint", "nmt_cli.decoding.inference",
+                "nmt_cli.decoding.search"} & loaded, sorted(loaded)
+    assert "torch" in closure("nmt_cli.decoding.translate")  # a control: a checkpoint loads it
 
 
 def test_model_does_not_depend_on_the_tokenizer_or_io():
     for name in [n for n in MODULES if n.startswith("nmt_cli.model")]:
         loaded = closure(name)
-        assert "nmt_cli.tokenizer" not in loaded, (name, sorted(loaded))
+        assert "nmt_cli.text.tokenizer" not in loaded, (name, sorted(loaded))
         assert "sentencepiece" not in loaded and "typer" not in loaded
 
 
 def test_search_is_free_of_io_and_cli():
-    loaded = closure("nmt_cli.search")
-    assert not {"nmt_cli.cli", "nmt_cli.translate", "nmt_cli.trainer", "typer", "rich"} & loaded
+    loaded = closure("nmt_cli.decoding.search")
+    assert not {"nmt_cli.cli", "nmt_cli.decoding.translate", "nmt_cli.training.trainer", "typer",
+                "rich"} & loaded
 
 
 def test_the_import_scan_sees_torch_where_it_is():
     """A control for the checks above: the scan does find torch behind a chain of modules."""
-    assert "torch" in closure("nmt_cli.trainer")
+    assert "torch" in closure("nmt_cli.training.trainer")
     assert {"nmt_cli.model", "nmt_cli.model.seq2seq", "torch"} <= closure("nmt_cli.checkpoint")
     assert "torch" in closure("nmt_cli.cli")  # lazily, inside the commands
+    # a module's own packages run first: torch in a stage folder's __init__ would be seen
+    assert {"nmt_cli", "nmt_cli.decoding"} <= closure("nmt_cli.decoding.hypotheses")
 
 
 def test_the_server_package_loads_without_its_extra():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def test_a_line_cut_short_by_a_kill_is_skipped(tmp_path):
-    from nmt_cli.metrics import MetricsLog, read_metrics
+    from nmt_cli.training.metrics import MetricsLog, read_metrics
 
     (tmp_path / "metrics.jsonl").write_text('{"event": "train", "step": 1, "loss": 5.0}\n'
                                             '{"event": "train", "step": 2, "loss": 4.0}\n'

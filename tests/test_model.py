@@ -13,7 +13,7 @@ from nmt_cli.config import DecoderConfig, EncoderConfig, ModelConfig
 from nmt_cli.errors import ConfigError
 from nmt_cli.model import build_model, count_parameters
 from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID
-from nmt_cli.trainer import sequence_loss
+from nmt_cli.training.trainer import sequence_loss
 
 VOCAB = 23
 CELLS = ("gru", "lstm")
@@ -264,7 +264,7 @@ def test_every_combination_learns_on_the_sample(experiment, cell, attention, fee
     import json
 
     from nmt_cli.data import ParallelData
-    from nmt_cli.preprocess import data_dir
+    from nmt_cli.text.preprocess import data_dir
 
     manifest = json.loads((data_dir(experiment.recipe) / "manifest.json").read_text())
     data = ParallelData(data_dir(experiment.recipe), "train", manifest["dtype"])

@@ -12,11 +12,11 @@ import yaml
 
 from nmt_cli.config import NormalizeConfig, TokenizerConfig
 from nmt_cli.errors import ConfigError, DataError
-import nmt_cli.normalize as N
-from nmt_cli.normalize import Normalizer, nonletter_ratio
-from nmt_cli.preprocess import preprocess
 from nmt_cli.recipes import load_recipe
-from nmt_cli.tokenizer import train_model, train_tokenizers
+import nmt_cli.text.normalize as N
+from nmt_cli.text.normalize import Normalizer, nonletter_ratio
+from nmt_cli.text.preprocess import preprocess
+from nmt_cli.text.tokenizer import train_model, train_tokenizers
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 LONG = "lorem ipsum " * 16_667  # 200,004 characters

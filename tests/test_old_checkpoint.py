@@ -65,7 +65,7 @@ def test_every_bundled_recipe_loads(path):
 
 def test_an_old_run_can_still_be_resumed(old_checkpoint):
     from nmt_cli.checkpoint import load_checkpoint, model_from_checkpoint
-    from nmt_cli.runs import check_resumable
+    from nmt_cli.training.runs import check_resumable
 
     payload = load_checkpoint(old_checkpoint)
     assert "transformer" not in payload["recipe"]["model"]  # written before the key existed

@@ -79,8 +79,8 @@ def test_figure_draws_the_metrics_log_with_resumes(tmp_path):
 def test_plot_writes_a_png_of_a_finished_run(prepared):  # noqa: F811
     import matplotlib.pyplot as plt
 
-    from nmt_cli.metrics import read_metrics
     from nmt_cli.plot import draw_curves
+    from nmt_cli.training.metrics import read_metrics
 
     recipe, workdir = new_run(prepared, "plotted", max_steps=12, valid_every=4,
                               schedule="inverse_sqrt", warmup_steps=4)

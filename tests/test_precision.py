@@ -17,10 +17,10 @@ from _decode_fixtures import (arch_checkpoint, sample_checkpoint, sample_model, 
 from _train_fixtures import new_run, prepared  # noqa: F401
 from nmt_cli.cli import app
 from nmt_cli.config import DecodeConfig, TrainConfig, with_overrides
+from nmt_cli.decoding.inference import translate_lines
+from nmt_cli.decoding.translate import TranslateOptions, translate_file
 from nmt_cli.errors import ConfigError, NmtError
-from nmt_cli.inference import translate_lines
 from nmt_cli.recipes import load_recipe
-from nmt_cli.translate import TranslateOptions, translate_file
 
 CPU = torch.device("cpu")
 X86_FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sse sse2 avx avx2 fma avx512f avx512bw"
@@ -85,7 +85,7 @@ def test_fp32_stays_the_default_until_auto_is_measured_safe():
 
 @pytest.mark.parametrize("cpu, expected", [("with_bf16", "bf16"), ("without_bf16", "fp32")])
 def test_training_records_what_auto_chose(prepared, request, cpu, expected):  # noqa: F811
-    from nmt_cli.trainer import Trainer
+    from nmt_cli.training.trainer import Trainer
 
     request.getfixturevalue(cpu)
     recipe, workdir = new_run(prepared, f"auto_{cpu}", precision="auto", max_steps=2,

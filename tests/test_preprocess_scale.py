@@ -14,12 +14,12 @@ import pytest
 import yaml
 
 from nmt_cli.config import TokenizerConfig
-from nmt_cli.bitext import scan_file
+from nmt_cli.text.bitext import scan_file
 from nmt_cli.errors import DataError
-from nmt_cli.filters import DedupTable
-from nmt_cli.preprocess import data_dir, preprocess
+from nmt_cli.text.filters import DedupTable
+from nmt_cli.text.preprocess import data_dir, preprocess
 from nmt_cli.recipes import load_recipe
-from nmt_cli.tokenizer import Tokenizers, processor, train_model
+from nmt_cli.text.tokenizer import Tokenizers, processor, train_model
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 
@@ -136,7 +136,7 @@ def test_tsv_line_without_a_tab_is_named(tmp_path, model_bytes):
 
 
 def test_training_refuses_data_encoded_with_another_tokenizer(tmp_path, model_bytes):
-    from nmt_cli.trainer import Trainer
+    from nmt_cli.training.trainer import Trainer
 
     src = write(tmp_path / "train.src", [sentence(i)[0] for i in range(20)])
     tgt = write(tmp_path / "train.tgt", [sentence(i)[1] for i in range(20)])
@@ -221,7 +221,7 @@ def test_filters_report_counts_and_examples(tmp_path, model_bytes):
 def test_line_reader_matches_splitlines_whatever_the_block_size(data):
     import io
 
-    from nmt_cli.bitext import LineReader
+    from nmt_cli.text.bitext import LineReader
 
     expected = data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n")
     expected = expected if data else []
@@ -233,8 +233,8 @@ def test_line_reader_matches_splitlines_whatever_the_block_size(data):
 
 
 def test_read_split_yields_raw_pairs_of_every_corpus(tmp_path):
-    from nmt_cli.bitext import read_split
     from nmt_cli.config import Corpus, Split
+    from nmt_cli.text.bitext import read_split
 
     src = tmp_path / "a.src"
     src.write_bytes(b"\xef\xbb\xbfone\r\ntwo\n")

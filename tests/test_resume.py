@@ -141,8 +141,8 @@ def test_resumed_run_records_its_sessions_and_environment(prepared, reference): 
 def test_existing_run_is_not_overwritten_silently(prepared, reference):  # noqa: F811
     from nmt_cli.errors import NmtError
     from nmt_cli.recipes import load_recipe
-    from nmt_cli.runs import prepare_run
-    from nmt_cli.trainer import Trainer
+    from nmt_cli.training.runs import prepare_run
+    from nmt_cli.training.trainer import Trainer
 
     recipe = load_recipe(reference.parent / "reference.yaml")
     with pytest.raises(NmtError, match="pass --resume to continue it or --overwrite"):

@@ -10,8 +10,8 @@ import torch
 from nmt_cli.config import DecodeConfig, with_overrides
 from nmt_cli.data import pad_sequences
 from nmt_cli.errors import ConfigError
-from nmt_cli.penalties import length_limits
-from nmt_cli.search import batched_beam_search, beam_search, greedy_search, sample_search
+from nmt_cli.decoding.penalties import length_limits
+from nmt_cli.decoding.search import batched_beam_search, beam_search, greedy_search, sample_search
 from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 from conftest import sample_lines

@@ -14,8 +14,8 @@ from _decode_fixtures import (decode_settings, sample_checkpoint, sample_model, 
                               source_lines, translate)
 from nmt_cli.config import DecodeConfig, with_overrides
 from nmt_cli.data import pad_sequences
-from nmt_cli.penalties import block_repeated_ngrams
-from nmt_cli.search import batched_beam_search, beam_search, greedy_search, score_targets
+from nmt_cli.decoding.penalties import block_repeated_ngrams
+from nmt_cli.decoding.search import batched_beam_search, beam_search, greedy_search, score_targets
 from nmt_cli.ids import EOS_ID
 
 A, B, C = 4, 5, 6
@@ -170,7 +170,7 @@ def test_every_length_norm_runs_and_is_batch_invariant(sample_model, kind):
 
 
 def test_token_batches_respect_the_budget_and_cover_every_line():
-    from nmt_cli.inference import make_batches
+    from nmt_cli.decoding.inference import make_batches
 
     lengths = [5, 0, 30, 2, 9, 9, 200, 1]
     batches = list(make_batches(lengths, 40, "tokens"))
@@ -183,7 +183,7 @@ def test_token_batches_respect_the_budget_and_cover_every_line():
 
 
 def test_top_per_row_matches_topk():
-    from nmt_cli.search import top_per_row
+    from nmt_cli.decoding.search import top_per_row
 
     torch.manual_seed(0)
     scores = torch.randn(50, 8000)

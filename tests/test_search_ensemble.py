@@ -8,9 +8,9 @@ import torch
 
 from _decode_fixtures import sample_checkpoint, source_lines  # noqa: F401
 from nmt_cli.config import DecodeConfig, DecoderConfig, EncoderConfig, ModelConfig
-from nmt_cli.ensemble import Ensemble
+from nmt_cli.decoding.ensemble import Ensemble
+from nmt_cli.decoding.search import beam_search
 from nmt_cli.model import build_model
-from nmt_cli.search import beam_search
 
 
 def _tiny(seed: int):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from _decode_fixtures import (decode_settings, sample_checkpoint, sample_model,  # noqa: F401
                               source_lines, translate)
 from nmt_cli.data import pad_sequences
-from nmt_cli.search import greedy_search, sample_search
+from nmt_cli.decoding.search import greedy_search, sample_search
 from nmt_cli.ids import EOS_ID
 
 

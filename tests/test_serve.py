@@ -107,8 +107,8 @@ def _text_sets() -> list[list[str]]:
 
 def _expected(experiment, settings: dict, texts: list[str]) -> list[list[tuple[str, float]]]:
     from nmt_cli.config import with_overrides
-    from nmt_cli.inference import translate_lines
-    from nmt_cli.translate import load_models
+    from nmt_cli.decoding.inference import translate_lines
+    from nmt_cli.decoding.translate import load_models
 
     if not hasattr(_expected, "model"):
         _expected.model = load_models([experiment.checkpoint], "cpu")  # type: ignore[attr-defined]

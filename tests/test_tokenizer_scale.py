@@ -8,7 +8,7 @@ import yaml
 
 from nmt_cli.config import NormalizeConfig, Split
 from nmt_cli.recipes import load_recipe
-from nmt_cli.tokenizer import Tokenizers, _sample_lines, dev_statistics, train_tokenizers
+from nmt_cli.text.tokenizer import Tokenizers, _sample_lines, dev_statistics, train_tokenizers
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:

@@ -11,7 +11,7 @@ import torch
 from _train_fixtures import new_run, prepared  # noqa: F401
 from nmt_cli.errors import ConfigError, NmtError
 from nmt_cli.recipes import load_recipe
-from nmt_cli.trainer import Trainer
+from nmt_cli.training.trainer import Trainer
 
 
 def _trainer(prepared, name, **train):  # noqa: F811
@@ -56,7 +56,7 @@ def test_fp16_on_cpu_is_refused_with_the_key(prepared):  # noqa: F811
 def test_non_finite_losses_skip_updates_then_stop(prepared, monkeypatch):  # noqa: F811
     trainer, workdir = _trainer(prepared, "nan", max_steps=10, max_nonfinite=3)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    import nmt_cli.trainer as module
+    import nmt_cli.training.trainer as module
 
     real = module.sequence_loss
     monkeypatch.setattr(module, "sequence_loss",
@@ -83,7 +83,7 @@ def _infinite_loss_on_call(monkeypatch, module, n: int) -> None:
 
 def test_one_non_finite_update_is_skipped_and_counted(prepared, monkeypatch):  # noqa: F811
     trainer, _ = _trainer(prepared, "nan1", max_steps=4, valid_every=4)
-    import nmt_cli.trainer as module
+    import nmt_cli.training.trainer as module
 
     _infinite_loss_on_call(monkeypatch, module, 2)
     summary = trainer.train()
@@ -130,7 +130,7 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(prepared): 
 def test_fp16_grad_scaler_path_skips_overflow_and_saves_its_state(prepared, monkeypatch):  # noqa: F811
     """The fp16 code path (autocast + GradScaler) exercised on the CPU, which torch allows although
     ``nmt`` refuses fp16 there for speed reasons."""
-    import nmt_cli.trainer as module
+    import nmt_cli.training.trainer as module
 
     monkeypatch.setattr(module, "resolve_precision", lambda precision, device, key: precision)
     trainer, workdir = _trainer(prepared, "fp16cpu", precision="fp16", max_steps=3, valid_every=3)

@@ -146,7 +146,7 @@ def test_resume_refuses_a_changed_setting_and_names_it(run_copy, change, named):
 
 
 def test_resume_refuses_other_training_data(run_copy, prepared):  # noqa: F811
-    from nmt_cli.preprocess import preprocess
+    from nmt_cli.text.preprocess import preprocess
 
     recipe, workdir = run_copy
     for side in ("src", "tgt"):
@@ -159,7 +159,7 @@ def test_resume_refuses_other_training_data(run_copy, prepared):  # noqa: F811
 
 
 def test_resume_accepts_budgets_intervals_and_moved_files(run_copy, prepared, tmp_path):  # noqa: F811
-    from nmt_cli.preprocess import preprocess
+    from nmt_cli.text.preprocess import preprocess
 
     recipe, workdir = run_copy
     moved = tmp_path / "moved"
@@ -183,7 +183,7 @@ def test_resume_accepts_budgets_intervals_and_moved_files(run_copy, prepared, tm
 
 def test_resume_changes_lists_only_what_may_not_change():
     from nmt_cli.config import Recipe
-    from nmt_cli.runs import resume_changes
+    from nmt_cli.training.runs import resume_changes
 
     saved = to_dict(Recipe())
     data = {"train": {"sha256": {"src": "a", "tgt": "b"}, "written": 10}}
@@ -203,7 +203,7 @@ def test_resume_changes_lists_only_what_may_not_change():
 
 
 def test_every_record_has_a_step_and_resuming_cuts_the_end_record(finished):
-    from nmt_cli.metrics import MetricsLog
+    from nmt_cli.training.metrics import MetricsLog
 
     _, workdir = finished
     records = raw_records(workdir)

@@ -174,7 +174,7 @@ def test_options_change_the_model_and_tying_shares_one_table():
 
 def test_cosine_schedule_warms_up_then_falls_to_the_floor_at_max_steps():
     from nmt_cli.config import TrainConfig
-    from nmt_cli.optim import LrSchedule
+    from nmt_cli.training.optim import LrSchedule
 
     cfg = TrainConfig(schedule="cosine", learning_rate=1e-3, warmup_steps=10, max_steps=110,
                       min_learning_rate=1e-5)
@@ -195,7 +195,7 @@ def test_cosine_with_max_time_ends_at_the_floor_when_the_time_runs_out():
     is at the floor when max_time stops training, whatever the speed of the machine; with
     max_steps as well, whichever budget runs out first sets the pace."""
     from nmt_cli.config import TrainConfig
-    from nmt_cli.optim import LrSchedule
+    from nmt_cli.training.optim import LrSchedule
 
     def fresh(max_steps=0):
         cfg = TrainConfig(schedule="cosine", learning_rate=1e-3, warmup_steps=10,

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from _decode_fixtures import ROOT, assert_stdin_streams, sample_checkpoint, source_lines  # noqa: F401
 from nmt_cli.cli import app
+from nmt_cli.decoding.translate import TranslateOptions, translate_file
 from nmt_cli.errors import ConfigError, NmtError
-from nmt_cli.translate import TranslateOptions, translate_file
 
 
 def _write(path: Path, lines: list[str]) -> Path:
@@ -83,7 +83,7 @@ def test_int8_quantizes_every_linear_layer(sample_checkpoint):
     import torch
     from torch.ao.nn.quantized import dynamic as qdynamic
 
-    from nmt_cli.translate import load_models
+    from nmt_cli.decoding.translate import load_models
 
     fp32, _, _ = load_models([sample_checkpoint], torch.device("cpu"))
     int8, _, _ = load_models([sample_checkpoint], torch.device("cpu"), quantize="int8")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from nmt_cli.checkpoint import library_versions, load_checkpoint, model_from_checkpoint
 from nmt_cli.config import to_dict
-from nmt_cli.ct2_translator import FORMAT, METADATA, SRC_SPM, TGT_SPM, require_ctranslate2
+from nmt_cli.decoding.ct2 import FORMAT, METADATA, SRC_SPM, TGT_SPM, require_ctranslate2
 from nmt_cli.errors import CheckpointError, NmtError
 from nmt_cli.files import fsync_dir, replace_durably
 from nmt_cli.ids import BOS_ID, EOS_ID, UNK_ID

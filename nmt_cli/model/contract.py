@@ -1,8 +1,8 @@
 """The contract between search and a model, written down: ``encode``, ``step`` and ``select``.
 
-Greedy, beam search, sampling, forced scoring, n-best and alignments (``nmt_cli.search``) and the
-ensemble (``nmt_cli.ensemble``) rely on nothing else, so every architecture that satisfies
-``DecodingModel`` decodes with all of them unchanged.
+Greedy, beam search, sampling, forced scoring, n-best and alignments
+(``nmt_cli.decoding.search``) and the ensemble (``nmt_cli.decoding.ensemble``) rely on nothing
+else, so every architecture that satisfies ``DecodingModel`` decodes with all of them unchanged.
 
 - ``encode(src (B, S), src_lengths (B,)) -> (memory, state)``: once per batch. ``memory`` is what
   the decoder reads from the source (fixed for a sentence); ``state`` is what changes per step

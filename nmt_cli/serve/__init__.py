@@ -49,7 +49,7 @@ def run_server(paths: Sequence[Path], settings: ServeConfig, device: str = "auto
 
     from nmt_cli.serve.app import Service, make_app
 
-    from nmt_cli.ct2_translator import is_exported
+    from nmt_cli.decoding.ct2 import is_exported
 
     for path in paths:
         if not Path(path).is_file() and not is_exported(Path(path)):  # nmt export's folders too

@@ -73,9 +73,9 @@ class Service:
             from nmt_cli.model import count_parameters
             from nmt_cli.checkpoint import library_versions
             from nmt_cli.runtime import for_decoding, pick_device
-            from nmt_cli.translate import decoding_precision, load_models
+            from nmt_cli.decoding.translate import decoding_precision, load_models
 
-            from nmt_cli.ct2_translator import is_exported, load_exported
+            from nmt_cli.decoding.ct2 import is_exported, load_exported
 
             if self.settings.threads:
                 torch.set_num_threads(self.settings.threads)
@@ -117,10 +117,10 @@ class Service:
     def _run(self, cfg: DecodeConfig, attention: bool, lines: list[str]):
         import torch
 
-        from nmt_cli.inference import translate_lines
+        from nmt_cli.decoding.inference import translate_lines
 
         if self.engine is not None:
-            from nmt_cli.ct2_translator import translate_lines as ct2_translate_lines
+            from nmt_cli.decoding.ct2 import translate_lines as ct2_translate_lines
 
             return ct2_translate_lines(self.engine, lines, cfg, normalize=self.normalize)
         with torch.inference_mode():

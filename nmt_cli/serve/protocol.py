@@ -189,7 +189,7 @@ def _score(value: float) -> float | None:
 
 def render(translations: list, options: RequestOptions, n_best: int) -> dict[str, Any]:
     """``{"translations": [...]}``, one object per text, in input order."""
-    from nmt_cli.alignment import hard_alignment, pharaoh
+    from nmt_cli.decoding.alignment import hard_alignment, pharaoh
 
     out = []
     for t in translations:

@@ -27,15 +27,16 @@ from typing import Any, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from nmt_cli.bitext import RawChunk, count_pairs, decode_side, read_chunks, scan_file, split_tsv
 from nmt_cli.config import PreprocessConfig, Recipe, Split
 from nmt_cli.errors import DataError
 from nmt_cli.files import atomic_write_text, replace_durably, sha256_file
-from nmt_cli.filters import (DedupTable, FilterCounts, example, filter_params, text_filter,
-                             token_filter)
 from nmt_cli.ids import UNK_ID
-from nmt_cli.normalize import Normalizer, char_table
-from nmt_cli.tokenizer import Tokenizers, processor
+from nmt_cli.text.bitext import (RawChunk, count_pairs, decode_side, read_chunks, scan_file,
+                                 split_tsv)
+from nmt_cli.text.filters import (DedupTable, FilterCounts, example, filter_params, text_filter,
+                                  token_filter)
+from nmt_cli.text.normalize import Normalizer, char_table
+from nmt_cli.text.tokenizer import Tokenizers, processor
 
 MANIFEST = "manifest.json"
 FORMAT = "nmt-binarized-1"

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Iterator
 import sentencepiece as spm
 
-from nmt_cli.bitext import LineReader, open_binary, read_chunks, split_tsv
 from nmt_cli.config import NormalizeConfig, Recipe, Split, TokenizerConfig
 from nmt_cli.errors import DataError, NmtError
 from nmt_cli.files import atomic_write_bytes
 from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from nmt_cli.normalize import Normalizer
+from nmt_cli.text.bitext import LineReader, open_binary, read_chunks, split_tsv
+from nmt_cli.text.normalize import Normalizer
 
 
 

@@ -124,7 +124,7 @@ def count_pairs(corpus: Corpus, scans: dict[Path, tuple[int, int]] | None = None
 def normalize(text: str) -> str:
     """One line through the default clean-up (NFC, control and zero-width characters removed,
     whitespace collapsed), as ``nmt preprocess`` applies it."""
-    from nmt_cli.normalize import normalize_text
+    from nmt_cli.text.normalize import normalize_text
 
     return normalize_text(text)
 

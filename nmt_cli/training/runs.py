@@ -8,11 +8,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from nmt_cli import distributed as dist
 from nmt_cli.checkpoint import CheckpointStore, load_checkpoint
 from nmt_cli.config import ModelConfig, Recipe, build, to_dict
 from nmt_cli.errors import CheckpointError, NmtError
-from nmt_cli.tokenizer import Tokenizers
+from nmt_cli.text.tokenizer import Tokenizers
+from nmt_cli.training import distributed as dist
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """What decoding returns, and the clean-up every input line gets first; no torch.
 
 Both engines share these: nmt's own search (``search``, ``inference``) and the CTranslate2 one
-(``ct2_translator``), so a translation of an exported model never has to import torch.
+(``ct2``, beside them), so a translation of an exported model never has to import torch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nmt_cli.config import NormalizeConfig
-from nmt_cli.normalize import Normalizer
+from nmt_cli.text.normalize import Normalizer
 
 
 @dataclass

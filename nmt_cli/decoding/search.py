@@ -5,13 +5,13 @@ The model contract (written out in ``nmt_cli.model.contract``): ``encode(src, sr
 (memory, state)`` and ``step(prev_tokens, state, memory, need_attention) -> (log_probs (N, V),
 state, attention (N, S) or None)``, where ``memory.select(index)`` and ``state.select(index)``
 pick rows of the flattened batch. An ensemble
-(``nmt_cli.ensemble``) keeps the same contract, so nothing here knows about it.
+(``nmt_cli.decoding.ensemble``) keeps the same contract, so nothing here knows about it.
 
 Every search treats each sentence on its own: finished sentences leave the batch, and nothing a
 sentence does depends on the others, so results never depend on the batch size. Every setting
 comes from one ``DecodeConfig``, taken as it is (its defaults and checks live in ``nmt_cli.config``).
 Length limits are ``a * source_length + b`` with the source length as given in ``src_lengths``;
-scores follow ``nmt_cli.penalties``.
+scores follow ``nmt_cli.decoding.penalties``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import torch
 from torch import Tensor
 
 from nmt_cli.config import DecodeConfig
-from nmt_cli.hypotheses import Hypothesis
-from nmt_cli.penalties import (NEG_INF, LengthNorm, block_repeated_ngrams, constrain_length,
-                               forbid_specials, output_lengths)
+from nmt_cli.decoding.hypotheses import Hypothesis
+from nmt_cli.decoding.penalties import (NEG_INF, LengthNorm, block_repeated_ngrams,
+                                        constrain_length, forbid_specials, output_lengths)
 from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID
 
 

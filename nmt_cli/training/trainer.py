@@ -27,26 +27,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from nmt_cli import distributed as dist
-from nmt_cli.bitext import read_split
 from nmt_cli.checkpoint import (FAULT_ENV, CheckpointStore, library_versions, make_checkpoint,
                                 rng_state, set_rng_state)
 from nmt_cli.config import Recipe, check_training, with_overrides
 from nmt_cli.data import ParallelData
+from nmt_cli.decoding.inference import translate_lines
 from nmt_cli.errors import CheckpointError, DataError, NmtError
 from nmt_cli.files import atomic_write_text
 from nmt_cli.ids import PAD_ID
-from nmt_cli.inference import translate_lines
-from nmt_cli.metrics import MetricsLog, write_environment
 from nmt_cli.model import build_model, count_parameters
-from nmt_cli.optim import LrSchedule, build_optimizer
-from nmt_cli.preprocess import data_dir, load_manifest
 from nmt_cli.recipes import write_resolved
-from nmt_cli.runs import TrainState, check_resumable, data_identity, load_init_weights
 from nmt_cli.runtime import (autocast, free_device_memory, grad_scaler, resolve_precision,
                              pick_device, seed_everything)
 from nmt_cli.scoring import score_lines
-from nmt_cli.tokenizer import Tokenizers
+from nmt_cli.text.bitext import read_split
+from nmt_cli.text.preprocess import data_dir, load_manifest
+from nmt_cli.text.tokenizer import Tokenizers
+from nmt_cli.training import distributed as dist
+from nmt_cli.training.metrics import MetricsLog, write_environment
+from nmt_cli.training.optim import LrSchedule, build_optimizer
+from nmt_cli.training.runs import TrainState, check_resumable, data_identity, load_init_weights
 
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
@@ -509,7 +509,7 @@ class Trainer:
     def _average_last(self, n: int) -> None:
         """Average the newest ``n`` step checkpoints into ``checkpoints/averaged.pt``, validate
         it, and log its dev scores (the model is left as training ended)."""
-        from nmt_cli.average import average_to_file
+        from nmt_cli.training.average import average_to_file
 
         paths = sorted(self.ckpt_dir.glob("ckpt-*.pt"))[-n:]  # zero-padded step numbers
         payload = average_to_file(paths, self.ckpt_dir / "averaged.pt")

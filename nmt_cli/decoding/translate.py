@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence
 
-from nmt_cli.bitext import BOM, open_binary
 from nmt_cli.config import DecodeConfig, with_overrides
-from nmt_cli.ct2_translator import Ct2Model, is_exported, load_exported
-from nmt_cli.ct2_translator import score_references as ct2_score_references
-from nmt_cli.ct2_translator import translate_lines as ct2_translate_lines
+from nmt_cli.decoding.ct2 import Ct2Model, is_exported, load_exported
+from nmt_cli.decoding.ct2 import score_references as ct2_score_references
+from nmt_cli.decoding.ct2 import translate_lines as ct2_translate_lines
+from nmt_cli.decoding.hypotheses import Translation
 from nmt_cli.errors import CheckpointError, DataError, NmtError
 from nmt_cli.files import default_mode, replace_durably
-from nmt_cli.hypotheses import Translation
+from nmt_cli.text.bitext import BOM, open_binary
 
 if TYPE_CHECKING:
     import torch
@@ -178,7 +178,7 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
 def load_models(paths: Sequence[Path], device: torch.device, quantize: str | None = None):
     """One model, or an ensemble of several that share one tokenizer; the first one's recipe."""
     from nmt_cli.checkpoint import load_checkpoint, model_from_checkpoint
-    from nmt_cli.ensemble import Ensemble
+    from nmt_cli.decoding.ensemble import Ensemble
 
     if quantize is not None and device.type != "cpu":
         raise NmtError(f"--quantize {quantize} runs on the CPU only; add --device cpu")
@@ -255,14 +255,14 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
     if engine is None:
         import torch
 
-        from nmt_cli.inference import translate_lines
+        from nmt_cli.decoding.inference import translate_lines
         from nmt_cli.runtime import for_decoding, pick_device
 
         dev = pick_device(device)
         if opts.threads:
             torch.set_num_threads(opts.threads)
     if opts.plot_attention is not None:
-        from nmt_cli.alignment import require_matplotlib
+        from nmt_cli.decoding.alignment import require_matplotlib
 
         require_matplotlib()
     if engine is None:
@@ -376,7 +376,7 @@ def _write_translation(t: Translation, index: int, out: IO[str], tsv: bool) -> N
 
 def _write_attention(t: Translation, index: int, tok, align_out: "_Output | None",
                      plot_dir: Path | None) -> None:
-    from nmt_cli.alignment import hard_alignment, pharaoh, plot_attention
+    from nmt_cli.decoding.alignment import hard_alignment, pharaoh, plot_attention
 
     hyp = t.hypotheses[0] if t.hypotheses else None
     if align_out is not None:
@@ -402,7 +402,7 @@ def _score_stream(model, tok, recipe, cfg: DecodeConfig, dev, chunks: Iterator[l
             scores = ct2_score_references(model, chunk, ref_chunk, normalize=norm,
                                           max_src_len=cfg.max_src_len)
         else:
-            from nmt_cli.inference import score_references
+            from nmt_cli.decoding.inference import score_references
 
             scores = score_references(model, tok, chunk, ref_chunk, cfg, normalize=norm,
                                       device=dev)

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from nmt_cli.config import DecodeConfig, NormalizeConfig, Recipe
+from nmt_cli.decoding.hypotheses import Hypothesis, Translation, clean_lines
 from nmt_cli.errors import CheckpointError, NmtError
 from nmt_cli.files import sha256_bytes
 from nmt_cli.ids import BOS_ID, PAD_ID
-from nmt_cli.hypotheses import Hypothesis, Translation, clean_lines
 
 METADATA = "nmt-export.json"
 FORMAT = "nmt-ctranslate2-1"
@@ -69,7 +69,7 @@ class Ct2Model:
     """An exported model loaded for translation: the engine, the tokenizers and the recipe."""
 
     translator: Any  # ctranslate2.Translator
-    tok: Any  # nmt_cli.tokenizer.Tokenizers
+    tok: Any  # nmt_cli.text.tokenizer.Tokenizers
     recipe: Recipe
     metadata: dict[str, Any]
     folder: Path
@@ -118,7 +118,7 @@ def load_exported(folder: Path, device: str = "auto", threads: int = 0,
     """Open an exported folder; a corrupt or partial one is one CheckpointError line.
     ``threads`` and ``inter_threads`` are split by ``thread_split`` (0: automatic)."""
     from nmt_cli.recipes import recipe_from_dict
-    from nmt_cli.tokenizer import Tokenizers
+    from nmt_cli.text.tokenizer import Tokenizers
 
     ct2 = require_ctranslate2()
     meta = read_metadata(folder)

@@ -19,10 +19,11 @@ import torch
 
 from nmt_cli.config import DecodeConfig, NormalizeConfig
 from nmt_cli.data import pad_sequences
-from nmt_cli.hypotheses import Translation, clean_lines
+from nmt_cli.decoding.hypotheses import Translation, clean_lines
+from nmt_cli.decoding.search import (Hypothesis, SearchResult, beam_search, sample_search,
+                                     score_targets)
 from nmt_cli.ids import EOS_ID
-from nmt_cli.search import Hypothesis, SearchResult, beam_search, sample_search, score_targets
-from nmt_cli.tokenizer import Tokenizers
+from nmt_cli.text.tokenizer import Tokenizers
 
 
 def make_batches(lengths: list[int], batch_size: int, batch_type: str = "sentences"

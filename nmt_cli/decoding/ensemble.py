@@ -1,9 +1,9 @@
 """An ensemble of models behind the single-model decoding contract.
 
 ``Ensemble.encode`` and ``Ensemble.step`` look exactly like a model's, so every search in
-``nmt_cli.search`` decodes an ensemble unchanged. Each step averages the members' log-probabilities
-(a weighted product of experts, as Marian does) and their attention weights. Members must share
-the target vocabulary; the caller checks that their tokenizers are identical.
+``nmt_cli.decoding.search`` decodes an ensemble unchanged. Each step averages the members'
+log-probabilities (a weighted product of experts, as Marian does) and their attention weights.
+Members must share the target vocabulary; the caller checks that their tokenizers are identical.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Text: raw bitext in, normalized, filtered and tokenized into token shards out."""

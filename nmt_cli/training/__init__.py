@@ -1,0 +1,1 @@
+"""Training: the training loop, its optimizer and schedule, runs, workers, metrics and averaging."""
