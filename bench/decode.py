@@ -55,6 +55,8 @@ def whole_process(args, output: Path, model: Path | None = None,
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if getattr(args, "inter_threads", None) is not None:
+        cmd += ["--inter-threads", str(args.inter_threads)]
     start, before = time.perf_counter(), os.times()
     subprocess.run(cmd, check=True, env=env)
     after = os.times()
@@ -74,11 +76,10 @@ def decode_only(args) -> tuple[float, float, int, int, list[str]]:
     from nmt_cli.runtime import for_decoding, pick_device, resolve_precision
     from nmt_cli.text.bitext import read_lines
 
-    from nmt_cli.decoding.ct2 import is_exported, load_exported
+    from nmt_cli.decoding.ct2 import is_exported, load_exported, thread_split
     from nmt_cli.decoding.ct2 import translate_lines as ct2_translate_lines
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    inter = args.inter_threads or 0
     settings = {"beam_size": args.beam_size, "batch_size": args.batch_size,
                 "batch_type": args.batch_type}
     if args.precision:
@@ -87,7 +88,7 @@ def decode_only(args) -> tuple[float, float, int, int, list[str]]:
                      if getattr(args, name) is not None})
     lines = list(read_lines(args.input))
     if is_exported(args.model):
-        engine = load_exported(args.model, args.device, args.threads)
+        engine = load_exported(args.model, args.device, args.threads, inter)
         cfg = with_overrides(engine.recipe.decode, settings, "decode")
         norm = engine.recipe.preprocess.normalize
         ct2_translate_lines(engine, lines[:64], cfg, normalize=norm)  # warm-up
@@ -97,6 +98,12 @@ def decode_only(args) -> tuple[float, float, int, int, list[str]]:
         tokens = sum(len(t.hypotheses[0].tokens) for t in found if t.hypotheses)
         return seconds, cpu, len(lines), tokens, [t.text for t in found], "ctranslate2"
     device = pick_device(args.device)
+    workers = 1
+    if device.type == "cpu":  # as nmt translate splits them
+        intra, workers = thread_split("cpu", args.threads, inter)
+        torch.set_num_threads(intra)
+    elif args.threads:
+        torch.set_num_threads(args.threads)
     model, tok, recipe = load_models([args.model], device, args.quantize)
     cfg = with_overrides(recipe.decode, settings, "decode")
     resolved = resolve_precision(cfg.precision, device, "decode.precision")
@@ -104,16 +111,18 @@ def decode_only(args) -> tuple[float, float, int, int, list[str]]:
     norm = recipe.preprocess.normalize
     with torch.inference_mode():
         translate_lines(model, tok, lines[: min(len(lines), 64)], cfg, normalize=norm,
-                        device=device)  # warm-up
+                        device=device, workers=workers)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
         start, cpu_start = time.perf_counter(), time.process_time()
-        found = translate_lines(model, tok, lines, cfg, normalize=norm, device=device)
+        found = translate_lines(model, tok, lines, cfg, normalize=norm, device=device,
+                                workers=workers)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     tokens = sum(len(t.hypotheses[0].tokens) for t in found if t.hypotheses)
-    return seconds, cpu, len(lines), tokens, [t.text for t in found], resolved
+    return (seconds, cpu, len(lines), tokens, [t.text for t in found],
+            f"{resolved}, {workers} x {torch.get_num_threads()} threads")
 
 
 def compare(args) -> None:
@@ -162,7 +171,11 @@ def main() -> None:
     parser.add_argument("--batch-type", choices=["sentences", "tokens"], default="sentences")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--quantize", choices=["int8"], default=None)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: default")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads in all, as nmt translate --threads; 0: one per core")
+    parser.add_argument("--inter-threads", type=int, nargs="+", default=[None],
+                        help="nmt translate --inter-threads values to compare in turns "
+                             "(batches side by side; default: translate's own)")
     parser.add_argument("--max-len-a", type=float, default=None)
     parser.add_argument("--max-len-b", type=int, default=None)
     parser.add_argument("--output", type=Path, default=None, help="Keep the translations here.")
@@ -180,10 +193,13 @@ def main() -> None:
                         help="With --ct2: keep every translation in this folder.")
     args = parser.parse_args()
     if args.ct2:
-        compare(argparse.Namespace(**{**vars(args), "precision": None}))
+        compare(argparse.Namespace(**{**vars(args), "precision": None,
+                                      "inter_threads": args.inter_threads[0]}))
         return
     for precision in args.precision:
-        run_one(argparse.Namespace(**{**vars(args), "precision": precision}))
+        for inter in args.inter_threads:
+            run_one(argparse.Namespace(**{**vars(args), "precision": precision,
+                                          "inter_threads": inter}))
 
 
 def _load() -> str:
@@ -203,8 +219,9 @@ def run_one(args) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = args.output or Path(tmp) / "hyp.txt"
-        if args.output and len(args.precision) > 1:  # one file per precision
-            out = args.output.with_name(f"{args.output.stem}.{args.precision}{args.output.suffix}")
+        if args.output and len(args.precision) * len(args.inter_threads) > 1:  # one per setting
+            out = args.output.with_name(f"{args.output.stem}.{args.precision}"
+                                        f".{args.inter_threads}{args.output.suffix}")
         wall, cpu = whole_process(args, out)
         produced = out.read_text(encoding="utf-8").split("\n")[:-1]
         same = produced == texts

@@ -351,9 +351,9 @@ def translate(
                                 help="CPU threads for torch, or in all for CTranslate2 on an "
                                      "exported model; 0 keeps the default (one per core)."),
     inter_threads: int = typer.Option(0, "--inter-threads", min=0,
-                                      help="Exported model on the CPU: batches translated side "
-                                           "by side, each on threads/N threads; 0 is one per "
-                                           "thread."),
+                                      help="On the CPU: batches translated side by side "
+                                           "(a checkpoint or an exported model), each on "
+                                           "threads/N threads; 0 is one per thread."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No statistics on stderr."),
 ) -> None:
     """Translate text with beam search, greedy or sampling.

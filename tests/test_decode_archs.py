@@ -146,3 +146,31 @@ def test_average_of_two_checkpoints_translates(arch_checkpoint, source, tmp_path
 
 def test_stdin_streams_the_first_translation_before_input_ends(arch_checkpoint):  # noqa: F811
     assert_stdin_streams(arch_checkpoint)
+
+
+@pytest.mark.parametrize("beam_size", [1, 5])
+def test_batches_searched_side_by_side_give_the_same_lines(arch_checkpoint, tmp_path,
+                                                          monkeypatch, beam_size):
+    import threading
+
+    import nmt_cli.decoding.inference as inference
+
+    threads_seen: set[str] = set()
+    search = inference.beam_search
+
+    def recording_search(*args, **kwargs):
+        threads_seen.add(threading.current_thread().name)
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "beam_search", recording_search)
+    src = _write(tmp_path / "in.src", source_lines(40) + [""] + source_lines(7))
+    one, two = tmp_path / "one.hyp", tmp_path / "two.hyp"
+    translate_file(arch_checkpoint, src, one, beam_size=beam_size, batch_size=4, device="cpu",
+                   options=TranslateOptions(threads=2, inter_threads=1))
+    assert threads_seen == {threading.current_thread().name}
+    before = torch.get_num_threads()
+    translate_file(arch_checkpoint, src, two, beam_size=beam_size, batch_size=4, device="cpu",
+                   options=TranslateOptions(threads=2, inter_threads=2))
+    assert torch.get_num_threads() == before  # the caller's setting comes back
+    assert len({name for name in threads_seen if name.startswith("nmt-search")}) == 2
+    assert _read(two) == _read(one) and len(_read(one)) == 48 and _read(one)[40] == ""

@@ -13,7 +13,8 @@ differently from the training text still meets the subwords the model knows.
 
 from __future__ import annotations
 
-from typing import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
 
 import torch
 
@@ -46,6 +47,27 @@ def make_batches(lengths: list[int], batch_size: int, batch_type: str = "sentenc
         yield batch
 
 
+def _map_batches(search: Callable[[list[int]], SearchResult], batches: list[list[int]],
+                 workers: int) -> Iterator[SearchResult]:
+    """``search`` over ``batches``, in order. With ``workers`` above 1, that many batches run side
+    by side in threads: torch releases the GIL inside its kernels, so on a CPU two batches, each on
+    its own core, keep both cores busier than one batch whose small per-step matrix products are
+    split over both (set torch's threads to cores / workers). Each batch is searched exactly as
+    alone, so the output does not change. Grad and inference mode are per thread, so the workers
+    take the caller's."""
+    if workers <= 1 or len(batches) <= 1:
+        yield from map(search, batches)
+        return
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def run(batch: list[int]) -> SearchResult:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return search(batch)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nmt-search") as pool:
+        yield from pool.map(run, batches)
+
+
 def sentence_seed(seed: int, index: int) -> int:
     """A sample's seed depends on the run's seed and the line number only."""
     return (seed * 1_000_003 + index * 1009) % (2 ** 62)
@@ -53,7 +75,8 @@ def sentence_seed(seed: int, index: int) -> int:
 
 def translate_lines(model, tok: Tokenizers, lines: list[str], cfg: DecodeConfig, *,
                     normalize: NormalizeConfig, device: torch.device | str = "cpu",
-                    return_attention: bool = False, first_index: int = 0) -> list[Translation]:
+                    return_attention: bool = False, first_index: int = 0,
+                    workers: int = 1) -> list[Translation]:
     """Translate ``lines``; the i-th result belongs to the i-th line, and empty lines stay empty.
 
     ``cfg`` is taken as it is (build it with ``config.with_overrides``); each result holds
@@ -61,7 +84,8 @@ def translate_lines(model, tok: Tokenizers, lines: list[str], cfg: DecodeConfig,
     ``preprocess.normalize``. The result never depends on the batch size: each sentence's search
     is independent of the others in its batch (packed encoder, masked attention, per-sentence
     beams, stopping and random generators). ``first_index`` is the first line's number in the
-    whole input (sampling seeds).
+    whole input (sampling seeds). ``workers`` above 1 searches that many batches side by side
+    (see ``_map_batches``); the results are the same as with one.
     """
     device = torch.device(device)
     n_best = cfg.n_best
@@ -73,7 +97,8 @@ def translate_lines(model, tok: Tokenizers, lines: list[str], cfg: DecodeConfig,
     for i, ids in enumerate(src_ids):
         if not ids:
             results[i] = Translation(i, "", [], 0, texts=[""], source=sources[i])
-    for batch in make_batches([len(s) for s in src_ids], cfg.batch_size, cfg.batch_type):
+
+    def search(batch: list[int]) -> SearchResult:
         src, src_lengths = pad_sequences([src_ids[i] for i in batch], suffix=EOS_ID)
         src, src_lengths = src.to(device), src_lengths.to(device)
         if cfg.sample:  # n_best samples per sentence, each with its own seed
@@ -83,11 +108,13 @@ def translate_lines(model, tok: Tokenizers, lines: list[str], cfg: DecodeConfig,
             drawn = sample_search(model, src.index_select(0, rows),
                                   src_lengths.index_select(0, rows), seeds, cfg,
                                   return_attention).hypotheses
-            found = SearchResult([
+            return SearchResult([
                 sorted((h for hs in drawn[b * n_best:(b + 1) * n_best] for h in hs),
                        key=lambda h: -h.score) for b in range(len(batch))])
-        else:
-            found = beam_search(model, src, src_lengths, cfg, return_attention)
+        return beam_search(model, src, src_lengths, cfg, return_attention)
+
+    batches = list(make_batches([len(s) for s in src_ids], cfg.batch_size, cfg.batch_type))
+    for batch, found in zip(batches, _map_batches(search, batches, workers)):
         flat = [h.tokens for hyps in found.hypotheses for h in hyps]
         texts = iter(tok.decode_tgt(flat))
         for i, hyps in zip(batch, found.hypotheses):

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence
 
 from nmt_cli.config import DecodeConfig, with_overrides
-from nmt_cli.decoding.ct2 import Ct2Model, is_exported, load_exported
+from nmt_cli.decoding.ct2 import Ct2Model, is_exported, load_exported, thread_split
 from nmt_cli.decoding.ct2 import score_references as ct2_score_references
 from nmt_cli.decoding.ct2 import translate_lines as ct2_translate_lines
-from nmt_cli.decoding.hypotheses import Translation
 from nmt_cli.errors import CheckpointError, DataError, NmtError
 from nmt_cli.files import default_mode, replace_durably
 from nmt_cli.text.bitext import BOM, open_binary
@@ -69,8 +68,8 @@ class TranslateOptions:
     plot_attention: Path | None = None  # one PNG heatmap per sentence
     quantize: str | None = None  # "int8": dynamic quantization of the Linear layers (CPU)
     chunk_lines: int = 1000
-    threads: int = 0  # CPU threads: torch's for a checkpoint, the engine's in all for an export
-    inter_threads: int = 0  # exported model on the CPU: batches side by side; 0: one per thread
+    threads: int = 0  # CPU threads in all (0: one per core this process may use)
+    inter_threads: int = 0  # on the CPU, batches searched side by side; 0: one per thread
 
 
 class Utf8Lines:
@@ -259,7 +258,12 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
         from nmt_cli.runtime import for_decoding, pick_device
 
         dev = pick_device(device)
-        if opts.threads:
+        workers, threads_before = 1, torch.get_num_threads()
+        if dev.type == "cpu":  # batches side by side, like the exported engine (thread_split)
+            intra, workers = thread_split("cpu", opts.threads or threads_before,
+                                          opts.inter_threads)
+            torch.set_num_threads(intra)
+        elif opts.threads:
             torch.set_num_threads(opts.threads)
     if opts.plot_attention is not None:
         from nmt_cli.decoding.alignment import require_matplotlib
@@ -308,7 +312,7 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
                     else:
                         found = translate_lines(model, tok, chunk, cfg, normalize=norm,
                                                 device=dev, return_attention=want_attention,
-                                                first_index=stats.sentences)
+                                                first_index=stats.sentences, workers=workers)
                     for t in found:
                         _write_translation(t, stats.sentences, out, tsv)
                         if want_attention:
@@ -327,6 +331,8 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
             in_stream.close()
         for o in outputs:
             o.discard()
+        if engine is None:
+            torch.set_num_threads(threads_before)
     stats.warnings = [w for w in (source.warning(), reference.warning()) if w]
     stats.seconds = time.time() - start
     return stats
