@@ -27,9 +27,12 @@ def bare_import() -> float:
     return time.perf_counter() - start
 
 
-def first_line(model: Path, extra: list[str]) -> tuple[float, float, str]:
-    """Seconds to the first line on stdout, seconds to exit, and that line."""
+def first_line(model: Path, extra: list[str], teardown: bool = False) -> tuple[float, float, str]:
+    """Seconds to the first line on stdout, seconds to exit, and that line; ``teardown`` turns
+    the quick exit off (``NMT_QUICK_EXIT=0``), to show what it saves."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if teardown:
+        env["NMT_QUICK_EXIT"] = "0"
     cmd = [sys.executable, "-m", "nmt_cli", "translate", "-m", str(model), "-q", *extra]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
@@ -53,20 +56,22 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     extra = ["--device", args.device] + (["--precision", args.precision] if args.precision else [])
-    imports, firsts, totals = [], [], []
+    imports, firsts, totals, slow_exits = [], [], [], []
     load_before = os.getloadavg()
     for _ in range(args.runs):
         imports.append(bare_import())
         first, total, line = first_line(args.model, extra)
         firsts.append(first)
         totals.append(total)
+        slow_exits.append(first_line(args.model, extra, teardown=True)[1])
     load_after = os.getloadavg()
     med_import, med_first = statistics.median(imports), statistics.median(firsts)
     print(f"python -c 'import torch': median {med_import:.2f} s over {args.runs} runs "
           f"(min {min(imports):.2f}, max {max(imports):.2f})")
     print(f"nmt translate, 1 line: first output line after median {med_first:.2f} s "
           f"(min {min(firsts):.2f}, max {max(firsts):.2f}); exit after median "
-          f"{statistics.median(totals):.2f} s")
+          f"{statistics.median(totals):.2f} s; with the interpreter's teardown "
+          f"(NMT_QUICK_EXIT=0) after median {statistics.median(slow_exits):.2f} s")
     print(f"ratio first line / import torch: {med_first / med_import:.2f}x (medians), "
           f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}, "
           f"{os.cpu_count()} CPUs")

@@ -102,6 +102,18 @@ class DataConfig:
         """The splits the recipe gives, train first."""
         return {n: s for n in ("train", "dev", "test") if (s := getattr(self, n)) is not None}
 
+    def files_by_key(self) -> list[tuple[str, Path]]:
+        """Every data file with the recipe key that names it, e.g. ``data.dev.src`` or
+        ``data.train.corpora[1].tsv``, train first."""
+        found = []
+        for name, split in self.splits().items():
+            corpora = [(f"data.{name}.corpora[{i}]", c) for i, c in enumerate(split.corpora)] \
+                or [(f"data.{name}", split)]
+            for prefix, corpus in corpora:
+                found += [(f"{prefix}.{key}", path) for key in ("src", "tgt", "tsv")
+                          if (path := getattr(corpus, key)) is not None]
+        return found
+
 
 @dataclass(frozen=True)
 class TokenizerConfig:

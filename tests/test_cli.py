@@ -164,6 +164,39 @@ def test_translation_does_not_depend_on_batch_size(experiment, tmp_path):
     assert outs[1] == outs[64]
 
 
+def test_translate_ends_without_teardown_and_failures_keep_it(experiment, tmp_path):
+    """The console script leaves a translate that succeeded with ``os._exit`` once its output is
+    flushed and closed (torch's teardown costs about a second), so an atexit hook never runs,
+    while every line has arrived; a failed translate, other commands and ``NMT_QUICK_EXIT=0`` end
+    the ordinary way."""
+    script = ("import atexit, sys\n"
+              "atexit.register(lambda: print('teardown ran', file=sys.stderr))\n"
+              "from nmt_cli.cli import run\nrun()\n")
+
+    def console(*args, input=None, env=None):
+        return subprocess.run([sys.executable, "-c", script, *map(str, args)], input=input,
+                              capture_output=True, text=True, env=dict(CLI_ENV, **(env or {})),
+                              timeout=300)
+
+    lines = sample_lines("test", "src", 25)
+    piped = console("translate", "-m", experiment.checkpoint, "-q", input="\n".join(lines) + "\n")
+    assert piped.returncode == 0, piped.stderr
+    assert len(piped.stdout.splitlines()) == 25 and all(piped.stdout.splitlines())
+    assert "teardown ran" not in piped.stderr
+    out = tmp_path / "out.txt"
+    to_file = console("translate", "-m", experiment.checkpoint, "-i", SAMPLE / "test.src",
+                      "-o", out, "--beam-size", "2")
+    assert to_file.returncode == 0 and "teardown ran" not in to_file.stderr, to_file.stderr
+    assert len(out.read_text(encoding="utf-8").splitlines()) == len(sample_lines("test", "src"))
+    failed = console("translate", "-m", experiment.checkpoint, "-i", tmp_path / "missing.txt")
+    assert failed.returncode != 0 and "teardown ran" in failed.stderr
+    other = console("tokenizer", "--help")
+    assert other.returncode == 0 and "teardown ran" in other.stderr
+    opted_out = console("translate", "-m", experiment.checkpoint, "-q", input="a\n",
+                        env={"NMT_QUICK_EXIT": "0"})
+    assert opted_out.returncode == 0 and "teardown ran" in opted_out.stderr
+
+
 def test_piped_input_is_translated_as_it_arrives(experiment):
     """With a pipe, a line's translation comes out before the writer has closed its end."""
     import select

@@ -107,3 +107,14 @@ def test_a_mistyped_command_option_or_value_is_one_line(args, needles):
     assert proc.returncode == 2
     for needle in needles[1:]:
         assert needle.lower() in line.lower(), line
+
+
+@pytest.mark.parametrize("command, key", [("tokenizer", "data.train.tgt"),
+                                          ("preprocess", "data.dev.src")])
+def test_a_missing_data_file_names_its_recipe_key(recipe, tmp_path, command, key):
+    missing = tmp_path / "nothere.txt"
+    if command == "preprocess":
+        assert run_cli("tokenizer", recipe).returncode == 0
+    line = only_error_line(run_cli(command, recipe, "--set", f"{key}={missing}"))
+    assert str(missing) in line and "file not found" in line and f"check {key} " in line
+    assert not (tmp_path / "work" / "data").exists()

@@ -114,10 +114,23 @@ def test_every_transformer_option_maps_to_the_engine(nmt_model, tmp_path, option
 
 
 def test_int8_export_still_translates(nmt_model, tmp_path):
+    """An int8 export scores nmt's own greedy outputs within a few percent of the fp32 model.
+
+    Identical lines are no test here: the test model is barely trained, so its distributions are
+    flat and int8 rounding flips many argmaxes, by how much depending on the CPU's int8 kernels
+    (most lines matched on an AVX-512 CPU, none on an AVX2-only one, with scores 2% apart on
+    average on both). A weight exported with a wrong scale or layout is off by far more."""
+    _, model, tok, recipe = nmt_model
     engine = load_exported(export_ctranslate2(nmt_model[0], tmp_path / "int8", "int8"), "cpu", 1)
-    ours, theirs = both(nmt_model, engine, source_lines(40), beam_size=1)
-    assert sum(a.text == b.text for a, b in zip(ours, theirs)) >= 30
     assert engine.metadata["quantization"] == "int8"
+    lines = source_lines(40)
+    ours, theirs = both(nmt_model, engine, lines, beam_size=1)
+    assert len(theirs) == len(lines) and all(t.text for t in theirs)
+    refs, norm = [t.text for t in ours], recipe.preprocess.normalize
+    want = score_references(model, tok, lines, refs, recipe.decode, normalize=norm)
+    got = ct2_score(engine, lines, refs, normalize=norm, max_src_len=recipe.decode.max_src_len)
+    rel = [abs(g - w) / abs(w) for g, w in zip(got, want)]
+    assert sum(rel) / len(rel) < 0.05 and max(rel) < 0.15, (sum(rel) / len(rel), max(rel))
 
 
 def test_the_cli_keeps_line_alignment_with_empty_lines(exported, tmp_path):

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from nmt_cli.config import DecodeConfig, NormalizeConfig, Recipe
-from nmt_cli.decoding.hypotheses import Hypothesis, Translation, clean_lines
+from nmt_cli.decoding.hypotheses import (Hypothesis, Translation, clean_lines, empty_translation,
+                                         encode_sources)
 from nmt_cli.errors import CheckpointError, NmtError
 from nmt_cli.files import sha256_bytes
 from nmt_cli.ids import BOS_ID, PAD_ID
@@ -189,15 +190,12 @@ def translate_lines(model: Ct2Model, lines: list[str], cfg: DecodeConfig, *,
     ``first_index`` is accepted for the same calls as ``inference.translate_lines``; the engine
     has no per-sentence seeds, so sampling draws from one generator seeded by ``cfg.seed``."""
     tok = model.tok
-    sources = clean_lines(lines, normalize)
-    src_ids = tok.encode_src(sources)
-    truncated = [len(ids) > cfg.max_src_len for ids in src_ids]
-    src_ids = [ids[: cfg.max_src_len] for ids in src_ids]
+    sources, src_ids, truncated = encode_sources(tok, lines, normalize, cfg.max_src_len)
     results: list[Translation | None] = [None] * len(lines)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, ids in enumerate(src_ids):
         if not ids:
-            results[i] = Translation(i, "", [], 0, texts=[""], source=sources[i])
+            results[i] = empty_translation(i, sources[i])
         else:
             groups.setdefault(_limits(len(ids), cfg), []).append(i)
     options = engine_options(cfg)
@@ -233,7 +231,7 @@ def score_references(model: Ct2Model, lines: list[str], references: list[str], *
     """Forced decoding on the engine (``score_batch``): the summed log-probability, EOS included,
     of each reference, as ``inference.score_references``; an empty source is scored as EOS."""
     tok = model.tok
-    src = [ids[:max_src_len] for ids in tok.encode_src(clean_lines(lines, normalize))]
+    src = encode_sources(tok, lines, normalize, max_src_len).ids
     tgt = tok.encode_tgt(clean_lines(references, normalize))
     found = model.translator.score_batch(
         [[tok.src.id_to_piece(t) for t in ids] for ids in src],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from nmt_cli.config import NormalizeConfig
 from nmt_cli.text.normalize import Normalizer
@@ -37,3 +37,23 @@ def clean_lines(lines: list[str], normalize: NormalizeConfig) -> list[str]:
     """Lines as the training data was cleaned (``preprocess.normalize``), whitespace collapsed."""
     cleaned, _ = Normalizer(normalize).clean_lines(list(lines), False, Counter())
     return [" ".join(line.split()) for line in cleaned]
+
+
+class Sources(NamedTuple):
+    """The input lines as both engines give them to the model."""
+
+    texts: list[str]  # cleaned (``clean_lines``)
+    ids: list[list[int]]  # source pieces, cut to ``max_src_len``
+    truncated: list[bool]  # whether the cut removed pieces
+
+
+def encode_sources(tok, lines: list[str], normalize: NormalizeConfig, max_src_len: int) -> Sources:
+    """Clean ``lines``, encode them with ``tok`` (``Tokenizers``) and cut them to ``max_src_len``."""
+    texts = clean_lines(lines, normalize)
+    ids = tok.encode_src(texts)
+    return Sources(texts, [x[:max_src_len] for x in ids], [len(x) > max_src_len for x in ids])
+
+
+def empty_translation(index: int, source: str) -> Translation:
+    """The translation of a line with nothing to translate: an empty line."""
+    return Translation(index, "", [], 0, texts=[""], source=source)

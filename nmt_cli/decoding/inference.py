@@ -20,7 +20,8 @@ import torch
 
 from nmt_cli.config import DecodeConfig, NormalizeConfig
 from nmt_cli.data import pad_sequences
-from nmt_cli.decoding.hypotheses import Translation, clean_lines
+from nmt_cli.decoding.hypotheses import (Translation, clean_lines, empty_translation,
+                                         encode_sources)
 from nmt_cli.decoding.search import (Hypothesis, SearchResult, beam_search, sample_search,
                                      score_targets)
 from nmt_cli.ids import EOS_ID
@@ -89,14 +90,11 @@ def translate_lines(model, tok: Tokenizers, lines: list[str], cfg: DecodeConfig,
     """
     device = torch.device(device)
     n_best = cfg.n_best
-    sources = clean_lines(lines, normalize)
-    src_ids = tok.encode_src(sources)
-    truncated = [len(ids) > cfg.max_src_len for ids in src_ids]
-    src_ids = [ids[: cfg.max_src_len] for ids in src_ids]
+    sources, src_ids, truncated = encode_sources(tok, lines, normalize, cfg.max_src_len)
     results: list[Translation | None] = [None] * len(lines)
     for i, ids in enumerate(src_ids):
         if not ids:
-            results[i] = Translation(i, "", [], 0, texts=[""], source=sources[i])
+            results[i] = empty_translation(i, sources[i])
 
     def search(batch: list[int]) -> SearchResult:
         src, src_lengths = pad_sequences([src_ids[i] for i in batch], suffix=EOS_ID)
@@ -134,7 +132,7 @@ def score_references(model, tok: Tokenizers, lines: list[str], references: list[
     empty source is scored as a bare EOS.
     """
     device = torch.device(device)
-    src_ids = [ids[: cfg.max_src_len] for ids in tok.encode_src(clean_lines(lines, normalize))]
+    src_ids = encode_sources(tok, lines, normalize, cfg.max_src_len).ids
     tgt_ids = tok.encode_tgt(clean_lines(references, normalize))
     scores = [0.0] * len(lines)
     lengths = [max(1, len(s)) for s in src_ids]  # empty sources still run (as EOS alone)

@@ -355,11 +355,9 @@ def preprocess(recipe: Recipe, dry_run: bool = False,
     if "train" not in splits:
         raise DataError("the recipe has no data.train section; add data.train.src and data.train.tgt")
     start = time.time()
-    for split in splits.values():
-        for corpus in split.sources():
-            for path in corpus.files():
-                if not path.is_file():
-                    raise DataError("file not found; check the path in the recipe", path)
+    for key, path in recipe.data.files_by_key():
+        if not path.is_file():
+            raise DataError(f"file not found; check {key} in the recipe", path)
     tok = Tokenizers.load(recipe)
     encoder = Encoder(tok, recipe.preprocess)
     failed = True

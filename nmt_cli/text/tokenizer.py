@@ -162,6 +162,9 @@ def train_tokenizers(recipe: Recipe) -> dict[str, Path]:
     train = recipe.data.train
     if train is None:
         raise DataError("the recipe has no data.train section; add data.train.src and data.train.tgt")
+    for key, path in recipe.data.files_by_key():
+        if key.startswith("data.train.") and not path.exists():  # a pipe is fine
+            raise DataError(f"file not found; check {key} in the recipe", path)
     cfg, seed = recipe.tokenizer, recipe.train.seed
     norm = recipe.preprocess.normalize
     paths = model_paths(recipe)
