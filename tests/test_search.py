@@ -11,7 +11,8 @@ from nmt_cli.config import DecodeConfig, with_overrides
 from nmt_cli.data import pad_sequences
 from nmt_cli.errors import ConfigError
 from nmt_cli.decoding.penalties import length_limits
-from nmt_cli.decoding.search import batched_beam_search, beam_search, greedy_search, sample_search
+from nmt_cli.decoding.search import (batched_beam_search, beam_search, greedy_search, sample_search,
+                                     score_targets)
 from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 from conftest import sample_lines
@@ -296,8 +297,20 @@ def test_trained_model_beam_same_alone_and_batched(trained_model, tokenizers):
                                                              abs=1e-4)
         g = greedy_search(trained_model, s, l, decode())
         assert g.best()[0] == greedy.best()[i]
-        # a wider beam never ends with a worse best score than greedy
-        assert batched.hypotheses[i][0].score >= greedy.hypotheses[i][0].score - 1e-5
+    # No score bound ties beam 5 to greedy: a wider beam can drop the greedy path and end worse
+    # (this tiny model does so on some lines when trained in bf16). What must hold: one beam
+    # through the batched beam code is greedy, and every hypothesis's log-probability is what
+    # forced decoding gives its tokens.
+    one_beam = batched_beam_search(trained_model, src, lens, decode(beam_size=1))
+    assert one_beam.best() == greedy.best()
+    for b, g in zip(one_beam.hypotheses, greedy.hypotheses):
+        assert b[0].score == pytest.approx(g[0].score, abs=1e-4)
+    hyps = [h for sent in batched.hypotheses for h in sent]
+    rows = torch.tensor([i for i, sent in enumerate(batched.hypotheses) for _ in sent])
+    tgt, tgt_lens = pad_sequences([h.tokens for h in hyps], suffix=EOS_ID)
+    forced = score_targets(trained_model, src.index_select(0, rows), lens.index_select(0, rows),
+                           tgt, tgt_lens)
+    torch.testing.assert_close(forced, torch.tensor([h.log_prob for h in hyps]), atol=1e-4, rtol=0)
 
 
 def test_attention_is_returned_per_output_token(trained_model, tokenizers):
