@@ -82,23 +82,39 @@ def check_precision(device: torch.device, precision: str, key: str = "train.prec
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class LowPrecisionLinear(torch.nn.Linear):
+    """An inference-only linear layer whose weight is bf16 (or fp16): the input is cast to the
+    weight's type, the product runs there (fp32 accumulation inside the kernel), and the output
+    comes back in fp32, where the bias is added.
+
+    The bias is never part of the low-precision kernel: in a bf16 ``addmm`` some CPUs round the
+    bias differently by a row's place in the batch, so a sentence decoded alone and in a batch
+    would drift apart. The product alone gives each row the same bits whatever the batch holds.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.nn.functional.linear(x.to(self.weight.dtype), self.weight).float()
+        return out if self.bias is None else out + self.bias
+
+
 def for_decoding(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """The model with the weights of its bias-free linear layers (the output projection to the
-    vocabulary, the attention's key and query layers) in ``precision`` (a resolved choice), for
+    """The model with every linear layer's weight in ``precision`` (a resolved choice), for
     inference only; cast once here, so no step casts a weight.
 
-    Layers with a bias and the RNNs stay fp32: in a bf16 ``addmm`` the bias is added with a
-    rounding that depends on the row's place in the batch, so a sentence decoded alone and in a
-    batch would drift apart. The model casts the inputs of these layers, and its ``step`` still
-    returns fp32 log-probabilities.
+    Each ``nn.Linear`` becomes a ``LowPrecisionLinear``: its product runs in bf16 (or fp16) and
+    returns fp32, and its bias stays fp32 and is added after the product. Everything else stays
+    fp32: the embeddings (an output layer tied to them gets a cast copy), layer norms, residual
+    sums, the RNN cells, attention scores and softmaxes, and the log-softmax over the vocabulary,
+    so ``step`` returns fp32 log-probabilities and scores are summed in fp32.
     """
     if precision == "fp32":
         return model
     for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module.bias is None:
+        if type(module) is torch.nn.Linear:  # not an int8 layer, not one already cast
             # a new parameter: an output layer tied to the embeddings leaves them in fp32
             module.weight = torch.nn.Parameter(module.weight.detach().to(DTYPES[precision]),
                                                requires_grad=False)
+            module.__class__ = LowPrecisionLinear
     return model
 
 

@@ -131,7 +131,10 @@ def test_bf16_model_scores_in_fp32_and_translates_close_to_fp32(sample_model):  
                                             tok.joint).eval(), "bf16")
     bf16.load_state_dict(model.state_dict())
     assert bf16.output_layer.weight.dtype == torch.bfloat16  # the vocabulary projection
-    assert all(p.dtype == torch.float32 for p in bf16.decoder.rnn.parameters())  # bias: fp32
+    att = bf16.decoder.att_vector  # a layer with a bias: bf16 product, fp32 bias
+    assert att.weight.dtype == torch.bfloat16 and att.bias.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in bf16.decoder.rnn.parameters())  # the GRU: fp32
+    assert bf16.src_embed.weight.dtype == torch.float32
     cfg = with_overrides(recipe.decode, {"beam_size": 5, "n_best": 1}, "decode")
     norm, lines = recipe.preprocess.normalize, source_lines(40)
     with torch.inference_mode():
@@ -142,6 +145,27 @@ def test_bf16_model_scores_in_fp32_and_translates_close_to_fp32(sample_model):  
     assert log_probs.dtype == torch.float32  # the log-softmax over the vocabulary stays fp32
     same = sum(a.text == b.text for a, b in zip(ref, low))
     assert same >= 0.8 * len(lines)
+
+
+def test_low_precision_linear_adds_its_bias_in_fp32_after_the_product():
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.Linear(24, 8, bias=False))
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        expected = plain(x)
+        first_w, first_b = plain[0].weight.clone(), plain[0].bias.clone()
+        low = runtime.for_decoding(plain, "bf16")
+        assert all(isinstance(m, runtime.LowPrecisionLinear) for m in low)
+        assert low[0].weight.dtype == torch.bfloat16 and low[0].bias.dtype == torch.float32
+        hidden = low[0](x)
+        assert hidden.dtype == torch.float32
+        by_hand = torch.nn.functional.linear(x.bfloat16(), first_w.bfloat16()).float() + first_b
+        assert torch.equal(hidden, by_hand)
+        out = low(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, atol=0.05, rtol=0.05)
+    assert not torch.equal(out, expected)  # it did compute in bf16
+    assert runtime.for_decoding(low, "bf16") is low and low[0].weight.dtype == torch.bfloat16
 
 
 def _batch(tok, lines):

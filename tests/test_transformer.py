@@ -287,3 +287,32 @@ def test_recipe_errors_are_one_line_naming_the_key(tmp_path, model_yaml, needles
     path = tmp_path / "bad.yaml"
     path.write_text(head + "model:\n" + model_yaml + tail, encoding="utf-8")
     assert_one_line_error(run_cli("tokenizer", str(path)), *needles)
+
+
+def test_the_cache_is_reordered_once_per_step_and_selections_compose():
+    """``select`` only records the new row order; the next step gathers the stored rows into
+    the longer cache. Two selections in a row read the same rows as applying them one by one."""
+    from nmt_cli.model.transformer import extend_cache
+
+    torch.manual_seed(0)
+    cached, new = torch.randn(6, 2, 3, 4), torch.randn(4, 2, 1, 4)
+    order = torch.tensor([5, 0, 0, 2])
+    expected = torch.cat([cached.index_select(0, order), new], dim=2)
+    assert torch.equal(extend_cache(cached, order, new), expected)
+    assert torch.equal(extend_cache(cached[:4], None, new), torch.cat([cached[:4], new], dim=2))
+    model = _model("transformer")
+    src, src_lengths, tgt, _ = _padded_batch()
+    first, second = torch.tensor([2, 0, 1, 1]), torch.tensor([3, 3, 0])
+    with torch.no_grad():
+        memory, state = model.encode(src, src_lengths)
+        for t in range(2):
+            _, state, _ = model.step(tgt[:, t], state, memory)
+        both = state.select(first).select(second)
+        assert both.keys is state.keys  # nothing copied yet
+        rows = first.index_select(0, second)
+        lp, after, _ = model.step(tgt[rows, 2], both, memory.select(rows))
+        eager = [k.index_select(0, rows) for k in state.keys]
+        assert after.order is None and after.keys[0].shape[:3] == (3, eager[0].size(1), 3)
+        for mine, theirs in zip(after.keys, eager):
+            assert torch.equal(mine[:, :, :2], theirs)
+

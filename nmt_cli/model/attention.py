@@ -10,12 +10,6 @@ import torch
 from torch import Tensor, nn
 
 
-def linear_in(layer: nn.Module, x: Tensor) -> Tensor:
-    """``layer(x)`` with ``x`` cast to the layer's weight type (bf16 when decoding at bf16)."""
-    weight = getattr(layer, "weight", None)  # a method on an int8 module, absent on Identity
-    return layer(x.to(weight.dtype) if isinstance(weight, Tensor) else x)
-
-
 class Attention(nn.Module):
     """Base: softmax over masked scores, and the context vector they weight."""
 
@@ -54,10 +48,10 @@ class BahdanauAttention(Attention):
     def project_keys(self, memory: Tensor) -> Tensor:
         # fp32 keys even when the weights are bf16: the tanh below is the one large elementwise
         # step of a decoding step, and CPUs run it about 3x slower in bf16 than in fp32
-        return linear_in(self.key_layer, memory).float()
+        return self.key_layer(memory).float()
 
     def score(self, query: Tensor, keys: Tensor) -> Tensor:
-        q = linear_in(self.query_layer, query).float()  # (B, T, A)
+        q = self.query_layer(query).float()  # (B, T, A)
         # (B, 1, S, A) + (B, T, 1, A) -> (B, T, S, A), tanh in place (no second buffer) -> (B, T, S)
         energy = (keys.unsqueeze(1) + q.unsqueeze(2)).tanh_()
         layer = self.energy_layer  # (an int8 module after quantization, which takes fp32)
@@ -78,7 +72,7 @@ class LuongDotAttention(Attention):
                           if memory_size != query_size else nn.Identity())
 
     def project_keys(self, memory: Tensor) -> Tensor:
-        return linear_in(self.key_layer, memory).float()
+        return self.key_layer(memory).float()
 
     def score(self, query: Tensor, keys: Tensor) -> Tensor:
         return torch.bmm(query, keys.transpose(1, 2))

@@ -8,7 +8,6 @@ from torch import Tensor, nn
 from nmt_cli.config import ModelConfig
 from nmt_cli.errors import ConfigError
 from nmt_cli.ids import PAD_ID
-from nmt_cli.model.attention import linear_in
 from nmt_cli.model.decoder import DecoderState, Memory, RecurrentDecoder
 from nmt_cli.model.encoder import RecurrentEncoder
 from nmt_cli.model.dropout import Dropout
@@ -86,7 +85,7 @@ class Seq2Seq(nn.Module):
         (B, S). The attention comes for free with the RNN, so it is returned whatever
         ``need_attention`` says."""
         vector, state, weights = self.decoder.step(self.tgt_embed(prev_tokens), state, memory)
-        logits = linear_in(self.output_layer, vector)
+        logits = self.output_layer(vector)
         return torch.log_softmax(logits, dim=-1, dtype=torch.float32), state, weights
 
 

@@ -71,16 +71,37 @@ class TransformerMemory:
 
 @dataclass
 class TransformerState:
-    """The decoder's self-attention cache: keys and values of every layer, each (N, H, t, Dh),
-    for the t positions decoded so far."""
+    """The decoder's self-attention cache: keys and values of every layer, each (M, H, t, Dh),
+    for the t positions decoded so far.
+
+    ``select`` does not copy the cache: it records which stored row each new row reads
+    (``order``, (N,) indices into the M stored rows; None is every row in place), and the next
+    step gathers those rows straight into the cache one position longer. A beam step thus copies
+    the cache once instead of twice (a reorder, then an append), and selections in a row compose
+    into one index."""
 
     keys: list[Tensor]
     values: list[Tensor]
     position: int = 0
+    order: Optional[Tensor] = None
 
     def select(self, index: Tensor) -> "TransformerState":
-        return TransformerState([k.index_select(0, index) for k in self.keys],
-                                [v.index_select(0, index) for v in self.values], self.position)
+        order = index if self.order is None else self.order.index_select(0, index)
+        return TransformerState(self.keys, self.values, self.position, order)
+
+
+def extend_cache(cached: Tensor, order: Optional[Tensor], new: Tensor) -> Tensor:
+    """``cached`` (M, H, t, Dh) with its rows picked by ``order`` (N,), then ``new`` (N, H, 1, Dh)
+    appended along the positions: (N, H, t + 1, Dh), written once into a fresh tensor."""
+    if order is None:
+        return torch.cat([cached, new], dim=2)
+    if torch.is_grad_enabled() and (cached.requires_grad or new.requires_grad):
+        return torch.cat([cached.index_select(0, order), new], dim=2)  # out= has no gradient
+    t = cached.size(2)
+    out = new.new_empty(new.size(0), new.size(1), t + 1, new.size(3))
+    torch.index_select(cached, 0, order, out=out[:, :, :t])
+    out[:, :, t:] = new
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,14 +221,17 @@ class DecoderLayer(nn.Module):
         self.ff_block = Sublayer(cfg)
 
     def forward(self, x: Tensor, cache: Optional[tuple[Tensor, Tensor]], cross_k: Tensor,
-                cross_v: Tensor, mask: Tensor, need_weights: bool = False
+                cross_v: Tensor, mask: Tensor, need_weights: bool = False,
+                cache_order: Optional[Tensor] = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor], Optional[Tensor]]:
-        """x (B, T, D). With ``cache`` (keys, values of earlier positions), x holds only the new
-        positions and attends to the cache too; without it, x is a whole target, causally masked.
-        Returns the output, this layer's keys and values (cache included), cross weights."""
+        """x (B, T, D). With ``cache`` (keys, values of earlier positions, their rows picked by
+        ``cache_order`` when given), x holds only the new positions and attends to the cache too;
+        without it, x is a whole target, causally masked. Returns the output, this layer's keys
+        and values (cache included), cross weights."""
         q, k, v = self.self_attn.self_projections(self.self_block.inputs(x))
         if cache is not None:
-            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+            k, v = (extend_cache(cache[0], cache_order, k),
+                    extend_cache(cache[1], cache_order, v))
         causal = cache is None and x.size(1) > 1
         x = self.self_block.residual(x, self.self_attn.attend(q, k, v, causal=causal)[0])
         q = self.cross_attn.cross_query(self.cross_block.inputs(x))
@@ -312,12 +336,8 @@ class Transformer(nn.Module):
         return self._logits(self.decoder_norm(x))
 
     def _logits(self, h: Tensor) -> Tensor:
-        """The output layer; after ``runtime.for_decoding`` its weight is bf16 (or fp16), and the
-        decoder's fp32 output is cast to it (fp32 weights leave autocast to decide; an int8
-        layer of ``--quantize`` has a method, not a tensor, for its weight and takes fp32)."""
-        weight = self.output_layer.weight
-        if isinstance(weight, Tensor) and weight.dtype != torch.float32 and h.dtype != weight.dtype:
-            h = h.to(weight.dtype)
+        """The output layer (at bf16 decoding a ``runtime.LowPrecisionLinear``, which casts its
+        input itself and returns fp32; in training autocast decides)."""
         return self.output_layer(h)
 
     def step(self, prev_tokens: Tensor, state: TransformerState, memory: TransformerMemory,
@@ -331,7 +351,8 @@ class Transformer(nn.Module):
         last = len(self.decoder_layers) - 1
         for i, layer in enumerate(self.decoder_layers):
             x, (k, v), w = layer(x, (state.keys[i], state.values[i]), memory.keys[i],
-                                 memory.values[i], mask, need_weights=need_attention and i == last)
+                                 memory.values[i], mask, need_weights=need_attention and i == last,
+                                 cache_order=state.order)
             keys.append(k)
             values.append(v)
             weights = w if w is not None else weights
