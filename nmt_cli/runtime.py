@@ -97,24 +97,78 @@ class LowPrecisionLinear(torch.nn.Linear):
         return out if self.bias is None else out + self.bias
 
 
+class LowPrecisionGRU(torch.nn.GRU):
+    """An inference-only GRU whose products run in bf16 (or fp16), for the decoder's steps.
+
+    The fp32 weights stay (a bidirectional or packed run, the encoder's, uses them as before);
+    ``low`` holds a cast copy of each layer's input and hidden weights. On a plain batch-first
+    input the layers run step by step with the products in low precision and fp32 outputs, the
+    biases added in fp32 after them (see ``LowPrecisionLinear``), and the gates and the hidden
+    state in fp32, with PyTorch's gate order and equations (r, z, n;
+    h' = (1 - z) * n + z * h). Each row's result depends on that row alone (at hidden sizes that
+    are a multiple of the CPU's vector width).
+    """
+
+    low: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def forward(self, x, hx=None):  # type: ignore[override]
+        if (not isinstance(x, torch.Tensor) or x.dim() != 3 or self.bidirectional
+                or not self.batch_first):
+            return super().forward(x, hx)
+        batch, steps, _ = x.shape
+        layers, size = self.num_layers, self.hidden_size
+        h_all = hx if hx is not None else x.new_zeros(layers, batch, size)
+        lin = torch.nn.functional.linear
+        layer_in, finals = x, []
+        for i, (w_ih, w_hh) in enumerate(self.low):
+            b_ih = getattr(self, f"bias_ih_l{i}", None)
+            b_hh = getattr(self, f"bias_hh_l{i}", None)
+            gates_in = lin(layer_in.to(w_ih.dtype), w_ih).float()  # every step at once
+            if b_ih is not None:
+                gates_in = gates_in + b_ih
+            h, outputs = h_all[i], []
+            for t in range(steps):
+                gates_h = lin(h.to(w_hh.dtype), w_hh).float()
+                if b_hh is not None:
+                    gates_h = gates_h + b_hh
+                gates = gates_in[:, t]
+                # sigmoid and tanh run on fresh contiguous sums (their vectorised and scalar code
+                # paths round differently, and a strided view would pick by the batch's shape)
+                rz = torch.sigmoid(gates[:, :2 * size] + gates_h[:, :2 * size])
+                r, z = rz[:, :size], rz[:, size:]
+                n = torch.tanh(gates[:, 2 * size:] + r * gates_h[:, 2 * size:])
+                h = n + z * (h - n)  # (1 - z) * n + z * h
+                outputs.append(h)
+            layer_in = torch.stack(outputs, dim=1)
+            finals.append(h)
+        return layer_in, torch.stack(finals, dim=0)
+
+
 def for_decoding(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     """The model with every linear layer's weight in ``precision`` (a resolved choice), for
     inference only; cast once here, so no step casts a weight.
 
     Each ``nn.Linear`` becomes a ``LowPrecisionLinear``: its product runs in bf16 (or fp16) and
-    returns fp32, and its bias stays fp32 and is added after the product. Everything else stays
-    fp32: the embeddings (an output layer tied to them gets a cast copy), layer norms, residual
-    sums, the RNN cells, attention scores and softmaxes, and the log-softmax over the vocabulary,
+    returns fp32, and its bias stays fp32 and is added after the product. A unidirectional GRU
+    (the RNN decoder's) becomes a ``LowPrecisionGRU`` on the same terms (the encoder's packed
+    runs keep its fp32 weights); LSTMs are not cast. Everything else stays fp32: the embeddings (an output layer tied to them gets a cast copy), layer norms, residual
+    sums, attention scores and softmaxes, and the log-softmax over the vocabulary,
     so ``step`` returns fp32 log-probabilities and scores are summed in fp32.
     """
     if precision == "fp32":
         return model
+    dtype = DTYPES[precision]
     for module in model.modules():
         if type(module) is torch.nn.Linear:  # not an int8 layer, not one already cast
             # a new parameter: an output layer tied to the embeddings leaves them in fp32
-            module.weight = torch.nn.Parameter(module.weight.detach().to(DTYPES[precision]),
+            module.weight = torch.nn.Parameter(module.weight.detach().to(dtype),
                                                requires_grad=False)
             module.__class__ = LowPrecisionLinear
+        elif type(module) is torch.nn.GRU and not module.bidirectional and module.batch_first:
+            module.low = [(getattr(module, f"weight_ih_l{i}").detach().to(dtype),
+                           getattr(module, f"weight_hh_l{i}").detach().to(dtype))
+                          for i in range(module.num_layers)]
+            module.__class__ = LowPrecisionGRU
     return model
 
 

@@ -133,7 +133,8 @@ def test_bf16_model_scores_in_fp32_and_translates_close_to_fp32(sample_model):  
     assert bf16.output_layer.weight.dtype == torch.bfloat16  # the vocabulary projection
     att = bf16.decoder.att_vector  # a layer with a bias: bf16 product, fp32 bias
     assert att.weight.dtype == torch.bfloat16 and att.bias.dtype == torch.float32
-    assert all(p.dtype == torch.float32 for p in bf16.decoder.rnn.parameters())  # the GRU: fp32
+    assert isinstance(bf16.decoder.rnn, runtime.LowPrecisionGRU)  # the decoder's GRU: bf16
+    assert all(p.dtype == torch.float32 for p in bf16.encoder.rnn.parameters())  # encoder: fp32
     assert bf16.src_embed.weight.dtype == torch.float32
     cfg = with_overrides(recipe.decode, {"beam_size": 5, "n_best": 1}, "decode")
     norm, lines = recipe.preprocess.normalize, source_lines(40)
@@ -166,6 +167,31 @@ def test_low_precision_linear_adds_its_bias_in_fp32_after_the_product():
     torch.testing.assert_close(out, expected, atol=0.05, rtol=0.05)
     assert not torch.equal(out, expected)  # it did compute in bf16
     assert runtime.for_decoding(low, "bf16") is low and low[0].weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_low_precision_gru_follows_torch_gru_and_leaves_packed_runs_in_fp32(layers):
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(24, 32, num_layers=layers, batch_first=True).eval()
+    x, h0 = torch.randn(5, 4, 24), torch.randn(layers, 5, 32)
+    with torch.no_grad():
+        expected, expected_h = gru(x, h0)
+        packed = pack_padded_sequence(x, torch.tensor([4, 4, 3, 2, 1]), batch_first=True)
+        expected_packed = gru(packed)[1]
+        runtime.for_decoding(gru, "bf16")
+        assert isinstance(gru, runtime.LowPrecisionGRU)
+        assert gru.weight_ih_l0.dtype == torch.float32 and gru.low[0][0].dtype == torch.bfloat16
+        out, h = gru(x, h0)
+        assert out.dtype == h.dtype == torch.float32
+        torch.testing.assert_close(out, expected, atol=0.03, rtol=0.03)
+        torch.testing.assert_close(h, expected_h, atol=0.03, rtol=0.03)
+        assert torch.equal(out[:, -1], h[-1])
+        assert not torch.equal(out, expected)  # computed in bf16
+        one = gru(x[2:3], h0[:, 2:3])[0]  # a row alone: the same bits as inside the batch
+        assert torch.equal(one, out[2:3])
+        assert torch.equal(gru(packed)[1], expected_packed)  # the fp32 path, untouched
 
 
 def _batch(tok, lines):
