@@ -100,8 +100,8 @@ class LowPrecisionLinear(torch.nn.Linear):
 class LowPrecisionGRU(torch.nn.GRU):
     """An inference-only GRU whose products run in bf16 (or fp16), for the decoder's steps.
 
-    The fp32 weights stay (a bidirectional or packed run, the encoder's, uses them as before);
-    ``low`` holds a cast copy of each layer's input and hidden weights. On a plain batch-first
+    The fp32 weights stay (a packed run, the encoder's, uses them as before); ``low_weights``
+    gives a cast copy of each layer's input and hidden weights. On a plain batch-first
     input the layers run step by step with the products in low precision and fp32 outputs, the
     biases added in fp32 after them (see ``LowPrecisionLinear``), and the gates and the hidden
     state in fp32, with PyTorch's gate order and equations (r, z, n;
@@ -109,7 +109,20 @@ class LowPrecisionGRU(torch.nn.GRU):
     are a multiple of the CPU's vector width).
     """
 
-    low: list[tuple[torch.Tensor, torch.Tensor]]
+    low_dtype: torch.dtype = torch.bfloat16
+
+    def low_weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's (input, hidden) weights in ``low_dtype``, cast again whenever the fp32
+        weights changed (a state dict loaded after the cast, say)."""
+        weights = [(getattr(self, f"weight_ih_l{i}"), getattr(self, f"weight_hh_l{i}"))
+                   for i in range(self.num_layers)]
+        key = (self.low_dtype, tuple((a._version, a.data_ptr(), b._version, b.data_ptr())
+                                     for a, b in weights))
+        if getattr(self, "_low_key", None) != key:
+            self._low = [(a.detach().to(self.low_dtype), b.detach().to(self.low_dtype))
+                         for a, b in weights]
+            self._low_key = key
+        return self._low
 
     def forward(self, x, hx=None):  # type: ignore[override]
         if (not isinstance(x, torch.Tensor) or x.dim() != 3 or self.bidirectional
@@ -120,7 +133,7 @@ class LowPrecisionGRU(torch.nn.GRU):
         h_all = hx if hx is not None else x.new_zeros(layers, batch, size)
         lin = torch.nn.functional.linear
         layer_in, finals = x, []
-        for i, (w_ih, w_hh) in enumerate(self.low):
+        for i, (w_ih, w_hh) in enumerate(self.low_weights()):
             b_ih = getattr(self, f"bias_ih_l{i}", None)
             b_hh = getattr(self, f"bias_hh_l{i}", None)
             gates_in = lin(layer_in.to(w_ih.dtype), w_ih).float()  # every step at once
@@ -165,10 +178,8 @@ def for_decoding(model: torch.nn.Module, precision: str) -> torch.nn.Module:
                                                requires_grad=False)
             module.__class__ = LowPrecisionLinear
         elif type(module) is torch.nn.GRU and not module.bidirectional and module.batch_first:
-            module.low = [(getattr(module, f"weight_ih_l{i}").detach().to(dtype),
-                           getattr(module, f"weight_hh_l{i}").detach().to(dtype))
-                          for i in range(module.num_layers)]
             module.__class__ = LowPrecisionGRU
+            module.low_dtype = dtype
     return model
 
 

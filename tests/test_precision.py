@@ -182,7 +182,8 @@ def test_low_precision_gru_follows_torch_gru_and_leaves_packed_runs_in_fp32(laye
         expected_packed = gru(packed)[1]
         runtime.for_decoding(gru, "bf16")
         assert isinstance(gru, runtime.LowPrecisionGRU)
-        assert gru.weight_ih_l0.dtype == torch.float32 and gru.low[0][0].dtype == torch.bfloat16
+        assert gru.weight_ih_l0.dtype == torch.float32
+        assert gru.low_weights()[0][0].dtype == torch.bfloat16
         out, h = gru(x, h0)
         assert out.dtype == h.dtype == torch.float32
         torch.testing.assert_close(out, expected, atol=0.03, rtol=0.03)
