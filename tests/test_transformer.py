@@ -315,16 +315,3 @@ def test_the_cache_is_reordered_once_per_step_and_selections_compose():
         assert after.order is None and after.keys[0].shape[:3] == (3, eager[0].size(1), 3)
         for mine, theirs in zip(after.keys, eager):
             assert torch.equal(mine[:, :, :2], theirs)
-
-
-
-def test_take_rows_is_index_select_along_the_batch():
-    from nmt_cli.model.contract import take_rows
-
-    torch.manual_seed(0)
-    index = torch.tensor([3, 0, 0, 2, 4])
-    for shape in [(5,), (5, 3), (5, 3, 4), (5, 2, 3, 4)]:
-        x = torch.randn(*shape)
-        assert torch.equal(take_rows(x, index), x.index_select(0, index))
-    strided = torch.randn(2, 5, 3, 4).transpose(0, 1)  # not contiguous: the plain path
-    assert torch.equal(take_rows(strided, index), strided.index_select(0, index))

@@ -35,17 +35,6 @@ class Selectable(Protocol):
     def select(self: S, index: Tensor) -> S: ...
 
 
-def take_rows(tensor: Tensor, index: Tensor) -> Tensor:
-    """``tensor.index_select(0, index)`` for the ``select`` of decoding states. A contiguous
-    tensor of more than two dimensions is gathered through a 2-D view of it, one block of memory
-    a row, which torch copies several times faster on the CPU than the same rows of a 3-D or 4-D
-    tensor (the same values either way)."""
-    if tensor.dim() > 2 and tensor.is_contiguous():
-        rows = tensor.view(tensor.size(0), -1).index_select(0, index)
-        return rows.view(index.numel(), *tensor.shape[1:])
-    return tensor.index_select(0, index)
-
-
 @runtime_checkable
 class DecodingModel(Protocol):
     """What search needs from a model (or an ensemble of models)."""

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from nmt_cli.config import DecoderConfig
 from nmt_cli.model.attention import build_attention
-from nmt_cli.model.contract import take_rows
 from nmt_cli.model.encoder import RNN_CELLS
 from nmt_cli.model.dropout import Dropout
 
@@ -32,7 +31,7 @@ class Memory:
     mask: Tensor  # (B, S) True on real tokens
 
     def select(self, index: Tensor) -> "Memory":
-        return Memory(take_rows(self.values, index), take_rows(self.keys, index),
+        return Memory(self.values.index_select(0, index), self.keys.index_select(0, index),
                       self.mask.index_select(0, index))
 
 

@@ -31,7 +31,6 @@ from torch import Tensor, nn
 from nmt_cli.config import ModelConfig, TransformerConfig
 from nmt_cli.errors import ConfigError
 from nmt_cli.ids import PAD_ID
-from nmt_cli.model.contract import take_rows
 from nmt_cli.model.dropout import Dropout, dropout
 
 
@@ -65,8 +64,8 @@ class TransformerMemory:
     mask: Tensor
 
     def select(self, index: Tensor) -> "TransformerMemory":
-        return TransformerMemory([take_rows(k, index) for k in self.keys],
-                                 [take_rows(v, index) for v in self.values],
+        return TransformerMemory([k.index_select(0, index) for k in self.keys],
+                                 [v.index_select(0, index) for v in self.values],
                                  self.mask.index_select(0, index))
 
 
@@ -77,9 +76,9 @@ class TransformerState:
 
     ``select`` does not copy the cache: it records which stored row each new row reads
     (``order``, (N,) indices into the M stored rows; None is every row in place), and the next
-    step gathers those rows before appending its position. Selections in a row (a beam step's
-    reorder, then the pruning of finished sentences) compose into one index, so the cache is
-    gathered once per step however often it was selected."""
+    step gathers those rows straight into the cache one position longer. A beam step thus copies
+    the cache once instead of twice (a reorder, then an append), and selections in a row (the
+    reorder, then the pruning of finished sentences) compose into one index."""
 
     keys: list[Tensor]
     values: list[Tensor]
@@ -93,10 +92,17 @@ class TransformerState:
 
 def extend_cache(cached: Tensor, order: Optional[Tensor], new: Tensor) -> Tensor:
     """``cached`` (M, H, t, Dh) with its rows picked by ``order`` (N,), then ``new`` (N, H, 1, Dh)
-    appended along the positions: (N, H, t + 1, Dh)."""
-    if order is not None:
-        cached = take_rows(cached, order)
-    return torch.cat([cached, new], dim=2)
+    appended along the positions: (N, H, t + 1, Dh), the kept rows gathered straight into the
+    longer cache (one copy, where a reorder and then an append made two)."""
+    if order is None:
+        return torch.cat([cached, new], dim=2)
+    if torch.is_grad_enabled() and (cached.requires_grad or new.requires_grad):
+        return torch.cat([cached.index_select(0, order), new], dim=2)  # out= has no gradient
+    t = cached.size(2)
+    out = new.new_empty(new.size(0), new.size(1), t + 1, new.size(3))
+    torch.index_select(cached, 0, order, out=out[:, :, :t])
+    out[:, :, t:] = new
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
