@@ -39,10 +39,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _abs(path: Path) -> str:
+    return str(Path(path).resolve())
+
+
 def whole_process(args, output: Path, model: Path | None = None,
                   beam_size: int | None = None) -> tuple[float, float]:
-    cmd = [sys.executable, "-m", "nmt_cli", "translate", "-m", str(model or args.model), "-i",
-           str(args.input), "-o", str(output), "--beam-size", str(beam_size or args.beam_size),
+    # run in this script's tree: `python -m` puts the current folder first on the path, so a
+    # child started from inside another checkout would run that checkout's nmt_cli
+    cmd = [sys.executable, "-m", "nmt_cli", "translate", "-m", _abs(model or args.model), "-i",
+           _abs(args.input), "-o", _abs(output), "--beam-size", str(beam_size or args.beam_size),
            "--batch-size", str(args.batch_size), "--batch-type", args.batch_type, "--device",
            args.device, "-q"]
     if args.quantize:
@@ -58,7 +64,7 @@ def whole_process(args, output: Path, model: Path | None = None,
     if getattr(args, "inter_threads", None) is not None:
         cmd += ["--inter-threads", str(args.inter_threads)]
     start, before = time.perf_counter(), os.times()
-    subprocess.run(cmd, check=True, env=env)
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
     after = os.times()
     cpu = (after.children_user + after.children_system) - (before.children_user
                                                            + before.children_system)

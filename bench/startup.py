@@ -33,10 +33,12 @@ def first_line(model: Path, extra: list[str], teardown: bool = False) -> tuple[f
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if teardown:
         env["NMT_QUICK_EXIT"] = "0"
-    cmd = [sys.executable, "-m", "nmt_cli", "translate", "-m", str(model), "-q", *extra]
+    # cwd=ROOT: `python -m` puts the current folder first on the path (another checkout's nmt_cli)
+    cmd = [sys.executable, "-m", "nmt_cli", "translate", "-m", str(Path(model).resolve()), "-q",
+           *extra]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                            text=True)
+                            text=True, cwd=ROOT)
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(LINE)
     proc.stdin.close()
