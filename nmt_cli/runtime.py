@@ -163,10 +163,11 @@ def for_decoding(model: torch.nn.Module, precision: str) -> torch.nn.Module:
 
     Each ``nn.Linear`` becomes a ``LowPrecisionLinear``: its product runs in bf16 (or fp16) and
     returns fp32, and its bias stays fp32 and is added after the product. A unidirectional GRU
-    (the RNN decoder's) becomes a ``LowPrecisionGRU`` on the same terms (the encoder's packed
-    runs keep its fp32 weights); LSTMs are not cast. Everything else stays fp32: the embeddings (an output layer tied to them gets a cast copy), layer norms, residual
-    sums, attention scores and softmaxes, and the log-softmax over the vocabulary,
-    so ``step`` returns fp32 log-probabilities and scores are summed in fp32.
+    (the RNN decoder's) becomes a ``LowPrecisionGRU`` on the same terms (packed runs keep the
+    fp32 weights); bidirectional GRUs and LSTMs are not cast. Everything else stays fp32: the
+    embeddings (an output layer tied to them gets a cast copy), layer norms, residual sums,
+    attention scores and softmaxes, and the log-softmax over the vocabulary, so ``step`` returns
+    fp32 log-probabilities and scores are summed in fp32.
     """
     if precision == "fp32":
         return model
