@@ -317,9 +317,10 @@ class DecodeConfig:
     n_best: int = _num(1, ge=1, doc="hypotheses (or samples) kept per sentence, best first")
     allow_unk: bool = False  # let search emit <unk>; off, like PAD and BOS, by default
     invalid_utf8: Literal["replace", "error"] = "replace"  # bad bytes in text to translate
-    # weights and activations while translating; auto as train.precision. fp32 stays the
-    # default: bf16 beam search is not yet byte-identical across batch sizes (docs/results.md).
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    # weights and activations while translating; auto as train.precision: bf16 where the CPU
+    # multiplies it natively (batch 1 and 64 give the same lines there, runtime.for_decoding) or
+    # the GPU supports it, else fp32. A checkpoint saved before this key existed decodes in fp32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     def __post_init__(self) -> None:
         if not self.sample and self.n_best > self.beam_size:

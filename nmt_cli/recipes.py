@@ -123,8 +123,12 @@ def _yaml_kind(value: Any) -> str:
 
 
 def recipe_from_dict(raw: dict[str, Any], base_dir: Path | None = None) -> Recipe:
-    """Rebuild a recipe from its ``to_dict`` form (for example, out of a checkpoint)."""
-    return build(Recipe, dict(raw), base_dir=base_dir)
+    """Rebuild a recipe from its ``to_dict`` form (for example, out of a checkpoint). A recipe
+    saved before ``decode.precision`` existed decoded in fp32, and still does."""
+    raw = dict(raw)
+    if isinstance(raw.get("decode"), dict) and "precision" not in raw["decode"]:
+        raw["decode"] = {**raw["decode"], "precision": "fp32"}
+    return build(Recipe, raw, base_dir=base_dir)
 
 
 def dump_recipe(recipe: Recipe) -> str:

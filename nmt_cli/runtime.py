@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import random
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 from nmt_cli.errors import ConfigError, NmtError
+from nmt_cli.ids import PAD_ID
 
 
 def pick_device(name: str) -> torch.device:
@@ -82,79 +84,211 @@ def check_precision(device: torch.device, precision: str, key: str = "train.prec
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# The widest slice of input features one low-precision product takes. The CPU's bf16 kernels split
+# a longer reduction into blocks whose size follows the row count, so a row would round
+# differently alone and in a batch; products over at most this many features give each row the
+# same bits whatever the batch holds, and wider layers sum such products in fp32, in order.
+LOW_PRECISION_BLOCK = 256
+
+# Low-precision decoding pads the source to a multiple of this width: softmaxes and weighted sums
+# over the source then see whole vectors of the CPU's width, and padding adds exact zeros, so a
+# sentence gets the same bits alone and in a batch of longer ones.
+LOW_PRECISION_WIDTH = 16
+
+
+# torch hands a bf16 product to oneDNN only when its sizes (batch x rows x inner x columns)
+# multiply to more than 16^3, and runs smaller ones in another kernel that rounds differently; a
+# sentence alone (one row, a short source) would then get other bits than in a batch. Products
+# at or under twice that are padded with zero rows, so that every product runs in oneDNN.
+SMALL_PRODUCT = 2 * 16 ** 3
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.cat([x, x.new_zeros((rows - x.size(0),) + tuple(x.shape[1:]))])
+
+
+def low_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.matmul(a, b)`` for low-precision a (N, ..., m, k) and b (N, ..., k, n) with the same
+    leading sizes, in the same kernel at every size (see ``SMALL_PRODUCT``)."""
+    size = a.numel() * b.size(-1)
+    if size > SMALL_PRODUCT:
+        return torch.matmul(a, b)
+    rows = a.size(0)
+    need = SMALL_PRODUCT // (size // rows) + 1
+    return torch.matmul(_pad_rows(a, need), _pad_rows(b, need))[:rows]
+
+
+def column_blocks(weight: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+    """``weight`` (out, in) cast to ``dtype``, cut along its inputs into contiguous blocks of at
+    most ``LOW_PRECISION_BLOCK`` columns."""
+    w = weight.detach().to(dtype)
+    return [w[:, i:i + LOW_PRECISION_BLOCK].contiguous()
+            for i in range(0, w.size(1), LOW_PRECISION_BLOCK)]
+
+
+def low_product(x: torch.Tensor, blocks: list[torch.Tensor]) -> torch.Tensor:
+    """``x @ W.T`` with ``W`` given as its ``column_blocks``: each block's product runs in their
+    low precision, and the fp32 result is their sum, taken in order."""
+    x = x.to(blocks[0].dtype)
+    lin = torch.nn.functional.linear
+    rows = x.numel() // x.size(-1)
+    smallest = min(w.size(1) for w in blocks) * blocks[0].size(0)  # one row's least product
+    if rows * smallest <= SMALL_PRODUCT:  # see SMALL_PRODUCT
+        flat = x.reshape(rows, x.size(-1))
+        need = SMALL_PRODUCT // smallest + 1
+        out = low_product(_pad_rows(flat, need), blocks)[:rows]
+        return out.view(*x.shape[:-1], out.size(-1))
+    if len(blocks) == 1:
+        return lin(x, blocks[0]).float()
+    out, start = None, 0
+    for w in blocks:
+        part = lin(x[..., start:start + w.size(1)], w)
+        out = part.float() if out is None else out.add_(part)
+        start += w.size(1)
+    return out
+
+
+def _cached(module: torch.nn.Module, name: str, tensors: list[torch.Tensor], make):
+    """``make()``, computed again only when one of ``tensors`` changed (a state dict loaded after
+    the cast, say); kept on ``module`` under ``name``."""
+    key = tuple((t._version, t.data_ptr(), t.dtype) for t in tensors)
+    if getattr(module, name + "_key", None) != key:
+        setattr(module, name, make())
+        setattr(module, name + "_key", key)
+    return getattr(module, name)
+
+
 class LowPrecisionLinear(torch.nn.Linear):
     """An inference-only linear layer whose weight is bf16 (or fp16): the input is cast to the
-    weight's type, the product runs there (fp32 accumulation inside the kernel), and the output
-    comes back in fp32, where the bias is added.
+    weight's type, the product runs there (fp32 accumulation inside the kernel, over blocks of at
+    most ``LOW_PRECISION_BLOCK`` inputs), and the output comes back in fp32, where the bias is
+    added.
 
     The bias is never part of the low-precision kernel: in a bf16 ``addmm`` some CPUs round the
     bias differently by a row's place in the batch, so a sentence decoded alone and in a batch
     would drift apart. The product alone gives each row the same bits whatever the batch holds.
     """
 
+    def blocks(self) -> list[torch.Tensor]:
+        return _cached(self, "_blocks", [self.weight],
+                       lambda: column_blocks(self.weight, self.weight.dtype))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.nn.functional.linear(x.to(self.weight.dtype), self.weight).float()
+        out = low_product(x, self.blocks())
         return out if self.bias is None else out + self.bias
 
 
-class LowPrecisionGRU(torch.nn.GRU):
-    """An inference-only GRU whose products run in bf16 (or fp16), for the decoder's steps.
+def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """x (B, S, F) with each row's first ``lengths[b]`` positions reversed and its padding left
+    in place (its own inverse)."""
+    steps = torch.arange(x.size(1), device=x.device).unsqueeze(0)
+    lengths = lengths.to(x.device).unsqueeze(1)
+    index = torch.where(steps < lengths, lengths - 1 - steps, steps)
+    return x.gather(1, index.unsqueeze(2).expand(-1, -1, x.size(2)))
 
-    The fp32 weights stay (a packed run, the encoder's, uses them as before); ``low_weights``
-    gives a cast copy of each layer's input and hidden weights. On a plain batch-first
-    input the layers run step by step with the products in low precision and fp32 outputs, the
-    biases added in fp32 after them (see ``LowPrecisionLinear``), and the gates and the hidden
-    state in fp32, with PyTorch's gate order and equations (r, z, n;
+
+class LowPrecisionGRU(torch.nn.GRU):
+    """An inference-only GRU whose products run in bf16 (or fp16).
+
+    The fp32 weights stay (a packed run uses them as before); ``low_weights`` gives each
+    layer's and direction's input and hidden weights as cast ``column_blocks``. A plain
+    batch-first input (the decoder's steps) and ``forward_padded`` (the encoder's padded
+    sentences, in both directions) run step by step with the products in low precision and fp32
+    outputs, the biases added in fp32 after them (see ``LowPrecisionLinear``), and the gates and
+    the hidden state in fp32, with PyTorch's gate order and equations (r, z, n;
     h' = (1 - z) * n + z * h). Each row's result depends on that row alone (at hidden sizes that
     are a multiple of the CPU's vector width).
     """
 
     low_dtype: torch.dtype = torch.bfloat16
 
-    def low_weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Each layer's (input, hidden) weights in ``low_dtype``, cast again whenever the fp32
-        weights changed (a state dict loaded after the cast, say)."""
-        weights = [(getattr(self, f"weight_ih_l{i}"), getattr(self, f"weight_hh_l{i}"))
-                   for i in range(self.num_layers)]
-        key = (self.low_dtype, tuple((a._version, a.data_ptr(), b._version, b.data_ptr())
-                                     for a, b in weights))
-        if getattr(self, "_low_key", None) != key:
-            self._low = [(a.detach().to(self.low_dtype), b.detach().to(self.low_dtype))
-                         for a, b in weights]
-            self._low_key = key
-        return self._low
+    def _suffixes(self) -> list[str]:
+        dirs = ["", "_reverse"] if self.bidirectional else [""]
+        return [f"l{i}{d}" for i in range(self.num_layers) for d in dirs]
+
+    def low_weights(self) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        """For each layer (and direction, reverse after forward) its (input, hidden) weights as
+        ``column_blocks`` in ``low_dtype``."""
+        names = self._suffixes()
+        weights = [getattr(self, f"weight_{kind}_{n}") for n in names for kind in ("ih", "hh")]
+        return _cached(self, "_low", weights, lambda: [
+            (column_blocks(getattr(self, f"weight_ih_{n}"), self.low_dtype),
+             column_blocks(getattr(self, f"weight_hh_{n}"), self.low_dtype)) for n in names])
+
+    def _run(self, x: torch.Tensor, h: torch.Tensor, index: int) -> torch.Tensor:
+        """One layer in one direction over x (B, T, F) from h (B, H) -> outputs (B, T, H)."""
+        size, name = self.hidden_size, self._suffixes()[index]
+        w_ih, w_hh = self.low_weights()[index]
+        b_ih = getattr(self, f"bias_ih_{name}", None)
+        b_hh = getattr(self, f"bias_hh_{name}", None)
+        gates_in = low_product(x, w_ih)  # every step at once
+        if b_ih is not None:
+            gates_in = gates_in + b_ih
+        outputs = []
+        for t in range(x.size(1)):
+            gates_h = low_product(h, w_hh)
+            if b_hh is not None:
+                gates_h = gates_h + b_hh
+            gates = gates_in[:, t]
+            # sigmoid and tanh run on fresh contiguous sums (their vectorised and scalar code
+            # paths round differently, and a strided view would pick by the batch's shape)
+            rz = torch.sigmoid(gates[:, :2 * size] + gates_h[:, :2 * size])
+            r, z = rz[:, :size], rz[:, size:]
+            n = torch.tanh(gates[:, 2 * size:] + r * gates_h[:, 2 * size:])
+            h = n + z * (h - n)  # (1 - z) * n + z * h
+            outputs.append(h)
+        return torch.stack(outputs, dim=1)
 
     def forward(self, x, hx=None):  # type: ignore[override]
         if (not isinstance(x, torch.Tensor) or x.dim() != 3 or self.bidirectional
                 or not self.batch_first):
             return super().forward(x, hx)
-        batch, steps, _ = x.shape
-        layers, size = self.num_layers, self.hidden_size
-        h_all = hx if hx is not None else x.new_zeros(layers, batch, size)
-        lin = torch.nn.functional.linear
+        h_all = hx if hx is not None else x.new_zeros(self.num_layers, x.size(0), self.hidden_size)
         layer_in, finals = x, []
-        for i, (w_ih, w_hh) in enumerate(self.low_weights()):
-            b_ih = getattr(self, f"bias_ih_l{i}", None)
-            b_hh = getattr(self, f"bias_hh_l{i}", None)
-            gates_in = lin(layer_in.to(w_ih.dtype), w_ih).float()  # every step at once
-            if b_ih is not None:
-                gates_in = gates_in + b_ih
-            h, outputs = h_all[i], []
-            for t in range(steps):
-                gates_h = lin(h.to(w_hh.dtype), w_hh).float()
-                if b_hh is not None:
-                    gates_h = gates_h + b_hh
-                gates = gates_in[:, t]
-                # sigmoid and tanh run on fresh contiguous sums (their vectorised and scalar code
-                # paths round differently, and a strided view would pick by the batch's shape)
-                rz = torch.sigmoid(gates[:, :2 * size] + gates_h[:, :2 * size])
-                r, z = rz[:, :size], rz[:, size:]
-                n = torch.tanh(gates[:, 2 * size:] + r * gates_h[:, 2 * size:])
-                h = n + z * (h - n)  # (1 - z) * n + z * h
-                outputs.append(h)
-            layer_in = torch.stack(outputs, dim=1)
-            finals.append(h)
+        for i in range(self.num_layers):
+            layer_in = self._run(layer_in, h_all[i], i)
+            finals.append(layer_in[:, -1])
         return layer_in, torch.stack(finals, dim=0)
+
+    def forward_padded(self, x: torch.Tensor,
+                       lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded batch-first sentences x (B, S, F) of ``lengths`` (B,) -> outputs (B, S, dirs * H),
+        zero on padding, and final states (layers * dirs, B, H), as a packed run gives them.
+
+        Each row runs over all S positions; a forward pass reads its padding only after its last
+        word, and the reverse direction runs forward over each row reversed within its length,
+        so no row's result depends on the others' lengths."""
+        batch, steps = x.size(0), x.size(1)
+        dirs = 2 if self.bidirectional else 1
+        last = (lengths.to(x.device) - 1).clamp(min=0)
+        rows = torch.arange(batch, device=x.device)
+        keep = (torch.arange(steps, device=x.device).unsqueeze(0)
+                < lengths.to(x.device).unsqueeze(1)).unsqueeze(2)
+        layer_in, finals = x, []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(dirs):
+                h0 = x.new_zeros(batch, self.hidden_size)
+                if d == 0:
+                    out = self._run(layer_in, h0, layer * dirs)
+                    finals.append(out[rows, last])
+                else:
+                    out = reverse_within(self._run(reverse_within(layer_in, lengths), h0,
+                                                   layer * dirs + 1), lengths)
+                    finals.append(out[:, 0])
+                outs.append(out)
+            layer_in = (torch.cat(outs, dim=2) if dirs > 1 else outs[0]) * keep
+        return layer_in, torch.stack(finals, dim=0)
+
+
+def settle_vector_math() -> None:
+    """Run tanh and erf once on a throwaway tensor. On a 2-core Xeon, the first call of either in
+    a process now and then (about 1 run in 12) rounded the part of its output that a second
+    thread computed differently from every later call with the same input, which would make a
+    sentence's bits depend on whether its batch came first. Later calls agree."""
+    x = torch.linspace(-4.0, 4.0, 1 << 15)
+    torch.tanh(x)
+    torch.erf(x)
 
 
 def for_decoding(model: torch.nn.Module, precision: str) -> torch.nn.Module:
@@ -162,26 +296,42 @@ def for_decoding(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     inference only; cast once here, so no step casts a weight.
 
     Each ``nn.Linear`` becomes a ``LowPrecisionLinear``: its product runs in bf16 (or fp16) and
-    returns fp32, and its bias stays fp32 and is added after the product. A unidirectional GRU
-    (the RNN decoder's) becomes a ``LowPrecisionGRU`` on the same terms (packed runs keep the
-    fp32 weights); bidirectional GRUs and LSTMs are not cast. Everything else stays fp32: the
-    embeddings (an output layer tied to them gets a cast copy), layer norms, residual sums,
-    attention scores and softmaxes, and the log-softmax over the vocabulary, so ``step`` returns
-    fp32 log-probabilities and scores are summed in fp32.
+    returns fp32, and its bias stays fp32 and is added after the product. A batch-first GRU
+    becomes a ``LowPrecisionGRU`` on the same terms (the RNN decoder's steps, and the encoder's
+    sentences through ``forward_padded``; packed runs keep the fp32 weights); LSTMs are not
+    cast. The model gets ``low_precision`` (the dtype; None at fp32), which tells it to pad
+    sources to a multiple of ``LOW_PRECISION_WIDTH`` and to run attention products in that
+    dtype. Everything else stays fp32: the embeddings (an output layer tied to them gets a cast
+    copy), layer norms, residual sums, softmaxes, and the log-softmax over the vocabulary, so
+    ``step`` returns fp32 log-probabilities and scores are summed in fp32.
     """
     if precision == "fp32":
         return model
     dtype = DTYPES[precision]
+    settle_vector_math()
     for module in model.modules():
         if type(module) is torch.nn.Linear:  # not an int8 layer, not one already cast
             # a new parameter: an output layer tied to the embeddings leaves them in fp32
             module.weight = torch.nn.Parameter(module.weight.detach().to(dtype),
                                                requires_grad=False)
             module.__class__ = LowPrecisionLinear
-        elif type(module) is torch.nn.GRU and not module.bidirectional and module.batch_first:
+        elif type(module) is torch.nn.GRU and module.batch_first:
             module.__class__ = LowPrecisionGRU
             module.low_dtype = dtype
+    model.low_precision = dtype
     return model
+
+
+def low_precision_of(model: torch.nn.Module) -> Optional[torch.dtype]:
+    """The dtype ``for_decoding`` gave ``model``'s products, or None (fp32, or training)."""
+    return None if model.training else getattr(model, "low_precision", None)
+
+
+def pad_source(src: torch.Tensor, low: Optional[torch.dtype]) -> torch.Tensor:
+    """src (B, S) padded on the right to a multiple of ``LOW_PRECISION_WIDTH`` in low-precision
+    decoding (``low`` a dtype); unchanged otherwise."""
+    extra = -src.size(1) % LOW_PRECISION_WIDTH if low is not None else 0
+    return torch.nn.functional.pad(src, (0, extra), value=PAD_ID) if extra else src
 
 
 def autocast(device: torch.device, precision: str):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 from typer.testing import CliRunner
 
 import nmt_cli.runtime as runtime
@@ -74,10 +75,10 @@ def test_explicit_choices_are_kept_and_fp16_on_cpu_names_the_key(without_bf16):
         runtime.resolve_precision("fp16", CPU, "decode.precision")
 
 
-def test_training_defaults_to_auto_and_decoding_to_fp32():
+def test_training_and_decoding_default_to_auto():
     """Training: auto, measured to cost no BLEU over full pipelines (docs/results.md). Decoding:
-    fp32, because bf16 beam search is not yet byte-identical across batch sizes."""
-    assert TrainConfig().precision == "auto" and DecodeConfig().precision == "fp32"
+    auto too, now that bf16 beam search gives the same lines at every batch size."""
+    assert TrainConfig().precision == "auto" and DecodeConfig().precision == "auto"
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -134,7 +135,8 @@ def test_bf16_model_scores_in_fp32_and_translates_close_to_fp32(sample_model):  
     att = bf16.decoder.att_vector  # a layer with a bias: bf16 product, fp32 bias
     assert att.weight.dtype == torch.bfloat16 and att.bias.dtype == torch.float32
     assert isinstance(bf16.decoder.rnn, runtime.LowPrecisionGRU)  # the decoder's GRU: bf16
-    assert all(p.dtype == torch.float32 for p in bf16.encoder.rnn.parameters())  # encoder: fp32
+    assert isinstance(bf16.encoder.rnn, runtime.LowPrecisionGRU)  # the encoder's too
+    assert all(p.dtype == torch.float32 for p in bf16.encoder.rnn.parameters())  # fp32 kept
     assert bf16.src_embed.weight.dtype == torch.float32
     cfg = with_overrides(recipe.decode, {"beam_size": 5, "n_best": 1}, "decode")
     norm, lines = recipe.preprocess.normalize, source_lines(40)
@@ -183,7 +185,7 @@ def test_low_precision_gru_follows_torch_gru_and_leaves_packed_runs_in_fp32(laye
         runtime.for_decoding(gru, "bf16")
         assert isinstance(gru, runtime.LowPrecisionGRU)
         assert gru.weight_ih_l0.dtype == torch.float32
-        assert gru.low_weights()[0][0].dtype == torch.bfloat16
+        assert gru.low_weights()[0][0][0].dtype == torch.bfloat16  # layer 0's input blocks
         out, h = gru(x, h0)
         assert out.dtype == h.dtype == torch.float32
         torch.testing.assert_close(out, expected, atol=0.03, rtol=0.03)
@@ -241,3 +243,149 @@ def test_int8_with_bf16_is_refused(sample_checkpoint, tmp_path):  # noqa: F811
     with pytest.raises(NmtError, match="--quantize int8 cannot be combined with --precision bf16"):
         translate_file(sample_checkpoint, src, tmp_path / "out", device="cpu", precision="bf16",
                        options=TranslateOptions(quantize="int8"))
+
+
+# -- bf16 batch invariance at the shipped CPU recipes' sizes --------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_RECIPES = {"rnn": "recipes/multi30k-de-en-cpu.yaml",
+               "transformer": "recipes/multi30k-de-en-transformer-cpu.yaml"}
+NATIVE_BF16 = pytest.mark.skipif(not runtime.cpu_has_bf16(),
+                                 reason="bf16 is emulated on this CPU; auto decodes in fp32 here")
+
+
+def _perturbed_model(arch: str, vocab: int = 700) -> torch.nn.Module:
+    """The architecture and sizes of the shipped CPU recipe (a 1,024-wide feed-forward, a
+    768-wide attentional vector: products wider than one low-precision block), random weights
+    with non-trivial biases and norms, cast for bf16 decoding."""
+    from nmt_cli.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(load_recipe(ROOT / CPU_RECIPES[arch]).model, vocab, vocab, True).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return runtime.for_decoding(model, "bf16")
+
+
+@NATIVE_BF16
+@pytest.mark.parametrize("beam", [1, 5])
+@pytest.mark.parametrize("arch", ["rnn", "transformer"])
+def test_bf16_steps_give_a_sentence_the_same_bits_alone_and_in_a_longer_batch(arch, beam):
+    """What batch 1 = batch 64 rests on at bf16: a sentence's beam rows get bit-identical
+    log-probabilities and attention alone and in a batch padded to a longer sentence, step after
+    step. (Without the fixed-width products and the padded source width, some rows differ in
+    their last bits, and bf16 rounding carries that into different beams.)"""
+    model = _perturbed_model(arch)
+    assert model.low_precision == torch.bfloat16
+    torch.manual_seed(1)
+    batch, steps = 14, 6
+    lengths = torch.randint(2, 38, (batch,))
+    lengths[0] = 37
+    src = torch.zeros(batch, 37, dtype=torch.long)
+    for i, n in enumerate(lengths.tolist()):
+        src[i, :n] = torch.randint(4, 700, (n,))
+    forced = torch.randint(4, 700, (batch, steps))
+
+    def run(rows: list[int]) -> tuple[Tensor, Tensor]:
+        width = int(lengths[rows].max())
+        with torch.inference_mode():
+            memory, state = model.encode(src[rows, :width], lengths[rows])
+            expand = torch.arange(len(rows)).repeat_interleave(beam)
+            memory, state = memory.select(expand), state.select(expand)
+            prev, out, attn = torch.full((len(expand),), 2), [], []
+            for t in range(steps):
+                lp, state, weights = model.step(prev, state, memory, need_attention=True)
+                assert weights.shape == (len(expand), width)  # the caller's width, not padded
+                out.append(lp)
+                attn.append(weights)
+                prev = forced[rows][expand, t]
+        return torch.stack(out, 1), torch.stack(attn, 1)
+
+    together, together_attn = run(list(range(batch)))
+    differing = []
+    for i in range(1, batch):
+        alone, alone_attn = run([i])
+        rows = slice(i * beam, (i + 1) * beam)
+        if not (torch.equal(alone, together[rows])
+                and torch.equal(alone_attn, together_attn[rows, :, :alone_attn.size(-1)])):
+            differing.append(i)
+    assert differing == []
+
+
+def test_wide_low_precision_products_are_summed_in_fixed_blocks():
+    """A product over more than LOW_PRECISION_BLOCK inputs is the in-order fp32 sum of its
+    blocks' bf16 products, so a row gets the same bits whichever rows surround it."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(1024, 256)
+    x = torch.randn(700, 1024)
+    with torch.no_grad():
+        runtime.for_decoding(layer, "bf16")
+        blocks = layer.blocks()
+        assert [b.shape for b in blocks] == [(256, 256)] * 4
+        xb = x.bfloat16()
+        by_hand = torch.nn.functional.linear(xb[:, :256], blocks[0]).float()
+        for i in range(1, 4):
+            by_hand += torch.nn.functional.linear(xb[:, 256 * i:256 * (i + 1)], blocks[i])
+        full = layer(x)
+        assert torch.equal(full, by_hand + layer.bias)
+        for start, size in [(0, 1), (39, 13), (300, 64), (650, 50)]:
+            assert torch.equal(layer(x[start:start + size]), full[start:start + size])
+
+
+def test_padded_low_precision_gru_matches_the_packed_fp32_one():
+    """``forward_padded`` (the encoder's bf16 path): both directions, two layers, each sentence's
+    outputs and final states as a packed fp32 run gives them (to bf16 accuracy), zeros on
+    padding, and a sentence alone gets the bits it gets in the batch."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(24, 32, num_layers=2, batch_first=True, bidirectional=True).eval()
+    x, lengths = torch.randn(4, 6, 24), torch.tensor([6, 3, 1, 4])
+    with torch.no_grad():
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out_packed, h_packed = gru(packed)
+        expected, _ = pad_packed_sequence(out_packed, batch_first=True, total_length=6)
+        runtime.for_decoding(gru, "bf16")
+        out, h = gru.forward_padded(x, lengths)
+        assert out.dtype == h.dtype == torch.float32 and h.shape == h_packed.shape
+        torch.testing.assert_close(out, expected, atol=0.03, rtol=0.03)
+        torch.testing.assert_close(h, h_packed, atol=0.03, rtol=0.03)
+        assert not torch.equal(out, expected)  # computed in bf16
+        assert torch.equal(out[1, 3:], torch.zeros(3, 64))  # padding
+        alone_out, alone_h = gru.forward_padded(x[1:2, :3], lengths[1:2])
+        assert torch.equal(alone_out, out[1:2, :3]) and torch.equal(alone_h, h[:, 1:2])
+        assert torch.equal(gru(packed)[1], h_packed)  # the fp32 packed path, untouched
+
+
+class _ProductSizes(torch.overrides.TorchFunctionMode):
+    """Records the size (rows x inner x columns, batch included) of every bf16 product."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.matmul, torch.nn.functional.linear, torch.bmm, torch.mm):
+            a, b = args[0], args[1]
+            if a.dtype == torch.bfloat16:
+                columns = b.size(0) if func is torch.nn.functional.linear else b.size(-1)
+                self.sizes.append(a.numel() * columns)
+        return func(*args, **kwargs)
+
+
+@NATIVE_BF16
+@pytest.mark.parametrize("arch", ["rnn", "transformer"])
+def test_every_bf16_product_of_a_lone_short_sentence_runs_in_one_kernel(arch):
+    """torch runs bf16 products of at most 16^3 multiply-adds in a kernel other than oneDNN's,
+    which rounds differently: a short sentence decoded alone, one row, would get other bits than
+    in a batch. Every product is padded past that size (runtime.SMALL_PRODUCT)."""
+    model = _perturbed_model(arch)
+    src = torch.tensor([[5, 6, 7]])
+    with torch.inference_mode(), _ProductSizes() as seen:
+        memory, state = model.encode(src, torch.tensor([3]))
+        prev = torch.tensor([2])
+        for _ in range(3):
+            _, state, _ = model.step(prev, state, memory, need_attention=True)
+    assert seen.sizes and min(seen.sizes) > 16 ** 3

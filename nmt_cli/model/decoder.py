@@ -29,10 +29,11 @@ class Memory:
     values: Tensor  # (B, S, M)
     keys: Tensor  # (B, S, K)
     mask: Tensor  # (B, S) True on real tokens
+    width: Optional[int] = None  # the source's width before low-precision padding
 
     def select(self, index: Tensor) -> "Memory":
         return Memory(self.values.index_select(0, index), self.keys.index_select(0, index),
-                      self.mask.index_select(0, index))
+                      self.mask.index_select(0, index), self.width)
 
 
 @dataclass

@@ -7,6 +7,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt_cli.config import EncoderConfig
 from nmt_cli.model.dropout import Dropout
+from nmt_cli.runtime import LowPrecisionGRU
 
 RNN_CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -25,8 +26,14 @@ class RecurrentEncoder(nn.Module):
         """embedded (B, S, E), src_lengths (B,) -> outputs (B, S, O), final (B, O).
 
         Sequences are packed, so padding never reaches the RNN and cannot change a result.
-        ``final`` is the last layer's final state, both directions concatenated.
+        ``final`` is the last layer's final state, both directions concatenated. A GRU cast for
+        low-precision decoding runs over the padded batch instead
+        (``runtime.LowPrecisionGRU.forward_padded``), which keeps each row's bits independent of
+        the others'.
         """
+        if isinstance(self.rnn, LowPrecisionGRU) and not self.training:
+            outputs, hidden = self.rnn.forward_padded(embedded, src_lengths)
+            return self.dropout(outputs), self._final(hidden)
         packed = pack_padded_sequence(embedded, src_lengths.cpu(), batch_first=True,
                                       enforce_sorted=False)
         outputs, hidden = self.rnn(packed)
@@ -34,8 +41,10 @@ class RecurrentEncoder(nn.Module):
                                          total_length=embedded.size(1))
         if isinstance(hidden, tuple):  # LSTM: (h, c); the bridge starts from h
             hidden = hidden[0]
+        return self.dropout(outputs), self._final(hidden)
+
+    def _final(self, hidden: Tensor) -> Tensor:
         dirs = 2 if self.cfg.bidirectional else 1
         # hidden: (layers * dirs, B, H) -> last layer's directions -> (B, dirs * H)
         last = hidden.view(self.cfg.layers, dirs, hidden.size(1), hidden.size(2))[-1]
-        final = last.transpose(0, 1).reshape(hidden.size(1), dirs * hidden.size(2))
-        return self.dropout(outputs), final
+        return last.transpose(0, 1).reshape(hidden.size(1), dirs * hidden.size(2))

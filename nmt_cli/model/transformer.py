@@ -32,6 +32,7 @@ from nmt_cli.config import ModelConfig, TransformerConfig
 from nmt_cli.errors import ConfigError
 from nmt_cli.ids import PAD_ID
 from nmt_cli.model.dropout import Dropout, dropout
+from nmt_cli.runtime import LowPrecisionLinear, low_matmul, low_precision_of, pad_source
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -62,11 +63,12 @@ class TransformerMemory:
     keys: list[Tensor]
     values: list[Tensor]
     mask: Tensor
+    width: Optional[int] = None  # the source's width before low-precision padding
 
     def select(self, index: Tensor) -> "TransformerMemory":
         return TransformerMemory([k.index_select(0, index) for k in self.keys],
                                  [v.index_select(0, index) for v in self.values],
-                                 self.mask.index_select(0, index))
+                                 self.mask.index_select(0, index), self.width)
 
 
 @dataclass
@@ -128,13 +130,21 @@ class MultiHeadAttention(nn.Module):
         b, t, _ = x.shape
         return list(x.view(b, t, parts, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0))
 
+    def low_precision(self) -> Optional[torch.dtype]:
+        """bf16 (or fp16) when ``runtime.for_decoding`` cast this layer, else None."""
+        if self.training or not isinstance(self.out, LowPrecisionLinear):
+            return None
+        return self.out.weight.dtype
+
     def self_projections(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         q, k, v = self._split(self.qkv(x), 3)
-        return q, k, v
+        low = self.low_precision()  # keys and values kept (cached) in the products' dtype
+        return (q, k, v) if low is None else (q, k.to(low), v.to(low))
 
     def cross_keys_values(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         k, v = self._split(self.key_value(memory), 2)
-        return k, v
+        low = self.low_precision()
+        return (k, v) if low is None else (k.to(low), v.to(low))
 
     def cross_query(self, x: Tensor) -> Tensor:
         return self._split(self.query(x), 1)[0]
@@ -147,6 +157,23 @@ class MultiHeadAttention(nn.Module):
         (B, T, S) averaged over heads."""
         p = self.dropout if self.training else 0.0
         weights = None
+        low = self.low_precision()
+        if low is not None:
+            # low-precision decoding: both products in bf16 over whole keys, the softmax in fp32
+            # (with sources padded to runtime.LOW_PRECISION_WIDTH, a sentence gets the same bits
+            # alone and in a batch; the fused kernel's blocking follows the batch's shape)
+            scores = low_matmul(q.to(low), k.transpose(-1, -2)).float() / math.sqrt(self.head_dim)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            if causal:
+                t, s = scores.shape[-2:]
+                scores = scores.masked_fill(
+                    torch.ones(t, s, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+            probs = torch.softmax(scores, dim=-1)
+            weights = probs.mean(dim=1) if need_weights else None
+            context = low_matmul(probs.to(low), v)
+            b, _, t, _ = context.shape
+            return self.out(context.transpose(1, 2).reshape(b, t, -1)), weights
         # The explicit path computes the same attention and can keep its weights; it is also
         # the faster one for a single query (a decoding step), where fused kernels cost more to
         # set up than the product itself, and for training on the CPU, where the fused kernel's
@@ -315,7 +342,10 @@ class Transformer(nn.Module):
 
     def encode(self, src: Tensor,
                src_lengths: Tensor) -> tuple[TransformerMemory, TransformerState]:
-        """src (B, S) padded ids -> cross-attention keys/values of every layer, an empty cache."""
+        """src (B, S) padded ids -> cross-attention keys/values of every layer, an empty cache.
+        In low-precision decoding the source is padded further (``runtime.pad_source``)."""
+        width = src.size(1)
+        src = pad_source(src, low_precision_of(self))
         states, mask = self.encode_states(src)
         # contiguous once here (the fused projection's views are strided): every step reads
         # them, and beam search copies their rows when it expands and prunes the batch
@@ -323,9 +353,9 @@ class Transformer(nn.Module):
                              (layer.cross_attn.cross_keys_values(states)
                               for layer in self.decoder_layers)))
         h = self.tcfg.heads
-        empty = states.new_zeros(src.size(0), h, 0, self.tcfg.d_model // h)
+        empty = keys[0].new_zeros(src.size(0), h, 0, self.tcfg.d_model // h)  # (its dtype)
         n = len(self.decoder_layers)
-        return (TransformerMemory(list(keys), list(values), mask[:, 0, 0, :]),
+        return (TransformerMemory(list(keys), list(values), mask[:, 0, 0, :], width),
                 TransformerState([empty] * n, [empty] * n, 0))
 
     # -- decoder side -----------------------------------------------------------------------
@@ -363,4 +393,4 @@ class Transformer(nn.Module):
         logits = self._logits(self.decoder_norm(x[:, 0]))
         return (torch.log_softmax(logits.float(), dim=-1),
                 TransformerState(keys, values, state.position + 1),
-                None if weights is None else weights[:, 0])
+                None if weights is None else weights[:, 0, :memory.width])
