@@ -126,9 +126,11 @@ def column_blocks(weight: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor
             for i in range(0, w.size(1), LOW_PRECISION_BLOCK)]
 
 
-def low_product(x: torch.Tensor, blocks: list[torch.Tensor]) -> torch.Tensor:
-    """``x @ W.T`` with ``W`` given as its ``column_blocks``: each block's product runs in their
-    low precision, and the fp32 result is their sum, taken in order."""
+def low_product(x: torch.Tensor, blocks: list[torch.Tensor],
+                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x @ W.T (+ bias)`` with ``W`` given as its ``column_blocks``: each block's product runs
+    in their low precision, and the fp32 result is the fp32 bias (if any) and their sum, taken in
+    order (the bias with the first block's product, in the one step that widens it to fp32)."""
     x = x.to(blocks[0].dtype)
     lin = torch.nn.functional.linear
     rows = x.numel() // x.size(-1)
@@ -136,14 +138,15 @@ def low_product(x: torch.Tensor, blocks: list[torch.Tensor]) -> torch.Tensor:
     if rows * smallest <= SMALL_PRODUCT:  # see SMALL_PRODUCT
         flat = x.reshape(rows, x.size(-1))
         need = SMALL_PRODUCT // smallest + 1
-        out = low_product(_pad_rows(flat, need), blocks)[:rows]
+        out = low_product(_pad_rows(flat, need), blocks, bias)[:rows]
         return out.view(*x.shape[:-1], out.size(-1))
-    if len(blocks) == 1:
-        return lin(x, blocks[0]).float()
     out, start = None, 0
     for w in blocks:
-        part = lin(x[..., start:start + w.size(1)], w)
-        out = part.float() if out is None else out.add_(part)
+        part = lin(x[..., start:start + w.size(1)] if len(blocks) > 1 else x, w)
+        if out is None:
+            out = part.float() if bias is None else torch.add(part, bias)
+        else:
+            out.add_(part)
         start += w.size(1)
     return out
 
@@ -174,8 +177,7 @@ class LowPrecisionLinear(torch.nn.Linear):
                        lambda: column_blocks(self.weight, self.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = low_product(x, self.blocks())
-        return out if self.bias is None else out + self.bias
+        return low_product(x, self.blocks(), self.bias)
 
 
 def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -221,14 +223,10 @@ class LowPrecisionGRU(torch.nn.GRU):
         w_ih, w_hh = self.low_weights()[index]
         b_ih = getattr(self, f"bias_ih_{name}", None)
         b_hh = getattr(self, f"bias_hh_{name}", None)
-        gates_in = low_product(x, w_ih)  # every step at once
-        if b_ih is not None:
-            gates_in = gates_in + b_ih
+        gates_in = low_product(x, w_ih, b_ih)  # every step at once
         outputs = []
         for t in range(x.size(1)):
-            gates_h = low_product(h, w_hh)
-            if b_hh is not None:
-                gates_h = gates_h + b_hh
+            gates_h = low_product(h, w_hh, b_hh)
             gates = gates_in[:, t]
             # sigmoid and tanh run on fresh contiguous sums (their vectorised and scalar code
             # paths round differently, and a strided view would pick by the batch's shape)

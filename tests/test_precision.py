@@ -314,8 +314,8 @@ def test_bf16_steps_give_a_sentence_the_same_bits_alone_and_in_a_longer_batch(ar
 
 
 def test_wide_low_precision_products_are_summed_in_fixed_blocks():
-    """A product over more than LOW_PRECISION_BLOCK inputs is the in-order fp32 sum of its
-    blocks' bf16 products, so a row gets the same bits whichever rows surround it."""
+    """A product over more than LOW_PRECISION_BLOCK inputs is the in-order fp32 sum of the bias
+    and its blocks' bf16 products, so a row gets the same bits whichever rows surround it."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(1024, 256)
     x = torch.randn(700, 1024)
@@ -324,11 +324,11 @@ def test_wide_low_precision_products_are_summed_in_fixed_blocks():
         blocks = layer.blocks()
         assert [b.shape for b in blocks] == [(256, 256)] * 4
         xb = x.bfloat16()
-        by_hand = torch.nn.functional.linear(xb[:, :256], blocks[0]).float()
+        by_hand = torch.nn.functional.linear(xb[:, :256], blocks[0]).float() + layer.bias
         for i in range(1, 4):
             by_hand += torch.nn.functional.linear(xb[:, 256 * i:256 * (i + 1)], blocks[i])
         full = layer(x)
-        assert torch.equal(full, by_hand + layer.bias)
+        assert torch.equal(full, by_hand)
         for start, size in [(0, 1), (39, 13), (300, 64), (650, 50)]:
             assert torch.equal(layer(x[start:start + size]), full[start:start + size])
 

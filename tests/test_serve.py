@@ -51,7 +51,12 @@ def test_health_and_model_describe_the_checkpoint(server, experiment):
     assert info["decode"]["beam_size"] == recipe.decode.beam_size
     assert {"torch", "nmt", "fastapi", "uvicorn"} <= set(info["versions"])
     assert info["limits"]["max_texts"] == MAX_TEXTS
-    assert info["precision"] == "fp32"  # the sample recipe's decode.precision, resolved
+    from nmt_cli.runtime import resolve_precision
+
+    import torch
+
+    cpu = torch.device("cpu")  # the sample recipe's decode.precision (auto), resolved
+    assert info["precision"] == resolve_precision(recipe.decode.precision, cpu, "decode.precision")
 
 
 def test_the_server_casts_the_model_to_its_decoding_precision_once(experiment):
@@ -110,8 +115,14 @@ def _expected(experiment, settings: dict, texts: list[str]) -> list[list[tuple[s
     from nmt_cli.decoding.inference import translate_lines
     from nmt_cli.decoding.translate import load_models
 
-    if not hasattr(_expected, "model"):
-        _expected.model = load_models([experiment.checkpoint], "cpu")  # type: ignore[attr-defined]
+    if not hasattr(_expected, "model"):  # at decode.precision, resolved as the server does
+        from nmt_cli.decoding.translate import decoding_precision
+        from nmt_cli.runtime import for_decoding
+
+        model, tok, recipe = load_models([experiment.checkpoint], "cpu")
+        model = for_decoding(model, decoding_precision(recipe.decode, model.src_embed.weight.device,
+                                                       None))
+        _expected.model = (model, tok, recipe)  # type: ignore[attr-defined]
     model, tok, recipe = _expected.model  # type: ignore[attr-defined]
     decode = {k: v for k, v in settings.items() if k != "return_scores"}
     cfg = with_overrides(recipe.decode, decode)

@@ -315,3 +315,33 @@ def test_the_cache_is_reordered_once_per_step_and_selections_compose():
         assert after.order is None and after.keys[0].shape[:3] == (3, eager[0].size(1), 3)
         for mine, theirs in zip(after.keys, eager):
             assert torch.equal(mine[:, :, :2], theirs)
+
+
+def test_beam_rows_share_their_sentences_memory_and_step_as_with_copies():
+    """Expanding each sentence to k rows and pruning whole sentences regroup the memory (one
+    copy per sentence, never per beam); any other selection gives each row its own copy. Either
+    way a step gives what a memory of one row per decoding row gives."""
+    from nmt_cli.model.transformer import TransformerMemory
+
+    model = _model("transformer")
+    src, src_lengths, tgt, _ = _padded_batch()
+    k = 3
+    expand = torch.arange(3).repeat_interleave(k)
+    with torch.no_grad():
+        memory, state = model.encode(src, src_lengths)
+        grouped = memory.select(expand)
+        assert grouped.group == k and grouped.keys[0] is memory.keys[0]  # nothing copied
+        copies = TransformerMemory([t.index_select(0, expand) for t in memory.keys],
+                                   [t.index_select(0, expand) for t in memory.values],
+                                   memory.mask.index_select(0, expand), memory.width)
+        state = state.select(expand)
+        prev = tgt[:, 0].repeat_interleave(k)
+        lp, _, w = model.step(prev, state, grouped, need_attention=True)
+        lp_copies, _, w_copies = model.step(prev, state, copies, need_attention=True)
+        assert torch.allclose(lp, lp_copies, atol=1e-5, rtol=0)
+        assert torch.allclose(w, w_copies, atol=1e-6, rtol=0) and w.shape == (9, 7)
+        kept = grouped.select(torch.tensor([6, 7, 8, 0, 1, 2]))  # sentences 2 and 0 go on
+        assert kept.group == k and kept.keys[0].size(0) == 2
+        assert torch.equal(kept.keys[0][0], memory.keys[0][2])
+        mixed = grouped.select(torch.tensor([4, 0, 8]))  # one row of each: a copy per row
+        assert mixed.group == 1 and torch.equal(mixed.mask, memory.mask[[1, 0, 2]])

@@ -58,17 +58,47 @@ def sinusoidal_table(positions: int, size: int) -> Tensor:
 @dataclass
 class TransformerMemory:
     """The encoder side, fixed for a sentence: cross-attention keys and values of every decoder
-    layer, each (N, H, S, Dh), and the source padding mask (N, S), True on real tokens."""
+    layer, each (M, H, S, Dh), and the source padding mask (M, S), True on real tokens.
+
+    The M memory rows serve ``group`` decoding rows each (rows ``r * group`` to
+    ``r * group + group - 1`` read memory row ``r``): beam search's k rows of a sentence share
+    its keys and values instead of holding k copies, and each step attends with the k queries of
+    a sentence at once."""
 
     keys: list[Tensor]
     values: list[Tensor]
     mask: Tensor
     width: Optional[int] = None  # the source's width before low-precision padding
+    group: int = 1
 
     def select(self, index: Tensor) -> "TransformerMemory":
-        return TransformerMemory([k.index_select(0, index) for k in self.keys],
-                                 [v.index_select(0, index) for v in self.values],
-                                 self.mask.index_select(0, index), self.width)
+        """Decoding rows ``index`` (N,) of the current ones. A selection that keeps whole groups
+        of rows reading one memory row (beam search's expansion to k rows per sentence, and its
+        pruning of finished sentences) regroups: only the memory rows still read are kept, one
+        copy per sentence. Any other selection gives each decoding row its own memory row."""
+        rows = index // self.group if self.group > 1 else index
+        group = _group_size(rows, self.group)
+        firsts = rows[::group] if group > 1 else rows
+        if firsts.numel() == self.mask.size(0) and bool(
+                (firsts == torch.arange(firsts.numel(), device=firsts.device)).all()):
+            return TransformerMemory(self.keys, self.values, self.mask, self.width, group)
+        return TransformerMemory([k.index_select(0, firsts) for k in self.keys],
+                                 [v.index_select(0, firsts) for v in self.values],
+                                 self.mask.index_select(0, firsts), self.width, group)
+
+
+def _group_size(rows: Tensor, current: int) -> int:
+    """The largest of ``current`` and the first run's length such that ``rows`` (the memory row
+    of each new decoding row) is made of equal runs of that length; 1 if neither is."""
+    n = rows.numel()
+    if n == 0:
+        return 1
+    for size in dict.fromkeys((current, int((rows == rows[0]).sum()))):
+        if size > 1 and n % size == 0:
+            runs = rows.view(-1, size)
+            if bool((runs == runs[:, :1]).all()):
+                return size
+    return 1
 
 
 @dataclass
@@ -150,11 +180,18 @@ class MultiHeadAttention(nn.Module):
         return self._split(self.query(x), 1)[0]
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None,
-               causal: bool = False, need_weights: bool = False
+               causal: bool = False, need_weights: bool = False, group: int = 1
                ) -> tuple[Tensor, Optional[Tensor]]:
         """q (B, H, T, Dh), k and v (B, H, S, Dh), mask (B, 1, 1, S) True where attending is
         allowed -> output (B, T, D) after ``out``, and with ``need_weights`` the weights
-        (B, T, S) averaged over heads."""
+        (B, T, S) averaged over heads. With ``group`` > 1 (one query each, T = 1), q has
+        ``group`` rows per row of k and v (``TransformerMemory.group``)."""
+        if group > 1:  # a sentence's rows become the queries of its one memory row
+            n, heads, _, dh = q.shape
+            grouped = q.reshape(n // group, group, heads, dh).transpose(1, 2)
+            out, weights = self.attend(grouped, k, v, mask, need_weights=need_weights)
+            return (out.reshape(n, 1, -1),
+                    None if weights is None else weights.reshape(n, 1, -1))
         p = self.dropout if self.training else 0.0
         weights = None
         low = self.low_precision()
@@ -250,7 +287,7 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: Tensor, cache: Optional[tuple[Tensor, Tensor]], cross_k: Tensor,
                 cross_v: Tensor, mask: Tensor, need_weights: bool = False,
-                cache_order: Optional[Tensor] = None
+                cache_order: Optional[Tensor] = None, group: int = 1
                 ) -> tuple[Tensor, tuple[Tensor, Tensor], Optional[Tensor]]:
         """x (B, T, D). With ``cache`` (keys, values of earlier positions, their rows picked by
         ``cache_order`` when given), x holds only the new positions and attends to the cache too;
@@ -264,7 +301,7 @@ class DecoderLayer(nn.Module):
         x = self.self_block.residual(x, self.self_attn.attend(q, k, v, causal=causal)[0])
         q = self.cross_attn.cross_query(self.cross_block.inputs(x))
         context, weights = self.cross_attn.attend(q, cross_k, cross_v, mask,
-                                                  need_weights=need_weights)
+                                                  need_weights=need_weights, group=group)
         x = self.cross_block.residual(x, context)
         return self.ff_block.residual(x, self.ff(self.ff_block.inputs(x))), (k, v), weights
 
@@ -386,7 +423,7 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.decoder_layers):
             x, (k, v), w = layer(x, (state.keys[i], state.values[i]), memory.keys[i],
                                  memory.values[i], mask, need_weights=need_attention and i == last,
-                                 cache_order=state.order)
+                                 cache_order=state.order, group=memory.group)
             keys.append(k)
             values.append(v)
             weights = w if w is not None else weights
