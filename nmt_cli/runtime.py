@@ -118,6 +118,23 @@ def low_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.matmul(_pad_rows(a, need), _pad_rows(b, need))[:rows]
 
 
+def low_weighted_sum(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Attention's weighted sum ``probs @ values`` for fp32 probs (..., m, S) and low-precision
+    values (..., S, d) -> fp32 (..., m, d), with S a multiple of ``LOW_PRECISION_WIDTH``: one
+    low-precision product per block of that many positions, the blocks' results added in fp32
+    in order. The kernels split a longer sum by its length, so one product over a source padded
+    further (a sentence in a batch of longer ones) would round differently; block by block,
+    padding only adds exact zeros at the end."""
+    width = LOW_PRECISION_WIDTH
+    blocks = probs.size(-1) // width
+    p = probs.to(values.dtype).unflatten(-1, (blocks, width)).movedim(-2, -3)  # (.., C, m, W)
+    parts = low_matmul(p, values.unflatten(-2, (blocks, width)))  # (..., C, m, d)
+    out = parts.select(-3, 0).float()
+    for c in range(1, blocks):
+        out += parts.select(-3, c)
+    return out
+
+
 def column_blocks(weight: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
     """``weight`` (out, in) cast to ``dtype``, cut along its inputs into contiguous blocks of at
     most ``LOW_PRECISION_BLOCK`` columns."""

@@ -389,3 +389,22 @@ def test_every_bf16_product_of_a_lone_short_sentence_runs_in_one_kernel(arch):
         for _ in range(3):
             _, state, _ = model.step(prev, state, memory, need_attention=True)
     assert seen.sizes and min(seen.sizes) > 16 ** 3
+
+
+@NATIVE_BF16
+def test_attention_sums_over_a_padded_source_add_only_exact_zeros():
+    """The weighted sum over a source padded further (a sentence in a batch of longer ones) is
+    bit for bit the sum over its own width: the kernels split one long product by its length,
+    so the sum runs block by block (runtime.low_weighted_sum)."""
+    torch.manual_seed(0)
+    differing = 0
+    for wide, narrow in [(48, 32), (64, 48), (64, 32), (48, 16)]:
+        probs = torch.rand(64, 4, 5, wide)  # 64 sentences, 4 heads, 5 beam rows
+        probs[..., narrow:] = 0
+        values = torch.randn(64, 4, wide, 64).bfloat16()
+        together = runtime.low_weighted_sum(probs, values)
+        for i in range(64):
+            alone = runtime.low_weighted_sum(probs[i:i + 1, ..., :narrow],
+                                             values[i:i + 1, :, :narrow])
+            differing += not torch.equal(alone, together[i:i + 1])
+    assert differing == 0

@@ -32,7 +32,8 @@ from nmt_cli.config import ModelConfig, TransformerConfig
 from nmt_cli.errors import ConfigError
 from nmt_cli.ids import PAD_ID
 from nmt_cli.model.dropout import Dropout, dropout
-from nmt_cli.runtime import LowPrecisionLinear, low_matmul, low_precision_of, pad_source
+from nmt_cli.runtime import (LOW_PRECISION_WIDTH, LowPrecisionLinear, low_matmul,
+                             low_precision_of, low_weighted_sum, pad_source)
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -208,7 +209,10 @@ class MultiHeadAttention(nn.Module):
                     torch.ones(t, s, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
             probs = torch.softmax(scores, dim=-1)
             weights = probs.mean(dim=1) if need_weights else None
-            context = low_matmul(probs.to(low), v)
+            # over a padded source, block by block (runtime.low_weighted_sum); over the cache,
+            # whose length is the same for every row, in one product
+            context = (low_weighted_sum(probs, v) if k.size(-2) % LOW_PRECISION_WIDTH == 0
+                       else low_matmul(probs.to(low), v))
             b, _, t, _ = context.shape
             return self.out(context.transpose(1, 2).reshape(b, t, -1)), weights
         # The explicit path computes the same attention and can keep its weights; it is also
