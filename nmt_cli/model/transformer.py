@@ -89,8 +89,8 @@ class TransformerMemory:
 
 
 def _group_size(rows: Tensor, current: int) -> int:
-    """The largest of ``current`` and the first run's length such that ``rows`` (the memory row
-    of each new decoding row) is made of equal runs of that length; 1 if neither is."""
+    """``current``, else the first run's length, if ``rows`` (the memory row of each new decoding
+    row) is made of equal runs of that length; 1 if neither is."""
     n = rows.numel()
     if n == 0:
         return 1
