@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -79,9 +81,18 @@ class Seq2Seq(nn.Module):
     # -- decoder side -----------------------------------------------------------------------
 
     def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher forcing: logits (B, T, V) for every target position."""
-        memory, state = self.encode(src, src_lengths)
-        vectors, _ = self.decoder(self.emb_dropout(self.tgt_embed(tgt_in)), state, memory)
+        """Teacher forcing: logits (B, T, V) for every target position.
+
+        Under CPU autocast (bf16 training) the recurrent part runs in fp32 and only the output
+        layer, the one large product, in bf16: the RNNs' products are small and one per time
+        step, and a bf16 product costs a weight reordering per call that made them slower than
+        fp32 (docs/results.md)."""
+        recurrent = (torch.autocast("cpu", enabled=False)
+                     if src.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                     else contextlib.nullcontext())
+        with recurrent:
+            memory, state = self.encode(src, src_lengths)
+            vectors, _ = self.decoder(self.emb_dropout(self.tgt_embed(tgt_in)), state, memory)
         return self.output_layer(vectors)
 
     def step(self, prev_tokens: Tensor, state: DecoderState, memory: Memory,
