@@ -201,12 +201,7 @@ class MultiHeadAttention(nn.Module):
             # (with sources padded to runtime.LOW_PRECISION_WIDTH, a sentence gets the same bits
             # alone and in a batch; the fused kernel's blocking follows the batch's shape)
             scores = low_matmul(q.to(low), k.transpose(-1, -2)).float() / math.sqrt(self.head_dim)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            if causal:
-                t, s = scores.shape[-2:]
-                scores = scores.masked_fill(
-                    torch.ones(t, s, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+            scores = _masked(scores, mask, causal)
             probs = torch.softmax(scores, dim=-1)
             weights = probs.mean(dim=1) if need_weights else None
             # over a padded source, block by block (runtime.low_weighted_sum); over the cache,
@@ -222,12 +217,7 @@ class MultiHeadAttention(nn.Module):
         if need_weights or q.size(-2) == 1 or (q.device.type == "cpu"
                                                and torch.is_grad_enabled() and q.requires_grad):
             scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            if causal:
-                t, s = scores.shape[-2:]
-                scores = scores.masked_fill(
-                    torch.ones(t, s, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+            scores = _masked(scores, mask, causal)
             probs = torch.softmax(scores.float(), dim=-1)
             weights = probs.mean(dim=1) if need_weights else None
             context = torch.matmul(dropout(probs, p, self.training).to(v.dtype), v)
@@ -236,6 +226,18 @@ class MultiHeadAttention(nn.Module):
                                                      is_causal=causal)
         b, _, t, _ = context.shape
         return self.out(context.transpose(1, 2).reshape(b, t, -1)), weights
+
+
+def _masked(scores: Tensor, mask: Optional[Tensor], causal: bool) -> Tensor:
+    """scores (B, H, T, S) with -inf where ``mask`` (B, 1, 1, S) is False and, when ``causal``,
+    where a query would see a later position."""
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    if causal:
+        t, s = scores.shape[-2:]
+        scores = scores.masked_fill(
+            torch.ones(t, s, dtype=torch.bool, device=scores.device).triu(1), float("-inf"))
+    return scores
 
 
 class FeedForward(nn.Module):
