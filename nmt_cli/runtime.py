@@ -111,7 +111,7 @@ def low_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``torch.matmul(a, b)`` for low-precision a (N, ..., m, k) and b (N, ..., k, n) with the same
     leading sizes, in the same kernel at every size (see ``SMALL_PRODUCT``)."""
     size = a.numel() * b.size(-1)
-    if size > SMALL_PRODUCT:
+    if size > SMALL_PRODUCT or size == 0:
         return torch.matmul(a, b)
     rows = a.size(0)
     need = SMALL_PRODUCT // (size // rows) + 1
