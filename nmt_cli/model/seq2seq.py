@@ -88,7 +88,7 @@ class Seq2Seq(nn.Module):
         step, and a bf16 product costs a weight reordering per call that made them slower than
         fp32 (docs/results.md)."""
         recurrent = (torch.autocast("cpu", enabled=False)
-                     if src.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                     if src.device.type == "cpu" and _cpu_autocast_on()
                      else contextlib.nullcontext())
         with recurrent:
             memory, state = self.encode(src, src_lengths)
@@ -104,6 +104,13 @@ class Seq2Seq(nn.Module):
         logits = self.output_layer(vector)
         return (torch.log_softmax(logits, dim=-1, dtype=torch.float32), state,
                 weights[:, :memory.width])
+
+
+def _cpu_autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch before 2.4 takes no device here
+        return torch.is_autocast_cpu_enabled()
 
 
 def count_parameters(model: nn.Module) -> int:
