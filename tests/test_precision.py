@@ -5,6 +5,9 @@ scores, old checkpoints unchanged)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -408,3 +411,42 @@ def test_attention_sums_over_a_padded_source_add_only_exact_zeros():
                                              values[i:i + 1, :, :narrow])
             differing += not torch.equal(alone, together[i:i + 1])
     assert differing == 0
+
+
+# -- oneDNN's kernel cache ------------------------------------------------------------------------
+
+
+def _import_nmt_and_print_capacity(env: dict) -> str:
+    code = "import os, nmt_cli; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True)
+    return done.stdout.strip()
+
+
+def test_importing_nmt_sizes_onednn_kernel_cache_unless_the_user_did():
+    import nmt_cli
+
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    assert _import_nmt_and_print_capacity(env) == str(nmt_cli.ONEDNN_CACHE_CAPACITY)
+    assert nmt_cli.ONEDNN_CACHE_CAPACITY > 1024  # oneDNN's own default, too small for training
+    assert _import_nmt_and_print_capacity({**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "77"}) == "77"
+
+
+@NATIVE_BF16
+def test_onednn_keeps_more_than_its_default_1024_kernels_after_importing_nmt():
+    # 1,100 product shapes, twice: the second pass must find every kernel in the cache (with
+    # oneDNN's default of 1,024 entries the first ones are evicted and compiled again)
+    code = ("import torch, nmt_cli\n"
+            "w = torch.randn(32, 32, dtype=torch.bfloat16)\n"
+            "xs = [torch.randn(m, 32, dtype=torch.bfloat16) for m in range(40, 1140)]\n"
+            "for _ in range(2):\n"
+            "    for x in xs: torch.nn.functional.linear(x, w)\n")
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    env["ONEDNN_VERBOSE"] = "profile_create"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    misses = sum(",create:cache_miss," in line for line in out.splitlines())
+    hits = sum(",create:cache_hit," in line for line in out.splitlines())
+    if misses == 0:
+        pytest.skip("this torch's bf16 products do not go through oneDNN's primitive cache")
+    assert misses == 1100 and hits == 1100, (misses, hits)
