@@ -103,6 +103,13 @@ LOW_PRECISION_WIDTH = 16
 SMALL_PRODUCT = 2 * 16 ** 3
 
 
+# Low-precision products take their rows in multiples of this many, zero rows added: the CPU's
+# bf16 library compiles a kernel for every new product shape (about 2 ms each on a 2-core Xeon),
+# and decoding, whose batches shrink a row at a time as sentences finish, would otherwise meet a
+# new shape at almost every step. Each row's result depends on that row alone.
+LOW_PRECISION_ROWS = 8
+
+
 def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros((rows - x.size(0),) + tuple(x.shape[1:]))])
 
@@ -152,9 +159,12 @@ def low_product(x: torch.Tensor, blocks: list[torch.Tensor],
     lin = torch.nn.functional.linear
     rows = x.numel() // x.size(-1)
     smallest = min(w.size(1) for w in blocks) * blocks[0].size(0)  # one row's least product
+    need = rows
     if rows * smallest <= SMALL_PRODUCT:  # see SMALL_PRODUCT
-        flat = x.reshape(rows, x.size(-1))
         need = SMALL_PRODUCT // smallest + 1
+    need = -(-need // LOW_PRECISION_ROWS) * LOW_PRECISION_ROWS
+    if need != rows:
+        flat = x.reshape(rows, x.size(-1))
         out = low_product(_pad_rows(flat, need), blocks, bias)[:rows]
         return out.view(*x.shape[:-1], out.size(-1))
     out, start = None, 0

@@ -345,3 +345,24 @@ def test_beam_rows_share_their_sentences_memory_and_step_as_with_copies():
         assert torch.equal(kept.keys[0][0], memory.keys[0][2])
         mixed = grouped.select(torch.tensor([4, 0, 8]))  # one row of each: a copy per row
         assert mixed.group == 1 and torch.equal(mixed.mask, memory.mask[[1, 0, 2]])
+
+
+@pytest.mark.parametrize("length", [0, 3, 15, 16, 31])
+def test_a_padded_cache_holds_the_same_positions_then_zeros(length):
+    """Low-precision decoding pads the cache to a multiple of LOW_PRECISION_WIDTH, so that its
+    products change shape once every that many steps: the real positions are those of the
+    unpadded cache, the rest exact zeros."""
+    from nmt_cli.model.transformer import extend_cache
+    from nmt_cli.runtime import LOW_PRECISION_WIDTH
+
+    torch.manual_seed(0)
+    real = torch.randn(6, 2, length, 4)
+    stored = torch.nn.functional.pad(real, (0, 0, 0, (-length) % LOW_PRECISION_WIDTH))
+    new = torch.randn(4, 2, 1, 4)
+    for order in (torch.tensor([5, 0, 0, 2]), None):
+        rows = real[:4] if order is None else real.index_select(0, order)
+        out = extend_cache(stored[:4] if order is None else stored, order, new, length)
+        width = -(-(length + 1) // LOW_PRECISION_WIDTH) * LOW_PRECISION_WIDTH
+        assert out.shape == (4, 2, width, 4)
+        assert torch.equal(out[:, :, :length + 1], torch.cat([rows, new], dim=2))
+        assert not out[:, :, length + 1:].any()

@@ -105,7 +105,8 @@ def _group_size(rows: Tensor, current: int) -> int:
 @dataclass
 class TransformerState:
     """The decoder's self-attention cache: keys and values of every layer, each (M, H, t, Dh),
-    for the t positions decoded so far.
+    for the t positions decoded so far (in low-precision decoding followed by zero padding to a
+    multiple of ``runtime.LOW_PRECISION_WIDTH``; ``position`` is t).
 
     ``select`` does not copy the cache: it records which stored row each new row reads
     (``order``, (N,) indices into the M stored rows; None is every row in place), and the next
@@ -123,10 +124,18 @@ class TransformerState:
         return TransformerState(self.keys, self.values, self.position, order)
 
 
-def extend_cache(cached: Tensor, order: Optional[Tensor], new: Tensor) -> Tensor:
+def extend_cache(cached: Tensor, order: Optional[Tensor], new: Tensor,
+                 length: Optional[int] = None) -> Tensor:
     """``cached`` (M, H, t, Dh) with its rows picked by ``order`` (N,), then ``new`` (N, H, 1, Dh)
     appended along the positions: (N, H, t + 1, Dh), the kept rows gathered straight into the
-    longer cache (one copy, where a reorder and then an append made two)."""
+    longer cache (one copy, where a reorder and then an append made two).
+
+    With ``length`` (low-precision decoding) ``cached`` holds ``length`` real positions followed
+    by zeros, and so does the result: its t + 1 positions are padded with zeros to a multiple of
+    ``LOW_PRECISION_WIDTH``. The attention products then change shape once every that many
+    steps instead of at every step, and the CPU's bf16 library compiles a kernel per shape."""
+    if length is not None:
+        return _extend_padded(cached, order, new, length)
     if order is None:
         return torch.cat([cached, new], dim=2)
     if torch.is_grad_enabled() and (cached.requires_grad or new.requires_grad):
@@ -135,6 +144,17 @@ def extend_cache(cached: Tensor, order: Optional[Tensor], new: Tensor) -> Tensor
     out = new.new_empty(new.size(0), new.size(1), t + 1, new.size(3))
     torch.index_select(cached, 0, order, out=out[:, :, :t])
     out[:, :, t:] = new
+    return out
+
+
+def _extend_padded(cached: Tensor, order: Optional[Tensor], new: Tensor, length: int) -> Tensor:
+    width = -(-(length + 1) // LOW_PRECISION_WIDTH) * LOW_PRECISION_WIDTH
+    out = new.new_zeros(new.size(0), new.size(1), width, new.size(3))
+    if order is None:
+        out[:, :, :length] = cached[:, :, :length]
+    else:
+        torch.index_select(cached[:, :, :length], 0, order, out=out[:, :, :length])
+    out[:, :, length:length + 1] = new
     return out
 
 
@@ -293,18 +313,26 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: Tensor, cache: Optional[tuple[Tensor, Tensor]], cross_k: Tensor,
                 cross_v: Tensor, mask: Tensor, need_weights: bool = False,
-                cache_order: Optional[Tensor] = None, group: int = 1
+                cache_order: Optional[Tensor] = None, group: int = 1,
+                cache_length: Optional[int] = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor], Optional[Tensor]]:
         """x (B, T, D). With ``cache`` (keys, values of earlier positions, their rows picked by
         ``cache_order`` when given), x holds only the new positions and attends to the cache too;
-        without it, x is a whole target, causally masked. Returns the output, this layer's keys
-        and values (cache included), cross weights."""
+        without it, x is a whole target, causally masked. With ``cache_length`` (one new
+        position), the cache holds that many positions and then zero padding
+        (``extend_cache``), which attention skips. Returns the output, this layer's keys and
+        values (cache included), cross weights."""
         q, k, v = self.self_attn.self_projections(self.self_block.inputs(x))
+        self_mask = None
         if cache is not None:
-            k, v = (extend_cache(cache[0], cache_order, k),
-                    extend_cache(cache[1], cache_order, v))
+            k, v = (extend_cache(cache[0], cache_order, k, cache_length),
+                    extend_cache(cache[1], cache_order, v, cache_length))
+            if cache_length is not None:
+                self_mask = (torch.arange(k.size(2), device=k.device)
+                             <= cache_length)[None, None, None, :]
         causal = cache is None and x.size(1) > 1
-        x = self.self_block.residual(x, self.self_attn.attend(q, k, v, causal=causal)[0])
+        x = self.self_block.residual(x, self.self_attn.attend(q, k, v, self_mask,
+                                                              causal=causal)[0])
         q = self.cross_attn.cross_query(self.cross_block.inputs(x))
         context, weights = self.cross_attn.attend(q, cross_k, cross_v, mask,
                                                   need_weights=need_weights, group=group)
@@ -426,10 +454,13 @@ class Transformer(nn.Module):
         mask = memory.mask[:, None, None, :]
         keys, values, weights = [], [], None
         last = len(self.decoder_layers) - 1
+        # low-precision decoding keeps the cache padded (extend_cache)
+        length = state.position if low_precision_of(self) is not None else None
         for i, layer in enumerate(self.decoder_layers):
             x, (k, v), w = layer(x, (state.keys[i], state.values[i]), memory.keys[i],
                                  memory.values[i], mask, need_weights=need_attention and i == last,
-                                 cache_order=state.order, group=memory.group)
+                                 cache_order=state.order, group=memory.group,
+                                 cache_length=length)
             keys.append(k)
             values.append(v)
             weights = w if w is not None else weights
