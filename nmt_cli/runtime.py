@@ -110,6 +110,11 @@ SMALL_PRODUCT = 2 * 16 ** 3
 LOW_PRECISION_ROWS = 8
 
 
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is at least ``n``."""
+    return -(-n // multiple) * multiple
+
+
 def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros((rows - x.size(0),) + tuple(x.shape[1:]))])
 
@@ -162,7 +167,7 @@ def low_product(x: torch.Tensor, blocks: list[torch.Tensor],
     need = rows
     if rows * smallest <= SMALL_PRODUCT:  # see SMALL_PRODUCT
         need = SMALL_PRODUCT // smallest + 1
-    need = -(-need // LOW_PRECISION_ROWS) * LOW_PRECISION_ROWS
+    need = round_up(need, LOW_PRECISION_ROWS)
     if need != rows:
         flat = x.reshape(rows, x.size(-1))
         out = low_product(_pad_rows(flat, need), blocks, bias)[:rows]
@@ -355,7 +360,7 @@ def low_precision_of(model: torch.nn.Module) -> Optional[torch.dtype]:
 def pad_source(src: torch.Tensor, low: Optional[torch.dtype]) -> torch.Tensor:
     """src (B, S) padded on the right to a multiple of ``LOW_PRECISION_WIDTH`` in low-precision
     decoding (``low`` a dtype); unchanged otherwise."""
-    extra = -src.size(1) % LOW_PRECISION_WIDTH if low is not None else 0
+    extra = round_up(src.size(1), LOW_PRECISION_WIDTH) - src.size(1) if low is not None else 0
     return torch.nn.functional.pad(src, (0, extra), value=PAD_ID) if extra else src
 
 

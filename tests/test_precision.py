@@ -476,3 +476,27 @@ def test_bf16_transformer_steps_follow_fp32_across_the_padded_cache():
 
     gap = (run(fp32) - run(bf16)).abs().max().item()
     assert gap < 0.25, gap
+
+
+def test_low_precision_products_take_rows_in_multiples_and_each_row_keeps_its_result(
+        monkeypatch):
+    """Rows are padded to a multiple of LOW_PRECISION_ROWS (the CPU's bf16 library compiles a
+    kernel per product shape, and decoding's batches shrink a row at a time); the padding rows
+    are dropped and every real row gets what it gets alone."""
+    torch.manual_seed(0)
+    weight, bias = torch.randn(96, 300), torch.randn(96)
+    blocks = runtime.column_blocks(weight, torch.bfloat16)
+    x = torch.randn(61, 300)
+    seen = []
+    real_linear = torch.nn.functional.linear
+
+    def recording(inp, w, b=None):
+        seen.append(inp.size(0))
+        return real_linear(inp, w, b)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", recording)
+    out = runtime.low_product(x, blocks, bias)
+    assert out.shape == (61, 96)
+    assert set(seen) == {64}, seen  # 61 rows in multiples of 8, one product per block
+    for i in (0, 30, 60):
+        assert torch.equal(runtime.low_product(x[i:i + 1], blocks, bias)[0], out[i])

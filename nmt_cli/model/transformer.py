@@ -33,7 +33,7 @@ from nmt_cli.errors import ConfigError
 from nmt_cli.ids import PAD_ID
 from nmt_cli.model.dropout import Dropout, dropout
 from nmt_cli.runtime import (LOW_PRECISION_WIDTH, LowPrecisionLinear, low_matmul,
-                             low_precision_of, low_weighted_sum, pad_source)
+                             low_precision_of, low_weighted_sum, pad_source, round_up)
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -148,7 +148,7 @@ def extend_cache(cached: Tensor, order: Optional[Tensor], new: Tensor,
 
 
 def _extend_padded(cached: Tensor, order: Optional[Tensor], new: Tensor, length: int) -> Tensor:
-    width = -(-(length + 1) // LOW_PRECISION_WIDTH) * LOW_PRECISION_WIDTH
+    width = round_up(length + 1, LOW_PRECISION_WIDTH)
     out = new.new_zeros(new.size(0), new.size(1), width, new.size(3))
     if order is None:
         out[:, :, :length] = cached[:, :, :length]
@@ -314,24 +314,20 @@ class DecoderLayer(nn.Module):
     def forward(self, x: Tensor, cache: Optional[tuple[Tensor, Tensor]], cross_k: Tensor,
                 cross_v: Tensor, mask: Tensor, need_weights: bool = False,
                 cache_order: Optional[Tensor] = None, group: int = 1,
-                cache_length: Optional[int] = None
+                cache_length: Optional[int] = None, cache_mask: Optional[Tensor] = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor], Optional[Tensor]]:
         """x (B, T, D). With ``cache`` (keys, values of earlier positions, their rows picked by
         ``cache_order`` when given), x holds only the new positions and attends to the cache too;
         without it, x is a whole target, causally masked. With ``cache_length`` (one new
         position), the cache holds that many positions and then zero padding
-        (``extend_cache``), which attention skips. Returns the output, this layer's keys and
-        values (cache included), cross weights."""
+        (``extend_cache``), which attention skips by ``cache_mask`` (1, 1, 1, padded width).
+        Returns the output, this layer's keys and values (cache included), cross weights."""
         q, k, v = self.self_attn.self_projections(self.self_block.inputs(x))
-        self_mask = None
         if cache is not None:
             k, v = (extend_cache(cache[0], cache_order, k, cache_length),
                     extend_cache(cache[1], cache_order, v, cache_length))
-            if cache_length is not None:
-                self_mask = (torch.arange(k.size(2), device=k.device)
-                             <= cache_length)[None, None, None, :]
         causal = cache is None and x.size(1) > 1
-        x = self.self_block.residual(x, self.self_attn.attend(q, k, v, self_mask,
+        x = self.self_block.residual(x, self.self_attn.attend(q, k, v, cache_mask,
                                                               causal=causal)[0])
         q = self.cross_attn.cross_query(self.cross_block.inputs(x))
         context, weights = self.cross_attn.attend(q, cross_k, cross_v, mask,
@@ -454,13 +450,17 @@ class Transformer(nn.Module):
         mask = memory.mask[:, None, None, :]
         keys, values, weights = [], [], None
         last = len(self.decoder_layers) - 1
-        # low-precision decoding keeps the cache padded (extend_cache)
-        length = state.position if low_precision_of(self) is not None else None
+        # low-precision decoding keeps the cache padded (extend_cache), the padding masked
+        length = cache_mask = None
+        if low_precision_of(self) is not None:
+            length = state.position
+            positions = torch.arange(round_up(length + 1, LOW_PRECISION_WIDTH), device=x.device)
+            cache_mask = (positions <= length)[None, None, None, :]
         for i, layer in enumerate(self.decoder_layers):
             x, (k, v), w = layer(x, (state.keys[i], state.values[i]), memory.keys[i],
                                  memory.values[i], mask, need_weights=need_attention and i == last,
                                  cache_order=state.order, group=memory.group,
-                                 cache_length=length)
+                                 cache_length=length, cache_mask=cache_mask)
             keys.append(k)
             values.append(v)
             weights = w if w is not None else weights
