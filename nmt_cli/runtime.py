@@ -147,50 +147,74 @@ def low_weighted_sum(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def column_blocks(weight: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
-    """``weight`` (out, in) cast to ``dtype``, cut along its inputs into contiguous blocks of at
-    most ``LOW_PRECISION_BLOCK`` columns."""
+def column_blocks(weight: torch.Tensor, dtype: torch.dtype) -> "torch.Tensor | list[torch.Tensor]":
+    """``weight`` (out, in) cast to ``dtype``, cut along its inputs into blocks of at most
+    ``LOW_PRECISION_BLOCK`` columns: one tensor (blocks, out, block) when they are all as wide
+    (``low_product`` then runs them as one batched product), else a list of contiguous blocks."""
     w = weight.detach().to(dtype)
-    return [w[:, i:i + LOW_PRECISION_BLOCK].contiguous()
-            for i in range(0, w.size(1), LOW_PRECISION_BLOCK)]
+    width = LOW_PRECISION_BLOCK
+    if w.size(1) % width == 0 or w.size(1) < width:
+        width = min(width, w.size(1))
+        return w.view(w.size(0), -1, width).transpose(0, 1).contiguous()
+    return [w[:, i:i + width].contiguous() for i in range(0, w.size(1), width)]
 
 
-def low_product(x: torch.Tensor, blocks: list[torch.Tensor],
+def low_product(x: torch.Tensor, blocks: "torch.Tensor | list[torch.Tensor]",
                 bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x @ W.T (+ bias)`` with ``W`` given as its ``column_blocks``: each block's product runs
     in their low precision, and the fp32 result is the fp32 bias (if any) and their sum, taken in
-    order (the bias with the first block's product, in the one step that widens it to fp32)."""
+    order (the bias added after the first block's product is widened to fp32)."""
     x = x.to(blocks[0].dtype)
-    lin = torch.nn.functional.linear
     rows = x.numel() // x.size(-1)
-    smallest = min(w.size(1) for w in blocks) * blocks[0].size(0)  # one row's least product
-    need = rows
-    if rows * smallest <= SMALL_PRODUCT:  # see SMALL_PRODUCT
-        need = SMALL_PRODUCT // smallest + 1
-    need = round_up(need, LOW_PRECISION_ROWS)
+    need = rows_for(rows, blocks[-1].size(1) * blocks[0].size(0))  # the last block is the least
     if need != rows:
         flat = x.reshape(rows, x.size(-1))
         out = low_product(_pad_rows(flat, need), blocks, bias)[:rows]
         return out.view(*x.shape[:-1], out.size(-1))
+    lin = torch.nn.functional.linear
+    if len(blocks) == 1:
+        out = lin(x, blocks[0]).float()
+        return out if bias is None else out.add_(bias)
+    if isinstance(blocks, torch.Tensor):  # equal blocks: one batched product, one kernel call
+        n, width = blocks.size(0), blocks.size(2)
+        parts = torch.bmm(x.reshape(rows, n, width).transpose(0, 1), blocks.transpose(1, 2))
+        out = parts[0].float()
+        if bias is not None:
+            out.add_(bias)
+        for c in range(1, n):
+            out.add_(parts[c])
+        return out.view(*x.shape[:-1], out.size(-1))
     out, start = None, 0
     for w in blocks:
-        part = lin(x[..., start:start + w.size(1)] if len(blocks) > 1 else x, w)
-        if out is None:
-            out = part.float() if bias is None else torch.add(part, bias)
+        part = lin(x[..., start:start + w.size(1)], w)
+        if out is None:  # widened, then the bias added in place: one pass fewer than a
+            out = part.float()  # mixed-type add, with the same bits
+            if bias is not None:
+                out.add_(bias)
         else:
             out.add_(part)
         start += w.size(1)
     return out
 
 
+def rows_for(rows: int, row_product: int) -> int:
+    """The rows a low-precision product of ``rows`` rows runs with, each row costing
+    ``row_product`` multiply-adds: at least enough for more than ``SMALL_PRODUCT`` in all (see
+    there), in multiples of ``LOW_PRECISION_ROWS``."""
+    need = rows
+    if rows * row_product <= SMALL_PRODUCT:
+        need = SMALL_PRODUCT // row_product + 1
+    return round_up(need, LOW_PRECISION_ROWS)
+
+
 def _cached(module: torch.nn.Module, name: str, tensors: list[torch.Tensor], make):
     """``make()``, computed again only when one of ``tensors`` changed (a state dict loaded after
     the cast, say); kept on ``module`` under ``name``."""
-    key = tuple((t._version, t.data_ptr(), t.dtype) for t in tensors)
-    if getattr(module, name + "_key", None) != key:
-        setattr(module, name, make())
-        setattr(module, name + "_key", key)
-    return getattr(module, name)
+    key = [(t._version, t.data_ptr(), t.dtype) for t in tensors]
+    state = module.__dict__.get(name)  # (key, value), read without nn.Module's __getattr__
+    if state is None or state[0] != key:
+        state = module.__dict__[name] = (key, make())
+    return state[1]
 
 
 class LowPrecisionLinear(torch.nn.Linear):

@@ -500,3 +500,44 @@ def test_low_precision_products_take_rows_in_multiples_and_each_row_keeps_its_re
     assert set(seen) == {64}, seen  # 61 rows in multiples of 8, one product per block
     for i in (0, 30, 60):
         assert torch.equal(runtime.low_product(x[i:i + 1], blocks, bias)[0], out[i])
+
+
+def test_equal_input_blocks_run_as_one_batched_product(monkeypatch):
+    """A layer whose inputs split into equal blocks (the Transformer's 1,024-wide feed-forward
+    output) runs one batched low-precision product instead of one per block (the next test:
+    with the same bits as the fp32 bias plus each block's product, added in order, and each
+    row's result what it gets alone)."""
+    torch.manual_seed(1)
+    weight, bias = torch.randn(48, 4 * runtime.LOW_PRECISION_BLOCK), torch.randn(48)
+    blocks = runtime.column_blocks(weight, torch.bfloat16)
+    assert isinstance(blocks, torch.Tensor) and blocks.shape == (4, 48, 256)
+    x = torch.randn(3, 11, weight.size(1))
+    calls = []
+    real_bmm = torch.bmm
+
+    def recording(a, b):
+        calls.append(tuple(a.shape))
+        return real_bmm(a, b)
+
+    monkeypatch.setattr(torch, "bmm", recording)
+    out = runtime.low_product(x, blocks, bias)
+    assert calls == [(4, 40, 256)]  # 33 rows in multiples of 8, all four blocks in one call
+    assert out.shape == (3, 11, 48)
+
+
+@NATIVE_BF16
+def test_the_batched_product_gives_the_blockwise_sum_bit_for_bit():
+    torch.manual_seed(1)
+    weight, bias = torch.randn(48, 4 * runtime.LOW_PRECISION_BLOCK), torch.randn(48)
+    blocks = runtime.column_blocks(weight, torch.bfloat16)
+    x = torch.randn(3, 11, weight.size(1))
+    out = runtime.low_product(x, blocks, bias)
+    xs, w = x.reshape(33, -1).bfloat16(), weight.bfloat16()
+    expected = None
+    for c in range(4):
+        part = torch.nn.functional.linear(runtime._pad_rows(xs[:, 256 * c:256 * (c + 1)], 40),
+                                          w[:, 256 * c:256 * (c + 1)].contiguous())[:33]
+        expected = part.float() + bias if expected is None else expected + part
+    assert torch.equal(out.reshape(33, -1), expected)
+    for i, j in ((0, 0), (1, 5), (2, 10)):
+        assert torch.equal(runtime.low_product(x[i:i + 1, j:j + 1], blocks, bias)[0, 0], out[i, j])

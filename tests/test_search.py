@@ -324,3 +324,70 @@ def test_attention_is_returned_per_output_token(trained_model, tokenizers):
             assert att.shape == (len(hyps[0].tokens) + 1, int(lens[i]))
             torch.testing.assert_close(att.sum(-1), torch.ones(att.size(0)), atol=1e-5, rtol=0)
 
+
+
+# -- rows kept in multiples at low precision -----------------------------------------------------
+
+
+class CountingTableModel(TableModel):
+    """A TableModel that records the rows of every step."""
+
+    def __init__(self, tables: torch.Tensor):
+        super().__init__(tables)
+        self.rows: list[int] = []
+
+    def step(self, prev_tokens, state, memory, need_attention=False):
+        self.rows.append(prev_tokens.size(0))
+        return super().step(prev_tokens, state, memory, need_attention)
+
+
+@pytest.mark.parametrize("search", ["greedy", "sample"])
+def test_spare_rows_change_no_result_and_keep_rows_in_multiples(monkeypatch, search):
+    """At low precision finished sentences stay in the batch as spare rows until the live ones
+    fit in fewer multiples of 8 rows; tokens, scores and attention are those of a batch that drops
+    each sentence as it ends."""
+    from nmt_cli.decoding import search as search_module
+
+    n = 21
+    lengths = [2 + (7 * i) % 9 for i in range(n)]
+    src, lens = src_for(list(range(n)), lengths)
+    cfg = decode(max_len_a=1.0, max_len_b=4)
+
+    def run(multiple: int):
+        monkeypatch.setattr(search_module, "batch_rows", lambda model: multiple)
+        model = CountingTableModel(random_tables(n, seed=4))
+        if search == "greedy":
+            found = greedy_search(model, src, lens, cfg, return_attention=True)
+        else:
+            found = sample_search(model, src, lens, list(range(100, 100 + n)), cfg,
+                                  return_attention=True)
+        return found, model.rows
+
+    plain, plain_rows = run(1)
+    spared, spared_rows = run(8)
+    for a, b in zip(plain.hypotheses, spared.hypotheses, strict=True):
+        assert a[0].tokens == b[0].tokens
+        assert a[0].score == b[0].score and a[0].log_prob == b[0].log_prob
+        assert torch.equal(a[0].attention, b[0].attention)
+    # plain_rows holds the live sentences of every step; the spared batch shrinks to the next
+    # multiple of 8 above them as soon as that is fewer rows than it has
+    expected = [n]
+    for live in plain_rows[1:]:
+        expected.append(min(expected[-1], -(-live // 8) * 8))
+    assert spared_rows == expected, (plain_rows, spared_rows)
+    assert len(set(plain_rows)) > len(set(spared_rows)) > 2
+
+
+def test_low_precision_models_decode_with_rows_in_multiples_of_8(trained_model):
+    import copy
+
+    from nmt_cli.decoding.ensemble import Ensemble
+    from nmt_cli.decoding.search import batch_rows
+    from nmt_cli.runtime import LOW_PRECISION_ROWS, for_decoding
+
+    model = copy.deepcopy(trained_model).eval()
+    assert batch_rows(model) == 1 and batch_rows(Ensemble([model])) == 1
+    assert batch_rows(TableModel(random_tables(1, seed=0))) == 1  # not a torch module
+    low = for_decoding(copy.deepcopy(model), "bf16")
+    assert batch_rows(low) == LOW_PRECISION_ROWS == 8
+    assert batch_rows(Ensemble([model, low])) == 8

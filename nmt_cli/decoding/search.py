@@ -27,6 +27,7 @@ from nmt_cli.decoding.hypotheses import Hypothesis
 from nmt_cli.decoding.penalties import (NEG_INF, LengthNorm, block_repeated_ngrams,
                                         constrain_length, forbid_specials, output_lengths)
 from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID
+from nmt_cli.runtime import LOW_PRECISION_ROWS, low_precision_of, round_up
 
 
 @dataclass
@@ -39,7 +40,8 @@ class SearchResult:
         return [h[0].tokens for h in self.hypotheses]
 
 
-# A choice rule for single-path decoding: (log_probs (N, V), sentence ids (N,)) -> tokens (N,)
+# A choice rule for single-path decoding: (log_probs (N, V), sentence ids (N,)) -> tokens (N,).
+# A spare row (see ``_single_path``) comes with the id ``batch``, one past the last sentence.
 Chooser = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -72,19 +74,40 @@ def _argmax(log_probs: Tensor, sentences: Tensor) -> Tensor:
     return top_per_row(log_probs, 1)[1].squeeze(1)
 
 
+def batch_rows(model) -> int:
+    """Rows a search keeps its batch in multiples of: ``LOW_PRECISION_ROWS`` when ``model`` (or
+    any model inside an ensemble) runs its products in low precision, else 1.
+
+    The CPU's bf16 library compiles a kernel for every new product shape, and a batch that
+    shrinks by a row whenever a sentence finishes meets a new shape at almost every step; rows
+    kept in multiples of 8 meet an eighth as many. fp32 products compile nothing, so there a
+    finished sentence leaves at once."""
+    low = any(low_precision_of(m) is not None for m in model.modules()) \
+        if isinstance(model, torch.nn.Module) else False
+    return LOW_PRECISION_ROWS if low else 1
+
+
 @torch.no_grad()
 def _single_path(model, src: Tensor, src_lengths: Tensor, choose: Chooser, cfg: DecodeConfig,
                  return_attention: bool) -> SearchResult:
-    """One hypothesis per sentence, one token per step; finished sentences leave the batch."""
+    """One hypothesis per sentence, one token per step; finished sentences leave the batch.
+
+    With ``batch_rows(model)`` above 1, a finished sentence's row stays in the batch (as a
+    spare: its tokens go to a spare sentence id, ``batch``, and are dropped) until the sentences
+    still decoding fit in fewer multiples of that many rows. Each row's results depend on that
+    row alone, so spares change no sentence's output."""
     batch, device = src.size(0), src.device
+    multiple = batch_rows(model)
     norm = LengthNorm.of(cfg)
     memory, state = model.encode(src, src_lengths)
     min_all, max_all = (t.to(device) for t in output_lengths(cfg, src_lengths))
     steps = int(max_all.max()) + 1
-    out = src.new_full((batch, steps), EOS_ID)  # token chosen at each step
-    out_len = torch.full((batch,), steps, dtype=torch.long, device=device)
-    log_prob = torch.zeros(batch, device=device)
-    attn = torch.zeros((batch, steps, src.size(1)), device=device) if return_attention else None
+    spare = batch  # the sentence id of spare rows: one more row in out, out_len and log_prob
+    out = src.new_full((batch + 1, steps), EOS_ID)  # token chosen at each step
+    out_len = torch.full((batch + 1,), steps, dtype=torch.long, device=device)
+    log_prob = torch.zeros(batch + 1, device=device)
+    attn = torch.zeros((batch + 1, steps, src.size(1)), device=device) if return_attention \
+        else None
     active = torch.arange(batch, device=device)  # sentence id of each row
     min_len, max_len = min_all, max_all
     prev = src.new_full((batch,), BOS_ID)
@@ -102,12 +125,20 @@ def _single_path(model, src: Tensor, src_lengths: Tensor, choose: Chooser, cfg: 
         ended = token == EOS_ID
         if bool(ended.any()):
             out_len[active[ended]] = t + 1
-            keep = (~ended).nonzero().view(-1)
+            live = ~ended if multiple == 1 else ~ended & (active != spare)
+            keep = live.nonzero().view(-1)
             if keep.numel() == 0:
                 break
-            active, token = active.index_select(0, keep), token.index_select(0, keep)
-            min_len, max_len = min_len.index_select(0, keep), max_len.index_select(0, keep)
-            state, memory = state.select(keep), memory.select(keep)
+            rows = round_up(keep.numel(), multiple)
+            if rows < active.numel():  # fewer rows: the live ones, then spares to fill
+                if rows > keep.numel():
+                    keep = torch.cat([keep, (~live).nonzero().view(-1)[: rows - keep.numel()]])
+                live, active, token = (live.index_select(0, keep), active.index_select(0, keep),
+                                       token.index_select(0, keep))
+                min_len, max_len = min_len.index_select(0, keep), max_len.index_select(0, keep)
+                state, memory = state.select(keep), memory.select(keep)
+            if multiple > 1:  # finished sentences kept as rows become spares
+                active = active.masked_fill(~live, spare)
         prev = token
     lengths, sums, rows = out_len.tolist(), log_prob.tolist(), out.tolist()
     n_src = src_lengths.tolist()
@@ -135,6 +166,7 @@ def sample_search(model, src: Tensor, src_lengths: Tensor, seeds: Sequence[int],
     seed and the sentence alone, never on the batch. Scores are the model's own log-probabilities.
     """
     generators = [torch.Generator(device=src.device).manual_seed(int(s)) for s in seeds]
+    generators.append(torch.Generator(device=src.device))  # for spare rows, which are dropped
     temperature, top_k, top_p = cfg.temperature, cfg.top_k, cfg.top_p
 
     def choose(log_probs: Tensor, sentences: Tensor) -> Tensor:

@@ -149,12 +149,13 @@ def extend_cache(cached: Tensor, order: Optional[Tensor], new: Tensor,
 
 def _extend_padded(cached: Tensor, order: Optional[Tensor], new: Tensor, length: int) -> Tensor:
     width = round_up(length + 1, LOW_PRECISION_WIDTH)
-    out = new.new_zeros(new.size(0), new.size(1), width, new.size(3))
+    out = new.new_empty(new.size(0), new.size(1), width, new.size(3))
     if order is None:
         out[:, :, :length] = cached[:, :, :length]
     else:
         torch.index_select(cached[:, :, :length], 0, order, out=out[:, :, :length])
     out[:, :, length:length + 1] = new
+    out[:, :, length + 1:].zero_()
     return out
 
 
