@@ -12,8 +12,14 @@ matmul (batch tokens x model width x vocabulary, the output layer) in the traini
 
     python bench/train_speed.py recipes/multi30k-de-en-cpu.yaml --steps 200 [--set key=value ...]
     python bench/train_speed.py recipes/multi30k-de-en-transformer-cpu.yaml --steps 100 --peak
+    python bench/train_speed.py recipes/multi30k-de-en-transformer-cpu.yaml --steps 100 --peak --profile 30
 
     python bench/train_speed.py recipes/multi30k-de-en-cpu.yaml --steps 200 --precision fp32 auto
+
+With ``--profile N``, N more updates run under ``torch.profiler``: the share of the step's CPU
+time spent in matrix products, the largest other operators, and with ``--peak`` the bound on
+the share of peak: the share training would reach if every matrix product ran at the measured
+peak and everything else took the time it takes now.
 
 With several ``--precision`` values the runs take turns (fp32, auto, fp32, auto, ...), so that a
 change in the machine's load hits each alike; each result gives the precision that ``auto``
@@ -50,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--precision", nargs="+", default=[None],
                     help="train.precision values to compare in turn (default: the recipe's)")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="then N more updates under torch.profiler: the matmuls' share of the "
+                         "step's time, and with --peak the share of peak reachable were every "
+                         "matmul at the peak and the rest unchanged")
     args = ap.parse_args(argv)
     for _ in range(args.repeats):
         for precision in args.precision:
@@ -72,6 +82,8 @@ def measure(args, overrides: list[str]) -> dict:
         start = time.time()
         summary = trainer.train()
         wall = time.time() - start
+        profile = profile_updates(args.recipe, overrides, scratch, args.profile) \
+            if args.profile else None
     result = {
         "recipe": args.recipe, "overrides": overrides, "steps": summary.steps,
         "precision": trainer.precision, "precision_setting": recipe.train.precision,
@@ -95,7 +107,44 @@ def measure(args, overrides: list[str]) -> dict:
                        "gemm_shape_mkn": list(shape), "gemm_peak_gflops": round(peak / 1e9, 1),
                        "share_of_peak": round(achieved / peak, 3),
                        "precision": trainer.precision})
+    if profile is not None:
+        result.update(profile)
+        if args.peak:
+            # Time per update without the profiler, split as the profile splits it; the matmuls'
+            # part replaced by the time they would take at the peak.
+            update = summary.seconds / max(summary.steps, 1)
+            at_peak = flops * result["tgt_tokens_per_update"] / peak
+            rest = update * (1 - profile["profile_matmul_share_of_time"])
+            result["share_of_peak_bound_with_matmuls_at_peak"] = round(at_peak / (at_peak + rest), 3)
     return result
+
+
+# Operators that multiply matrices (self time: the kernels, oneDNN's or MKL's, included).
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm",
+           "aten::_scaled_dot_product_flash_attention_for_cpu",
+           "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def profile_updates(recipe_path: str, overrides: list[str], scratch: Path, steps: int) -> dict:
+    """``steps`` more updates from scratch under ``torch.profiler``: the share of the step's CPU
+    time (self time, all threads) spent in matrix products, and the largest other operators."""
+    run = scratch.parent / "profiled"
+    run.mkdir()
+    for sub in ("tokenizer", "data"):
+        os.symlink(scratch / sub, run / sub)
+    recipe = load_recipe(recipe_path, overrides + [
+        f"workdir={run}", f"train.max_steps={steps}", "train.max_time=0",
+        f"train.valid_every={10**9}", "train.valid_max_sentences=1", "train.log_every=1000000"])
+    trainer = Trainer(recipe)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        trainer.train()
+    ops = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(ops.values()) or 1.0
+    matmul = sum(t for k, t in ops.items() if k in MATMULS)
+    others = sorted(((k, t) for k, t in ops.items() if k not in MATMULS), key=lambda kv: -kv[1])
+    return {"profile_updates": steps,
+            "profile_matmul_share_of_time": round(matmul / total, 3),
+            "profile_largest_other_operators": {k: round(t / total, 3) for k, t in others[:8]}}
 
 
 if __name__ == "__main__":

@@ -75,7 +75,12 @@ def test_startup_bench_reports_the_ratio_to_the_torch_import(sample_checkpoint):
 def test_train_speed_bench_reports_tokens_per_second_and_the_share_of_peak(arch_checkpoint):
     recipe = arch_checkpoint.parents[1] / "recipe.yaml"
     assert recipe.is_file()
-    out = bench("train_speed.py", recipe, "--steps", "2", "--peak", "--set", "train.threads=1")
+    out = bench("train_speed.py", recipe, "--steps", "2", "--peak", "--profile", "2",
+                "--set", "train.threads=1")
     result = json.loads(out)
     assert result["steps"] == 2 and result["tgt_tok_per_s"] > 0
     assert 0 < result["share_of_peak"] and result["gemm_peak_gflops"] > 0
+    # the profile finds the matrix products, and the bound lies between the share and 1
+    assert 0 < result["profile_matmul_share_of_time"] < 1
+    assert result["profile_updates"] == 2 and result["profile_largest_other_operators"]
+    assert result["share_of_peak"] <= result["share_of_peak_bound_with_matmuls_at_peak"] < 1
