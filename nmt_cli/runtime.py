@@ -173,28 +173,21 @@ def low_product(x: torch.Tensor, blocks: "torch.Tensor | list[torch.Tensor]",
         return out.view(*x.shape[:-1], out.size(-1))
     lin = torch.nn.functional.linear
     if len(blocks) == 1:
-        out = lin(x, blocks[0]).float()
-        return out if bias is None else out.add_(bias)
-    if isinstance(blocks, torch.Tensor):  # equal blocks: one batched product, one kernel call
+        parts = [lin(x, blocks[0])]
+    elif isinstance(blocks, torch.Tensor):  # equal blocks: one batched product, one kernel call
         n, width = blocks.size(0), blocks.size(2)
         parts = torch.bmm(x.reshape(rows, n, width).transpose(0, 1), blocks.transpose(1, 2))
-        out = parts[0].float()
-        if bias is not None:
-            out.add_(bias)
-        for c in range(1, n):
-            out.add_(parts[c])
-        return out.view(*x.shape[:-1], out.size(-1))
-    out, start = None, 0
-    for w in blocks:
-        part = lin(x[..., start:start + w.size(1)], w)
-        if out is None:  # widened, then the bias added in place: one pass fewer than a
-            out = part.float()  # mixed-type add, with the same bits
-            if bias is not None:
-                out.add_(bias)
-        else:
-            out.add_(part)
-        start += w.size(1)
-    return out
+    else:  # every block but the last is LOW_PRECISION_BLOCK wide (column_blocks)
+        b = LOW_PRECISION_BLOCK
+        parts = [lin(x[..., i * b:(i + 1) * b], w) for i, w in enumerate(blocks)]
+    # widened, then the bias added in place (one pass fewer than a mixed-type add, the same
+    # bits), then the other blocks in order
+    out = parts[0].float()
+    if bias is not None:
+        out.add_(bias)
+    for part in parts[1:]:
+        out.add_(part.view_as(out))
+    return out.view(*x.shape[:-1], out.size(-1))
 
 
 def rows_for(rows: int, row_product: int) -> int:
