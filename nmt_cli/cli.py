@@ -344,8 +344,9 @@ def translate(
     quantize: Optional[Quantize] = typer.Option(None, "--quantize",
                                                 help="int8 dynamic quantization (CPU)."),
     precision: Optional[str] = typer.Option(
-        None, "--precision", help="auto (bf16 where the GPU or CPU multiplies bf16 natively, "
-                                  "else fp32), fp32, bf16 or fp16 (CUDA)."),
+        None, "--precision", help="auto (bf16 on a GPU that has it, else fp32), fp32, or bf16 "
+                                  "and fp16 on a GPU. The CPU decodes in fp32; nmt export is "
+                                  "its fast path."),
     device: Device = typer.Option(Device.auto, help="Where to run the model."),
     threads: int = typer.Option(0, "--threads", min=0,
                                 help="CPU threads for torch, or in all for CTranslate2 on an "

@@ -317,9 +317,8 @@ class DecodeConfig:
     n_best: int = _num(1, ge=1, doc="hypotheses (or samples) kept per sentence, best first")
     allow_unk: bool = False  # let search emit <unk>; off, like PAD and BOS, by default
     invalid_utf8: Literal["replace", "error"] = "replace"  # bad bytes in text to translate
-    # weights and activations while translating; auto as train.precision: bf16 where the CPU
-    # multiplies it natively (batch 1 and 64 give the same lines there, runtime.for_decoding) or
-    # the GPU supports it, else fp32. A checkpoint saved before this key existed decodes in fp32.
+    # weights and activations while translating (decoding/engine.py): auto is bf16 on a GPU that
+    # supports it, else fp32; the CPU decodes in fp32 only (nmt export is its fast path)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     def __post_init__(self) -> None:

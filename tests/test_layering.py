@@ -97,7 +97,7 @@ RANKS = {
     "nmt_cli.model.dropout": 6.5,
     "nmt_cli.data": 7, "nmt_cli.model.attention": 7, "nmt_cli.model.encoder": 7,
     "nmt_cli.model.contract": 7,
-    "nmt_cli.model.decoder": 8, "nmt_cli.model.seq2seq": 9, "nmt_cli.model.transformer": 9,
+    "nmt_cli.model.decoder": 8, "nmt_cli.model.transformer_state": 7, "nmt_cli.model.rnn": 9, "nmt_cli.model.transformer": 9,
     "nmt_cli.model": 10,
     "nmt_cli.checkpoint": 11,
     # decoding pieces, and the training helpers beside them
@@ -269,7 +269,7 @@ def test_search_is_free_of_io_and_cli():
 def test_the_import_scan_sees_torch_where_it_is():
     """A control for the checks above: the scan does find torch behind a chain of modules."""
     assert "torch" in closure("nmt_cli.training.trainer")
-    assert {"nmt_cli.model", "nmt_cli.model.seq2seq", "torch"} <= closure("nmt_cli.checkpoint")
+    assert {"nmt_cli.model", "nmt_cli.model.rnn", "torch"} <= closure("nmt_cli.checkpoint")
     assert "torch" in closure("nmt_cli.cli")  # lazily, inside the commands
     # a module's own packages run first: torch in a stage folder's __init__ would be seen
     assert {"nmt_cli", "nmt_cli.decoding"} <= closure("nmt_cli.decoding.hypotheses")

@@ -17,7 +17,7 @@ scores follow ``nmt_cli.decoding.penalties``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -27,7 +27,6 @@ from nmt_cli.decoding.hypotheses import Hypothesis
 from nmt_cli.decoding.penalties import (NEG_INF, LengthNorm, block_repeated_ngrams,
                                         constrain_length, forbid_specials, output_lengths)
 from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID
-from nmt_cli.runtime import LOW_PRECISION_ROWS, low_precision_of, round_up
 
 
 @dataclass
@@ -41,7 +40,6 @@ class SearchResult:
 
 
 # A choice rule for single-path decoding: (log_probs (N, V), sentence ids (N,)) -> tokens (N,).
-# A spare row (see ``_single_path``) comes with the id ``batch``, one past the last sentence.
 Chooser = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -74,42 +72,20 @@ def _argmax(log_probs: Tensor, sentences: Tensor) -> Tensor:
     return top_per_row(log_probs, 1)[1].squeeze(1)
 
 
-def batch_rows(model) -> int:
-    """Rows a search keeps its batch in multiples of: ``LOW_PRECISION_ROWS`` when ``model`` (or
-    any model inside an ensemble) runs its products in low precision, else 1.
-
-    The CPU's bf16 library compiles a kernel for every new product shape, and a batch that
-    shrinks by a row whenever a sentence finishes meets a new shape at almost every step; rows
-    kept in multiples of 8 meet an eighth as many. fp32 products compile nothing, so there a
-    finished sentence leaves at once."""
-    low = any(low_precision_of(m) is not None for m in model.modules()) \
-        if isinstance(model, torch.nn.Module) else False
-    return LOW_PRECISION_ROWS if low else 1
-
-
 @torch.no_grad()
 def _single_path(model, src: Tensor, src_lengths: Tensor, choose: Chooser, cfg: DecodeConfig,
                  return_attention: bool) -> SearchResult:
-    """One hypothesis per sentence, one token per step; finished sentences leave the batch.
-
-    With ``batch_rows(model)`` above 1, a finished sentence's row stays in the batch (as a
-    spare: its tokens go to a spare sentence id, ``batch``, and are dropped) until the sentences
-    still decoding fit in fewer multiples of that many rows. Each row's results depend on that
-    row alone, so spares change no sentence's output."""
+    """One hypothesis per sentence, one token per step; finished sentences leave the batch."""
     batch, device = src.size(0), src.device
-    multiple = batch_rows(model)
     norm = LengthNorm.of(cfg)
     memory, state = model.encode(src, src_lengths)
-    min_all, max_all = (t.to(device) for t in output_lengths(cfg, src_lengths))
-    steps = int(max_all.max()) + 1
-    spare = batch  # the sentence id of spare rows: one more row in out, out_len and log_prob
-    out = src.new_full((batch + 1, steps), EOS_ID)  # token chosen at each step
-    out_len = torch.full((batch + 1,), steps, dtype=torch.long, device=device)
-    log_prob = torch.zeros(batch + 1, device=device)
-    attn = torch.zeros((batch + 1, steps, src.size(1)), device=device) if return_attention \
-        else None
+    min_len, max_len = (t.to(device) for t in output_lengths(cfg, src_lengths))
+    steps = int(max_len.max()) + 1
+    out = src.new_full((batch, steps), EOS_ID)  # token chosen at each step
+    out_len = torch.full((batch,), steps, dtype=torch.long, device=device)
+    log_prob = torch.zeros(batch, device=device)
+    attn = torch.zeros((batch, steps, src.size(1)), device=device) if return_attention else None
     active = torch.arange(batch, device=device)  # sentence id of each row
-    min_len, max_len = min_all, max_all
     prev = src.new_full((batch,), BOS_ID)
     for t in range(steps):
         lp, state, weights = model.step(prev, state, memory, return_attention)  # (N, V)
@@ -125,20 +101,12 @@ def _single_path(model, src: Tensor, src_lengths: Tensor, choose: Chooser, cfg: 
         ended = token == EOS_ID
         if bool(ended.any()):
             out_len[active[ended]] = t + 1
-            live = ~ended if multiple == 1 else ~ended & (active != spare)
-            keep = live.nonzero().view(-1)
+            keep = (~ended).nonzero().view(-1)
             if keep.numel() == 0:
                 break
-            rows = round_up(keep.numel(), multiple)
-            if rows < active.numel():  # fewer rows: the live ones, then spares to fill
-                if rows > keep.numel():
-                    keep = torch.cat([keep, (~live).nonzero().view(-1)[: rows - keep.numel()]])
-                live, active, token = (live.index_select(0, keep), active.index_select(0, keep),
-                                       token.index_select(0, keep))
-                min_len, max_len = min_len.index_select(0, keep), max_len.index_select(0, keep)
-                state, memory = state.select(keep), memory.select(keep)
-            if multiple > 1:  # finished sentences kept as rows become spares
-                active = active.masked_fill(~live, spare)
+            active, token = active.index_select(0, keep), token.index_select(0, keep)
+            min_len, max_len = min_len.index_select(0, keep), max_len.index_select(0, keep)
+            state, memory = state.select(keep), memory.select(keep)
         prev = token
     lengths, sums, rows = out_len.tolist(), log_prob.tolist(), out.tolist()
     n_src = src_lengths.tolist()
@@ -166,7 +134,6 @@ def sample_search(model, src: Tensor, src_lengths: Tensor, seeds: Sequence[int],
     seed and the sentence alone, never on the batch. Scores are the model's own log-probabilities.
     """
     generators = [torch.Generator(device=src.device).manual_seed(int(s)) for s in seeds]
-    generators.append(torch.Generator(device=src.device))  # for spare rows, which are dropped
     temperature, top_k, top_p = cfg.temperature, cfg.top_k, cfg.top_p
 
     def choose(log_probs: Tensor, sentences: Tensor) -> Tensor:
@@ -197,6 +164,66 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig,
     return batched_beam_search(model, src, src_lengths, cfg, return_attention)
 
 
+@dataclass
+class Beams:
+    """The live part of a batched beam search: ``beams`` rows per unfinished sentence, flat."""
+
+    active: Tensor  # (n_act,) sentence id of each group of rows
+    scores: Tensor  # (n_act, beams) summed log-probabilities
+    prefix: Tensor  # (n_act * beams, t + 1) tokens so far, BOS first
+    state: Any  # the model's decoder state, one row per hypothesis
+    memory: Any  # the encoder side (``select`` shares a sentence's copy across its rows)
+    attention: Tensor | None  # (n_act * beams, t, S) attention history, reordered with prefix
+    beams: int = 1  # 1 at the first step (all beams would be the same), then k
+
+    def advance(self, origin: Tensor, tokens: Tensor, scores: Tensor, weights: Tensor | None,
+                k: int) -> None:
+        """Continue rows ``origin`` (n_act * k,) with ``tokens`` (n_act * k,) and ``scores``
+        (n_act, k); the first call turns each sentence's one row into k."""
+        self.prefix = torch.cat([self.prefix.index_select(0, origin), tokens.view(-1, 1)], 1)
+        self.state = self.state.select(origin)
+        if self.beams == 1:
+            n_act = self.active.numel()
+            self.memory = self.memory.select(
+                torch.arange(n_act, device=origin.device).repeat_interleave(k))
+            self.beams = k
+        if self.attention is not None:
+            self.attention = torch.cat([self.attention.index_select(0, origin),
+                                        weights.float().index_select(0, origin).unsqueeze(1)], 1)
+        self.scores = scores
+
+    def keep(self, keep: Tensor) -> None:
+        """Only the sentences ``keep`` (indices into ``active``) go on."""
+        offsets = torch.arange(self.beams, device=keep.device)
+        rows = (keep.unsqueeze(1) * self.beams + offsets).view(-1)
+        self.active, self.scores = self.active.index_select(0, keep), self.scores.index_select(0, keep)
+        self.prefix, self.state, self.memory = (self.prefix.index_select(0, rows),
+                                                self.state.select(rows), self.memory.select(rows))
+        if self.attention is not None:
+            self.attention = self.attention.index_select(0, rows)
+
+
+@dataclass
+class Finished:
+    """Each sentence's finished hypotheses, best first (at most k), and the score of its
+    ``n_best``-th one (NEG_INF while it has fewer)."""
+
+    hypotheses: list[list[Hypothesis]]
+    nth_best: Tensor  # (batch,)
+    k: int
+    n_best: int
+
+    def add(self, sentences: list[int], hyps: list[Hypothesis]) -> None:
+        for sent, hyp in zip(sentences, hyps):
+            self.hypotheses[sent].append(hyp)
+        for sent in set(sentences):
+            fin = self.hypotheses[sent]
+            fin.sort(key=lambda h: h.score, reverse=True)  # stable: earlier (shorter) first on ties
+            del fin[self.k:]
+            if len(fin) >= self.n_best:
+                self.nth_best[sent] = fin[self.n_best - 1].score
+
+
 @torch.no_grad()
 def batched_beam_search(model, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig,
                         return_attention: bool = False) -> SearchResult:
@@ -211,117 +238,100 @@ def batched_beam_search(model, src: Tensor, src_lengths: Tensor, cfg: DecodeConf
     reordered, only compacted when done sentences leave the batch.
     """
     device = src.device
-    batch, k, n_best = src.size(0), cfg.beam_size, cfg.n_best
+    batch, k = src.size(0), cfg.beam_size
     norm = LengthNorm.of(cfg)
-    # The first step runs one row per sentence (all beams would be the same); its best k
-    # continuations then become the k rows of each sentence.
     memory, state = model.encode(src, src_lengths)
     min_len, max_len = (t.to(device) for t in output_lengths(cfg, src_lengths))
-    beam_offsets = torch.arange(k, device=device)
-
-    beams = 1  # rows per sentence: 1 at the first step, then k
-    active = torch.arange(batch, device=device)  # sentence id of each group of rows
-    scores = torch.zeros((batch, 1), device=device)  # (n_act, beams) summed log-probabilities
-    prefix = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)
-    attn_hist = torch.zeros((batch, 0, src.size(1)), device=device) if return_attention \
-        else None  # (rows, steps, S), reordered with prefix
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    nth_best = torch.full((batch,), NEG_INF, device=device)  # n_best-th finished score
+    live = Beams(torch.arange(batch, device=device), torch.zeros((batch, 1), device=device),
+                 torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device), state, memory,
+                 torch.zeros((batch, 0, src.size(1)), device=device) if return_attention else None)
+    finished = Finished([[] for _ in range(batch)], torch.full((batch,), NEG_INF, device=device),
+                        k, cfg.n_best)
     step = 0
-    while active.numel() > 0:
-        n_act = active.numel()
-        lp, state, weights = model.step(prefix[:, -1], state, memory,
-                                        return_attention)  # (n_act * beams, V)
-        vocab = lp.size(-1)
-        forbid_specials(lp, cfg.allow_unk)
-        if cfg.no_repeat_ngram and step:
-            block_repeated_ngrams(lp, prefix[:, 1:], cfg.no_repeat_ngram)
-        act_min, act_max = min_len.index_select(0, active), max_len.index_select(0, active)
-        constrain_length(lp, step, act_min.repeat_interleave(beams),
-                         act_max.repeat_interleave(beams))
-        # A beam has at most one EOS continuation, so the sentence's best k candidates and its
-        # best k non-EOS ones all lie within each beam's own best k + 1: take those per row first
-        # and rank only k * (k + 1) sums (no (N, V) sum, one small topk per sentence).
-        width = min(k + 1, vocab)
-        row_lp, row_tok = top_per_row(lp, width)  # (n_act * beams, width)
-        cand = (scores.view(-1, 1) + row_lp).view(n_act, beams * width)
-        top_scores, top_pos = cand.topk(min(2 * k, beams * width), dim=-1)  # (n_act, <= 2k)
-        beam_origin = torch.div(top_pos, width, rounding_mode="floor")
-        token = row_tok.view(n_act, beams * width).gather(1, top_pos)
-        is_eos = token == EOS_ID
-
+    while live.active.numel() > 0:
+        lp, live.state, weights = model.step(live.prefix[:, -1], live.state, live.memory,
+                                             return_attention)  # (n_act * beams, V)
+        act_min, act_max = min_len.index_select(0, live.active), max_len.index_select(0, live.active)
+        _constrain(lp, live, cfg, step, act_min, act_max)
+        top_scores, beam_origin, token = _candidates(lp, live.scores, k)
         # EOS among the top k candidates finishes a hypothesis (at most k per sentence and step).
+        is_eos = token == EOS_ID
         ends = is_eos[:, :k] & (top_scores[:, :k] > NEG_INF)
         if bool(ends.any()):
-            _store_finished(ends, top_scores, beam_origin, active, prefix, attn_hist, weights,
-                            beams, k, step + 1, norm, n_best, finished, nth_best)
-
+            _store_finished(live, ends, top_scores, beam_origin, weights,
+                            float(norm.divisor(step + 1)), finished)
         # The best k candidates that do not end go on.
         cont, order = top_scores.masked_fill(is_eos, NEG_INF).topk(k, dim=-1)  # (n_act, k)
-        group_start = torch.arange(0, n_act * beams, beams, device=device).unsqueeze(1)
+        n_act = live.active.numel()
+        group_start = torch.arange(0, n_act * live.beams, live.beams, device=device).unsqueeze(1)
         origin = (beam_origin.gather(1, order) + group_start).view(-1)  # rows that go on
-        prefix = torch.cat([prefix.index_select(0, origin), token.gather(1, order).view(-1, 1)], 1)
-        state = state.select(origin)
-        if beams == 1:  # from now on, k rows per sentence
-            memory = memory.select(torch.arange(n_act, device=device).repeat_interleave(k))
-            beams = k
-        if attn_hist is not None:
-            attn_hist = torch.cat([attn_hist.index_select(0, origin),
-                                   weights.float().index_select(0, origin).unsqueeze(1)], 1)
-        scores = cont
+        live.advance(origin, token.gather(1, order), cont, weights, k)
 
         best_live = cont[:, 0]
         bound = best_live / norm.divisor(act_max + 1)
-        done = (step >= act_max) | (best_live == NEG_INF) | (nth_best.index_select(0, active)
-                                                             >= bound)
+        done = (step >= act_max) | (best_live == NEG_INF) | (
+            finished.nth_best.index_select(0, live.active) >= bound)
         if bool(done.any()):  # drop done sentences from every tensor
-            keep = (~done).nonzero().view(-1)
-            rows = (keep.unsqueeze(1) * k + beam_offsets).view(-1)
-            active, scores = active.index_select(0, keep), scores.index_select(0, keep)
-            prefix, state, memory = (prefix.index_select(0, rows), state.select(rows),
-                                     memory.select(rows))
-            if attn_hist is not None:
-                attn_hist = attn_hist.index_select(0, rows)
+            live.keep((~done).nonzero().view(-1))
         step += 1
+    return _beam_result(finished, src_lengths, cfg.n_best, return_attention)
 
+
+def _constrain(lp: Tensor, live: Beams, cfg: DecodeConfig, step: int, act_min: Tensor,
+               act_max: Tensor) -> None:
+    """Forbidden tokens, repeated n-grams and the length limits, in place on lp (rows, V)."""
+    forbid_specials(lp, cfg.allow_unk)
+    if cfg.no_repeat_ngram and step:
+        block_repeated_ngrams(lp, live.prefix[:, 1:], cfg.no_repeat_ngram)
+    constrain_length(lp, step, act_min.repeat_interleave(live.beams),
+                     act_max.repeat_interleave(live.beams))
+
+
+def _candidates(lp: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The best ``2k`` continuations of each sentence: their summed scores (n_act, <= 2k), the
+    beam each extends (its place within the sentence's rows) and the token.
+
+    A beam has at most one EOS continuation, so the sentence's best k candidates and its best k
+    non-EOS ones all lie within each beam's own best k + 1: those are taken per row first, and
+    only k * (k + 1) sums are ranked (no (N, V) sum, one small topk per sentence)."""
+    n_act, beams = scores.shape
+    width = min(k + 1, lp.size(-1))
+    row_lp, row_tok = top_per_row(lp, width)  # (n_act * beams, width)
+    cand = (scores.view(-1, 1) + row_lp).view(n_act, beams * width)
+    top_scores, top_pos = cand.topk(min(2 * k, beams * width), dim=-1)
+    beam_origin = torch.div(top_pos, width, rounding_mode="floor")
+    return top_scores, beam_origin, row_tok.view(n_act, beams * width).gather(1, top_pos)
+
+
+def _store_finished(live: Beams, ends: Tensor, top_scores: Tensor, beam_origin: Tensor,
+                    weights: Tensor | None, divisor: float, finished: Finished) -> None:
+    """Move the hypotheses that just produced EOS (``ends``, (n_act, k)) into their sentences'
+    finished lists, scored with the length normalizer's ``divisor``."""
+    row, col = ends.nonzero(as_tuple=True)
+    origin = row * live.beams + beam_origin[row, col]
+    tokens = live.prefix.index_select(0, origin)[:, 1:].tolist()
+    raw = top_scores[row, col].tolist()
+    atts = None
+    if live.attention is not None:
+        atts = torch.cat([live.attention.index_select(0, origin),
+                          weights.float().index_select(0, origin).unsqueeze(1)], 1).cpu()
+    hyps = [Hypothesis(tokens[j], raw[j] / divisor, raw[j], atts[j] if atts is not None else None)
+            for j in range(len(raw))]
+    finished.add(live.active.index_select(0, row).tolist(), hyps)
+
+
+def _beam_result(finished: Finished, src_lengths: Tensor, n_best: int,
+                 return_attention: bool) -> SearchResult:
     n_src = src_lengths.tolist()
     result = []
-    for sent in range(batch):
-        hyps = finished[sent][:n_best] or [Hypothesis([], NEG_INF, NEG_INF)]
+    for sent, found in enumerate(finished.hypotheses):
+        hyps = found[:n_best] or [Hypothesis([], NEG_INF, NEG_INF)]
         if return_attention:
             for h in hyps:
                 if h.attention is not None:
                     h.attention = h.attention[:, : n_src[sent]]
         result.append(hyps)
     return SearchResult(result)
-
-
-def _store_finished(ends: Tensor, top_scores: Tensor, beam_origin: Tensor, active: Tensor,
-                    prefix: Tensor, attn_hist: Tensor | None, weights: Tensor, beams: int,
-                    k: int, length: int, norm: LengthNorm, n_best: int,
-                    finished: list[list[Hypothesis]], nth_best: Tensor) -> None:
-    """Move the hypotheses that just produced EOS into their sentences' finished lists."""
-    row, col = ends.nonzero(as_tuple=True)
-    origin = row * beams + beam_origin[row, col]
-    tokens = prefix.index_select(0, origin)[:, 1:].tolist()
-    raw = top_scores[row, col].tolist()
-    sents = active.index_select(0, row).tolist()
-    atts = None
-    if attn_hist is not None:
-        atts = torch.cat([attn_hist.index_select(0, origin),
-                          weights.float().index_select(0, origin).unsqueeze(1)], 1).cpu()
-    divisor = float(norm.divisor(length))
-    touched = set()
-    for j, sent in enumerate(sents):
-        att = atts[j] if atts is not None else None
-        finished[sent].append(Hypothesis(tokens[j], raw[j] / divisor, raw[j], att))
-        touched.add(sent)
-    for sent in touched:
-        fin = finished[sent]
-        fin.sort(key=lambda h: h.score, reverse=True)  # stable: earlier (shorter) first on ties
-        del fin[k:]
-        if len(fin) >= n_best:
-            nth_best[sent] = fin[n_best - 1].score
 
 
 @torch.no_grad()

@@ -21,24 +21,16 @@ import os
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence
+from typing import IO, Any, Iterator, Sequence
 
-from nmt_cli.config import DecodeConfig, with_overrides
-from nmt_cli.decoding.ct2 import Ct2Model, is_exported, load_exported, thread_split
-from nmt_cli.decoding.ct2 import score_references as ct2_score_references
-from nmt_cli.decoding.ct2 import translate_lines as ct2_translate_lines
-from nmt_cli.errors import CheckpointError, DataError, NmtError
+from nmt_cli.config import DecodeConfig
+from nmt_cli.decoding.engine import Engine, EngineSettings, open_engine
+from nmt_cli.decoding.hypotheses import Translation
+from nmt_cli.errors import DataError, NmtError
 from nmt_cli.files import default_mode, replace_durably
 from nmt_cli.text.bitext import BOM, open_binary
-
-if TYPE_CHECKING:
-    import torch
-
-# torch, the checkpoint reader and nmt's own search are imported where a checkpoint is used: an
-# exported CTranslate2 model translates without them, so its start-up does not pay for torch.
 
 
 @dataclass
@@ -143,59 +135,6 @@ def read_lines(path: Path, decode: Utf8Lines) -> Iterator[str]:
             yield decode(raw, lineno)
 
 
-def _int8_quantizer():
-    """``torch.ao.quantization.quantize_dynamic``, or one clear error where this torch lacks it."""
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():  # torch >= 2.9 announces a move to torchao; it still works
-        warnings.simplefilter("ignore")
-        try:
-            from torch.ao.quantization import quantize_dynamic
-        except ImportError:
-            raise NmtError(f"--quantize int8 needs torch.ao.quantization.quantize_dynamic, which "
-                           f"torch {torch.__version__} no longer has (PyTorch deprecated it); "
-                           "translate without --quantize, or install a torch that still has "
-                           "it") from None
-    return quantize_dynamic
-
-
-def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """Dynamic int8 quantization of every Linear layer (weights int8, activations quantized on the
-    fly); CPU only."""
-    import warnings
-
-    import torch
-
-    quantize_dynamic = _int8_quantizer()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-
-
-def load_models(paths: Sequence[Path], device: torch.device, quantize: str | None = None):
-    """One model, or an ensemble of several that share one tokenizer; the first one's recipe."""
-    from nmt_cli.checkpoint import load_checkpoint, model_from_checkpoint
-    from nmt_cli.decoding.ensemble import Ensemble
-
-    if quantize is not None and device.type != "cpu":
-        raise NmtError(f"--quantize {quantize} runs on the CPU only; add --device cpu")
-    if quantize == "int8":
-        _int8_quantizer()  # before any checkpoint is read
-    models, first_tok, recipe = [], None, None
-    for path in paths:
-        model, tok, rcp = model_from_checkpoint(load_checkpoint(path, mmap=True), path, device)
-        if first_tok is None:
-            first_tok, recipe = tok, rcp
-        elif (tok.src_bytes, tok.tgt_bytes) != (first_tok.src_bytes, first_tok.tgt_bytes):
-            raise CheckpointError(f"{path}: its tokenizer differs from {paths[0]}'s; an ensemble "
-                                  "needs models trained with the same tokenizer")
-        models.append(quantize_int8(model) if quantize == "int8" else model)
-    model = models[0] if len(models) == 1 else Ensemble(models).eval()
-    return model, first_tok, recipe
-
-
 class _Output:
     """A text output: stdout, or a file written under a temporary name and renamed on commit.
 
@@ -240,7 +179,8 @@ def _one_line(text: str) -> str:
 def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
                    output_path: Path | None, *, device: str = "auto",
                    options: TranslateOptions | None = None, **decode: Any) -> TranslateStats:
-    """Translate (or score) a file or stdin with one checkpoint or an ensemble of several.
+    """Translate (or score) a file or stdin with one checkpoint, an ensemble of several, or a
+    folder written by ``nmt export``.
 
     Keyword arguments beyond ``device`` and ``options`` are ``DecodeConfig`` keys
     (``beam_size=4``); they change the (first) checkpoint's ``decode`` settings through the same
@@ -249,81 +189,54 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
     opts = options or TranslateOptions()
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     start = time.time()
-    engine = _exported_model(paths, opts, device)
-    dev = None  # the engine places itself (--device goes to ctranslate2.Translator)
-    if engine is None:
-        import torch
-
-        from nmt_cli.decoding.inference import translate_lines
-        from nmt_cli.runtime import for_decoding, pick_device
-
-        dev = pick_device(device)
-        workers, threads_before = 1, torch.get_num_threads()
-        if dev.type == "cpu":  # batches side by side, like the exported engine (thread_split)
-            intra, workers = thread_split("cpu", opts.threads or threads_before,
-                                          opts.inter_threads)
-            torch.set_num_threads(intra)
-        elif opts.threads:
-            torch.set_num_threads(opts.threads)
     if opts.plot_attention is not None:
         from nmt_cli.decoding.alignment import require_matplotlib
 
         require_matplotlib()
-    if engine is None:
-        model, tok, recipe = load_models([Path(p) for p in paths], dev, opts.quantize)
-    else:
-        model, tok, recipe = engine, engine.tok, engine.recipe
-    cfg = with_overrides(recipe.decode, decode, "decode")
-    if engine is None:
-        precision = decoding_precision(cfg, dev, opts.quantize)
-        model = for_decoding(model, precision)
-    else:  # the engine computes in the type the model was exported with
-        precision = f"ctranslate2 {engine.metadata.get('quantization', '')}".strip()
-    tsv = opts.tsv or cfg.n_best > 1
-    if opts.score_reference is not None and (tsv or opts.alignments or opts.plot_attention):
+    engine = open_engine(paths, EngineSettings(device, opts.threads, opts.inter_threads,
+                                               opts.quantize, decode))
+    try:
+        cfg = engine.defaults
+        _check_options(engine, opts, cfg)
+        stats = TranslateStats(precision=engine.precision)
+        _run(engine, cfg, input_path, output_path, opts, stats)
+    finally:
+        engine.close()
+    stats.seconds = time.time() - start
+    return stats
+
+
+def _check_options(engine: Engine, opts: TranslateOptions, cfg: DecodeConfig) -> None:
+    """Refuse the output forms that cannot go together, or that this engine cannot give."""
+    if not engine.can_align:
+        for flag, value in (("--alignments", opts.alignments),
+                            ("--plot-attention", opts.plot_attention)):
+            if value is not None:
+                raise NmtError(f"{flag} does not work on an exported CTranslate2 model (use the "
+                               ".pt checkpoint)")
+    if opts.score_reference is not None and (opts.tsv or cfg.n_best > 1 or opts.alignments
+                                             or opts.plot_attention):
         raise NmtError("--score-reference prints one score per line; it cannot be combined with "
                        "--n-best, --alignments or --plot-attention")
 
-    stats = TranslateStats(precision=precision)
+
+def _run(engine: Engine, cfg: DecodeConfig, input_path: Path | None, output_path: Path | None,
+         opts: TranslateOptions, stats: TranslateStats) -> None:
+    """Read the input in chunks, translate or score them, and publish the outputs at the end."""
     in_stream = open_binary(input_path) if input_path else sys.stdin.buffer
     source = Utf8Lines(str(input_path) if input_path else "<stdin>", cfg.invalid_utf8)
     reference = Utf8Lines(str(opts.score_reference), cfg.invalid_utf8)
-    norm = recipe.preprocess.normalize
     outputs: list[_Output] = []
     try:
         outputs.append(_Output(output_path))
-        align_out = None
         if opts.alignments is not None:
-            align_out = _Output(opts.alignments)
-            outputs.append(align_out)
-        out = outputs[0].fh
-        with torch.inference_mode() if engine is None else nullcontext():
-            chunks = read_chunks(in_stream, source, opts.chunk_lines)
-            if opts.score_reference is not None:
-                refs = read_lines(opts.score_reference, reference)
-                _score_stream(model, tok, recipe, cfg, dev, chunks, refs, opts.score_reference,
-                              out, stats)
-            else:
-                want_attention = align_out is not None or opts.plot_attention is not None
-                for chunk in chunks:
-                    if engine is not None:
-                        found = ct2_translate_lines(engine, chunk, cfg, normalize=norm,
-                                                    first_index=stats.sentences)
-                    else:
-                        found = translate_lines(model, tok, chunk, cfg, normalize=norm,
-                                                device=dev, return_attention=want_attention,
-                                                first_index=stats.sentences, workers=workers)
-                    for t in found:
-                        _write_translation(t, stats.sentences, out, tsv)
-                        if want_attention:
-                            _write_attention(t, stats.sentences, tok, align_out,
-                                             opts.plot_attention)
-                        stats.sentences += 1
-                        stats.src_tokens += t.src_pieces
-                        stats.tgt_tokens += len(t.hypotheses[0].tokens) if t.hypotheses else 0
-                        stats.truncated += t.truncated
-                    for o in outputs:
-                        o.fh.flush()
+            outputs.append(_Output(opts.alignments))
+        chunks = read_chunks(in_stream, source, opts.chunk_lines)
+        if opts.score_reference is not None:
+            refs = read_lines(opts.score_reference, reference)
+            _score_stream(engine, cfg, chunks, refs, opts.score_reference, outputs[0].fh, stats)
+        else:
+            _translate_stream(engine, cfg, chunks, opts, outputs, stats)
         for o in outputs:
             o.commit()
     finally:
@@ -331,42 +244,28 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
             in_stream.close()
         for o in outputs:
             o.discard()
-        if engine is None:
-            torch.set_num_threads(threads_before)
     stats.warnings = [w for w in (source.warning(), reference.warning()) if w]
-    stats.seconds = time.time() - start
-    return stats
 
 
-def decoding_precision(cfg: DecodeConfig, device: torch.device, quantize: str | None) -> str:
-    """``decode.precision`` resolved for ``device``; int8 linear layers run with fp32 around them."""
-    from nmt_cli.runtime import resolve_precision
-
-    if quantize is None:
-        return resolve_precision(cfg.precision, device, "decode.precision")
-    if cfg.precision not in ("auto", "fp32"):
-        raise NmtError(f"--quantize {quantize} cannot be combined with --precision "
-                       f"{cfg.precision} (decode.precision); use --precision fp32 or auto")
-    return "fp32"
-
-
-def _exported_model(paths: list, opts: TranslateOptions, device: str) -> Ct2Model | None:
-    """The CTranslate2 model when ``paths`` is one folder written by ``nmt export``, after
-    refusing what the engine cannot do; None for checkpoints."""
-    exported = [Path(p) for p in paths if is_exported(Path(p))]
-    if not exported:
-        return None
-    if len(paths) > 1:
-        raise NmtError(f"{exported[0]}: an exported CTranslate2 model cannot be part of an "
-                       "ensemble; give one -m, or ensemble the .pt checkpoints")
-    refused = {"--quantize": opts.quantize, "--alignments": opts.alignments,
-               "--plot-attention": opts.plot_attention}
-    for flag, value in refused.items():
-        if value is not None:
-            hint = (" (choose --quantization when exporting)" if flag == "--quantize"
-                    else " (use the .pt checkpoint)")
-            raise NmtError(f"{flag} does not work on an exported CTranslate2 model{hint}")
-    return load_exported(exported[0], device, opts.threads, opts.inter_threads)
+def _translate_stream(engine: Engine, cfg: DecodeConfig, chunks: Iterator[list[str]],
+                      opts: TranslateOptions, outputs: list[_Output],
+                      stats: TranslateStats) -> None:
+    out, align_out = outputs[0].fh, outputs[1] if len(outputs) > 1 else None
+    tsv = opts.tsv or cfg.n_best > 1
+    want_attention = align_out is not None or opts.plot_attention is not None
+    for chunk in chunks:
+        found = engine.translate_lines(chunk, cfg, return_attention=want_attention,
+                                       first_index=stats.sentences)
+        for t in found:
+            _write_translation(t, stats.sentences, out, tsv)
+            if want_attention:
+                _write_attention(t, stats.sentences, engine.tok, align_out, opts.plot_attention)
+            stats.sentences += 1
+            stats.src_tokens += t.src_pieces
+            stats.tgt_tokens += len(t.hypotheses[0].tokens) if t.hypotheses else 0
+            stats.truncated += t.truncated
+        for o in outputs:
+            o.fh.flush()
 
 
 def _write_translation(t: Translation, index: int, out: IO[str], tsv: bool) -> None:
@@ -395,27 +294,18 @@ def _write_attention(t: Translation, index: int, tok, align_out: "_Output | None
         plot_attention(hyp.attention, src_pieces, tgt_pieces, plot_dir / f"{index:06d}.png")
 
 
-def _score_stream(model, tok, recipe, cfg: DecodeConfig, dev, chunks: Iterator[list[str]],
+def _score_stream(engine: Engine, cfg: DecodeConfig, chunks: Iterator[list[str]],
                   refs: Iterator[str], reference: Path, out: IO[str],
                   stats: TranslateStats) -> None:
-    norm = recipe.preprocess.normalize
     for chunk in chunks:
         ref_chunk = [line for _, line in zip(range(len(chunk)), refs)]
         if len(ref_chunk) < len(chunk):
             raise DataError(f"the reference has fewer lines ({stats.sentences + len(ref_chunk)}) "
                             "than the input; give one reference line per input line", reference)
-        if isinstance(model, Ct2Model):
-            scores = ct2_score_references(model, chunk, ref_chunk, normalize=norm,
-                                          max_src_len=cfg.max_src_len)
-        else:
-            from nmt_cli.decoding.inference import score_references
-
-            scores = score_references(model, tok, chunk, ref_chunk, cfg, normalize=norm,
-                                      device=dev)
-        for score in scores:
+        for score in engine.score_references(chunk, ref_chunk, cfg):
             out.write(f"{score:.4f}\n")
         stats.sentences += len(chunk)
-        stats.tgt_tokens += sum(len(ids) + 1 for ids in tok.encode_tgt(ref_chunk))
+        stats.tgt_tokens += sum(len(ids) + 1 for ids in engine.tok.encode_tgt(ref_chunk))
         out.flush()
     if next(refs, None) is not None:
         raise DataError(f"the reference has more lines than the input ({stats.sentences}); give "

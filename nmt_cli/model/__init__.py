@@ -6,7 +6,7 @@ from torch import nn
 from nmt_cli.config import ModelConfig
 from nmt_cli.model.contract import DecodingModel, Selectable, TrainableModel
 from nmt_cli.model.decoder import DecoderState, Memory
-from nmt_cli.model.seq2seq import Seq2Seq, count_parameters
+from nmt_cli.model.rnn import Seq2Seq, count_parameters
 from nmt_cli.model.transformer import Transformer, TransformerMemory, TransformerState
 
 ARCHS: dict[str, type[nn.Module]] = {"rnn": Seq2Seq, "transformer": Transformer}

@@ -29,11 +29,10 @@ class Memory:
     values: Tensor  # (B, S, M)
     keys: Tensor  # (B, S, K)
     mask: Tensor  # (B, S) True on real tokens
-    width: Optional[int] = None  # the source's width before low-precision padding
 
     def select(self, index: Tensor) -> "Memory":
         return Memory(self.values.index_select(0, index), self.keys.index_select(0, index),
-                      self.mask.index_select(0, index), self.width)
+                      self.mask.index_select(0, index))
 
 
 @dataclass
@@ -66,8 +65,8 @@ class RecurrentDecoder(nn.Module):
     # -- set-up ------------------------------------------------------------------------------
 
     def memory(self, enc_outputs: Tensor, src_mask: Tensor) -> Memory:
-        # fp32 values even with bf16 weights: bf16 sums over the padded source length depend on
-        # that length, so a sentence would attend differently alone and in a batch
+        # fp32 values whatever the weights' type (a model cast to bf16 or fp16 on a GPU): the
+        # attention's weighted sum over the source runs in fp32
         return Memory(enc_outputs.float(), self.attention.project_keys(enc_outputs), src_mask)
 
     def init_state(self, enc_final: Tensor) -> DecoderState:

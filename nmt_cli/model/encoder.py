@@ -7,7 +7,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt_cli.config import EncoderConfig
 from nmt_cli.model.dropout import Dropout
-from nmt_cli.runtime import LowPrecisionGRU
 
 RNN_CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -26,14 +25,8 @@ class RecurrentEncoder(nn.Module):
         """embedded (B, S, E), src_lengths (B,) -> outputs (B, S, O), final (B, O).
 
         Sequences are packed, so padding never reaches the RNN and cannot change a result.
-        ``final`` is the last layer's final state, both directions concatenated. A GRU cast for
-        low-precision decoding runs over the padded batch instead
-        (``runtime.LowPrecisionGRU.forward_padded``), which keeps each row's bits independent of
-        the others'.
+        ``final`` is the last layer's final state, both directions concatenated.
         """
-        if isinstance(self.rnn, LowPrecisionGRU) and not self.training:
-            outputs, hidden = self.rnn.forward_padded(embedded, src_lengths)
-            return self.dropout(outputs), self._final(hidden)
         packed = pack_padded_sequence(embedded, src_lengths.cpu(), batch_first=True,
                                       enforce_sorted=False)
         outputs, hidden = self.rnn(packed)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nmt_cli.config import ServeConfig
-from nmt_cli.errors import CheckpointError, NmtError
+from nmt_cli.errors import NmtError
 
 
 def require_server_extra() -> None:
@@ -49,12 +49,9 @@ def run_server(paths: Sequence[Path], settings: ServeConfig, device: str = "auto
 
     from nmt_cli.serve.app import Service, make_app
 
-    from nmt_cli.decoding.ct2 import is_exported
+    from nmt_cli.decoding.engine import check_model_paths
 
-    for path in paths:
-        if not Path(path).is_file() and not is_exported(Path(path)):  # nmt export's folders too
-            raise CheckpointError(f"{path}: checkpoint not found; train one with 'nmt train "
-                                  "RECIPE' (checkpoints are written to WORKDIR/checkpoints/)")
+    check_model_paths(paths)  # before the port is taken
     service = Service([Path(p) for p in paths], settings, device, decode, quantize)
     sock = listen(settings.host, settings.port)
     host, port = sock.getsockname()[:2]

@@ -56,6 +56,7 @@ class Service:
         self.on_failure: Callable[[], None] = lambda: None
         self.defaults: DecodeConfig | None = None
         self.info: dict[str, Any] = {}
+        self.engine: Any = None  # the decoding engine, once loaded
         self._unique = itertools.count()
         self._faults = dict(f.split(":", 1) for f in os.environ.get(FAULT_ENV, "").split(",")
                             if f.startswith("serve-") and ":" in f)
@@ -68,41 +69,16 @@ class Service:
         """Load the model and warm it up; on a user error, record it and stop the server."""
         start = time.perf_counter()
         try:
-            import torch
-
-            from nmt_cli.model import count_parameters
             from nmt_cli.checkpoint import library_versions
-            from nmt_cli.runtime import for_decoding, pick_device
-            from nmt_cli.decoding.translate import decoding_precision, load_models
+            from nmt_cli.decoding.engine import EngineSettings, open_engine
 
-            from nmt_cli.decoding.ct2 import is_exported, load_exported
-
-            if self.settings.threads:
-                torch.set_num_threads(self.settings.threads)
-            self.engine = None  # a CTranslate2 model when -m is a folder written by nmt export
-            if len(self.paths) == 1 and is_exported(self.paths[0]):
-                if self.quantize:
-                    raise NmtError("--quantize does not work on an exported CTranslate2 model "
-                                   "(choose --quantization when exporting)")
-                self.engine = load_exported(self.paths[0], self.device_name,
-                                            self.settings.threads)
-                self.device = self.engine.translator.device
-                self.model, self.tok, recipe = self.engine, self.engine.tok, self.engine.recipe
-                parameters = self.engine.metadata.get("parameters", 0)
-            else:
-                self.device = pick_device(self.device_name)
-                self.model, self.tok, recipe = load_models(self.paths, self.device,
-                                                           self.quantize)
-                parameters = count_parameters(self.model)
-            self.normalize = recipe.preprocess.normalize  # the clean-up the model was trained on
-            self.defaults = with_overrides(recipe.decode, self.decode_overrides, "decode")
-            if self.engine is None:  # decode.precision, as nmt translate applies it
-                self.precision = decoding_precision(self.defaults, self.device, self.quantize)
-                self.model = for_decoding(self.model, self.precision)
-            else:
-                self.precision = f"ctranslate2 {self.engine.metadata.get('quantization', '')}"
+            # one search at a time, on every thread asked for (the batcher is the one caller)
+            self.engine = open_engine(self.paths, EngineSettings(
+                self.device_name, self.settings.threads, 1, self.quantize,
+                self.decode_overrides))
+            self.defaults, self.precision = self.engine.defaults, self.engine.precision
             self._run(self.defaults, False, ["warm up"])
-            self.info = self._model_info(recipe, parameters, library_versions())
+            self.info = self._model_info(self.engine.recipe, library_versions())
         except NmtError as exc:
             self.error = exc
         except Exception as exc:  # noqa: BLE001 - reported as one line, the server stops
@@ -115,17 +91,7 @@ class Service:
                  f"{time.perf_counter() - start:.1f} s, {self.precision}", always=True)
 
     def _run(self, cfg: DecodeConfig, attention: bool, lines: list[str]):
-        import torch
-
-        from nmt_cli.decoding.inference import translate_lines
-
-        if self.engine is not None:
-            from nmt_cli.decoding.ct2 import translate_lines as ct2_translate_lines
-
-            return ct2_translate_lines(self.engine, lines, cfg, normalize=self.normalize)
-        with torch.inference_mode():
-            return translate_lines(self.model, self.tok, lines, cfg, normalize=self.normalize,
-                                   device=self.device, return_attention=attention)
+        return self.engine.translate_lines(lines, cfg, return_attention=attention)
 
     def _translate(self, key: tuple, lines: list[str]):
         cfg, attention, _ = key
@@ -140,7 +106,7 @@ class Service:
         self.log(f"batch: {report.requests} requests, {report.sentences} sentences, "
                  f"{report.groups} groups, {report.seconds * 1000:.1f} ms{failed}")
 
-    def _model_info(self, recipe, parameters: int, versions: dict[str, str]) -> dict[str, Any]:
+    def _model_info(self, recipe, versions: dict[str, str]) -> dict[str, Any]:
         import fastapi
         import uvicorn
 
@@ -151,13 +117,13 @@ class Service:
             "checkpoints": [str(p) for p in self.paths],
             "languages": {"source": recipe.data.src_lang, "target": recipe.data.tgt_lang},
             "architecture": to_dict(recipe.model),
-            "parameters": parameters,
+            "parameters": self.engine.parameters,
             "vocabulary": {"source": self.tok.src_vocab_size, "target": self.tok.tgt_vocab_size,
                            "joint": self.tok.joint},
             "tokenizer_sha256": self.tok.sha256(),
             "versions": {**versions, "fastapi": fastapi.__version__,
                          "uvicorn": uvicorn.__version__},
-            "device": str(self.device),
+            "device": self.engine.device,
             "precision": self.precision,  # decode.precision as resolved when the model loaded
             "decode": to_dict(self.defaults),
             "limits": limits,
@@ -169,7 +135,7 @@ class Service:
         assert self.defaults is not None
         req = parse_request(raw, self.defaults, self.settings)
         opts = req.options
-        if opts.return_alignments and getattr(self, "engine", None) is not None:
+        if opts.return_alignments and not self.engine.can_align:
             raise ApiError(400, "return_alignments", "not available on an exported CTranslate2 "
                                                      "model; serve the .pt checkpoint for it")
         # Sampling seeds follow the line number within the request, as in `nmt translate`, so a

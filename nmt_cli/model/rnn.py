@@ -13,7 +13,6 @@ from nmt_cli.ids import PAD_ID
 from nmt_cli.model.decoder import DecoderState, Memory, RecurrentDecoder
 from nmt_cli.model.encoder import RecurrentEncoder
 from nmt_cli.model.dropout import Dropout
-from nmt_cli.runtime import low_precision_of, pad_source
 
 
 class Seq2Seq(nn.Module):
@@ -68,15 +67,10 @@ class Seq2Seq(nn.Module):
     # -- encoder side -----------------------------------------------------------------------
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Memory, DecoderState]:
-        """src (B, S) padded ids, src_lengths (B,) -> what the decoder attends to, its first state.
-        In low-precision decoding the source is padded further (``runtime.pad_source``)."""
-        width = src.size(1)
-        src = pad_source(src, low_precision_of(self))
+        """src (B, S) padded ids, src_lengths (B,) -> what the decoder attends to, its first state."""
         embedded = self.emb_dropout(self.src_embed(src))
         outputs, final = self.encoder(embedded, src_lengths)
-        memory = self.decoder.memory(outputs, src != PAD_ID)
-        memory.width = width
-        return memory, self.decoder.init_state(final)
+        return self.decoder.memory(outputs, src != PAD_ID), self.decoder.init_state(final)
 
     # -- decoder side -----------------------------------------------------------------------
 
@@ -102,8 +96,7 @@ class Seq2Seq(nn.Module):
         ``need_attention`` says."""
         vector, state, weights = self.decoder.step(self.tgt_embed(prev_tokens), state, memory)
         logits = self.output_layer(vector)
-        return (torch.log_softmax(logits, dim=-1, dtype=torch.float32), state,
-                weights[:, :memory.width])
+        return torch.log_softmax(logits, dim=-1, dtype=torch.float32), state, weights
 
 
 def _cpu_autocast_on() -> bool:

@@ -1,0 +1,255 @@
+"""The one door to decoding: ``open_engine(paths, settings)`` gives an ``Engine`` for a checkpoint,
+an ensemble of checkpoints or a folder written by ``nmt export``, and ``translate`` and ``serve``
+call nothing else. Which engine runs a model, on which device, at which precision and with how
+many threads is decided here, once.
+
+- ``TorchEngine``: nmt's own search over one model or an ensemble (``inference``, ``search``).
+  On the CPU it decodes in fp32 (``decode.precision: auto``); an explicit bf16 or fp16 there is
+  refused with a pointer to ``nmt export``. On a GPU bf16 and fp16 cast the whole model and run
+  the ordinary kernels.
+- ``Ct2Engine``: CTranslate2 over an exported folder (``ct2``); it needs no torch.
+
+torch is imported only where a checkpoint is opened, so an exported model starts without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
+
+from nmt_cli.config import DecodeConfig, Recipe, with_overrides
+from nmt_cli.decoding import ct2
+from nmt_cli.decoding.hypotheses import Translation
+from nmt_cli.errors import CheckpointError, ConfigError, NmtError
+
+if TYPE_CHECKING:
+    import torch
+
+    from nmt_cli.text.tokenizer import Tokenizers
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How to open a model: where it runs and with what, besides its recipe's decode settings."""
+
+    device: str = "auto"  # auto, cpu or cuda
+    threads: int = 0  # CPU threads in all (0: one per core this process may use)
+    inter_threads: int = 0  # on the CPU, batches searched side by side; 0: one per thread
+    quantize: str | None = None  # "int8": torch dynamic quantization of the RNN's linear layers
+    decode: dict[str, Any] = field(default_factory=dict)  # decode.* keys over the recipe's
+
+
+class Engine(Protocol):
+    """What translate and serve use, whichever engine holds the model.
+
+    ``translate_lines`` gives one ``Translation`` per input line, in order, each with
+    ``cfg.n_best`` hypotheses (or samples) best first; ``score_references`` the summed
+    log-probability (EOS included) of each reference given its source line."""
+
+    tok: Tokenizers
+    recipe: Recipe
+    defaults: DecodeConfig  # the recipe's decode section with the settings' decode keys
+    precision: str  # what the engine computes in, for reports ("fp32", "ctranslate2 int8")
+    device: str
+    parameters: int
+    can_align: bool  # attention (alignments, plots) is available
+
+    def translate_lines(self, lines: list[str], cfg: DecodeConfig, *,
+                        return_attention: bool = False,
+                        first_index: int = 0) -> list[Translation]: ...
+
+    def score_references(self, lines: list[str], references: list[str],
+                         cfg: DecodeConfig) -> list[float]: ...
+
+    def close(self) -> None: ...
+
+
+def open_engine(paths: Path | Sequence[Path], settings: EngineSettings) -> Engine:
+    """The engine for one checkpoint, several (an ensemble) or one exported folder."""
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    exported = [p for p in paths if ct2.is_exported(p)]
+    if not exported:
+        return TorchEngine(paths, settings)
+    if len(paths) > 1:
+        raise NmtError(f"{exported[0]}: an exported CTranslate2 model cannot be part of an "
+                       "ensemble; give one -m, or ensemble the .pt checkpoints")
+    if settings.quantize is not None:
+        raise NmtError("--quantize does not work on an exported CTranslate2 model (choose "
+                       "--quantization when exporting)")
+    return Ct2Engine(exported[0], settings)
+
+
+def check_model_paths(paths: Sequence[Path]) -> None:
+    """Every path is a checkpoint file or an exported folder, or one error naming it."""
+    for path in map(Path, paths):
+        if not path.is_file() and not ct2.is_exported(path):
+            raise CheckpointError(f"{path}: checkpoint not found; train one with 'nmt train "
+                                  "RECIPE' (checkpoints are written to WORKDIR/checkpoints/)")
+
+
+class Ct2Engine:
+    """An exported model on CTranslate2; it computes in the type it was exported with."""
+
+    can_align = False
+
+    def __init__(self, folder: Path, settings: EngineSettings):
+        self.model = ct2.load_exported(folder, settings.device, settings.threads,
+                                       settings.inter_threads)
+        self.tok, self.recipe = self.model.tok, self.model.recipe
+        self.defaults = with_overrides(self.recipe.decode, settings.decode, "decode")
+        self.precision = f"ctranslate2 {self.model.metadata.get('quantization', '')}".strip()
+        self.device = str(self.model.translator.device)
+        self.parameters = int(self.model.metadata.get("parameters", 0))
+
+    def translate_lines(self, lines: list[str], cfg: DecodeConfig, *,
+                        return_attention: bool = False,
+                        first_index: int = 0) -> list[Translation]:
+        return ct2.translate_lines(self.model, lines, cfg, normalize=self.recipe.preprocess.normalize,
+                                   first_index=first_index)
+
+    def score_references(self, lines: list[str], references: list[str],
+                         cfg: DecodeConfig) -> list[float]:
+        return ct2.score_references(self.model, lines, references,
+                                    normalize=self.recipe.preprocess.normalize,
+                                    max_src_len=cfg.max_src_len)
+
+    def close(self) -> None:
+        pass
+
+
+class TorchEngine:
+    """One checkpoint, or an ensemble of several sharing one tokenizer, on nmt's own search."""
+
+    can_align = True
+
+    def __init__(self, paths: list[Path], settings: EngineSettings):
+        import torch
+
+        from nmt_cli.model import count_parameters
+        from nmt_cli.runtime import DTYPES, pick_device
+
+        self._device = pick_device(settings.device)
+        self.device = str(self._device)
+        self._threads_before = torch.get_num_threads()
+        self.workers = 1
+        if self._device.type == "cpu":  # batches side by side, as CTranslate2 runs them
+            intra, self.workers = ct2.thread_split("cpu", settings.threads or self._threads_before,
+                                                   settings.inter_threads)
+            torch.set_num_threads(intra)
+        elif settings.threads:
+            torch.set_num_threads(settings.threads)
+        try:
+            if settings.quantize is not None and self._device.type != "cpu":
+                raise NmtError(f"--quantize {settings.quantize} runs on the CPU only; add "
+                               "--device cpu")
+            quantize = _int8_quantizer() if settings.quantize == "int8" else None
+            model, self.tok, self.recipe = load_models(paths, self._device, quantize)
+            self.defaults = with_overrides(self.recipe.decode, settings.decode, "decode")
+            self.precision = decoding_precision(self.defaults, self._device, settings.quantize)
+            if self.precision != "fp32":
+                model = model.to(DTYPES[self.precision])
+        except BaseException:
+            self.close()
+            raise
+        self.model = model
+        self.parameters = count_parameters(model)
+
+    def translate_lines(self, lines: list[str], cfg: DecodeConfig, *,
+                        return_attention: bool = False,
+                        first_index: int = 0) -> list[Translation]:
+        import torch
+
+        from nmt_cli.decoding.inference import translate_lines
+
+        with torch.inference_mode():
+            return translate_lines(self.model, self.tok, lines, cfg,
+                                   normalize=self.recipe.preprocess.normalize, device=self._device,
+                                   return_attention=return_attention, first_index=first_index,
+                                   workers=self.workers)
+
+    def score_references(self, lines: list[str], references: list[str],
+                         cfg: DecodeConfig) -> list[float]:
+        import torch
+
+        from nmt_cli.decoding.inference import score_references
+
+        with torch.inference_mode():
+            return score_references(self.model, self.tok, lines, references, cfg,
+                                    normalize=self.recipe.preprocess.normalize,
+                                    device=self._device)
+
+    def close(self) -> None:
+        """Give torch back the thread count it had before this engine opened."""
+        import torch
+
+        torch.set_num_threads(self._threads_before)
+
+
+def decoding_precision(cfg: DecodeConfig, device: torch.device, quantize: str | None) -> str:
+    """``decode.precision`` resolved for ``device``: ``auto`` is bf16 on a GPU that supports it
+    and fp32 everywhere else; on the CPU only fp32 runs (and int8 layers have fp32 around them)."""
+    import torch
+
+    from nmt_cli.runtime import check_precision
+
+    precision = cfg.precision
+    if quantize is not None:
+        if precision not in ("auto", "fp32"):
+            raise NmtError(f"--quantize {quantize} cannot be combined with --precision "
+                           f"{precision} (decode.precision); use --precision fp32 or auto")
+        return "fp32"
+    if device.type != "cuda":
+        if precision in ("auto", "fp32"):
+            return "fp32"
+        raise ConfigError(f"{precision} decoding runs on a GPU only; on the CPU use fp32 (or "
+                          "auto), or nmt export --quantization int8 for fast CPU decoding",
+                          "decode.precision")
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    check_precision(device, precision, "decode.precision")
+    return precision
+
+
+def load_models(paths: Sequence[Path], device: torch.device, quantize=None):
+    """One model, or an ensemble of several that share one tokenizer; the first one's recipe.
+    ``quantize`` (from ``_int8_quantizer``) turns each model's linear layers into int8 ones."""
+    from nmt_cli.checkpoint import load_checkpoint, model_from_checkpoint
+    from nmt_cli.decoding.ensemble import Ensemble
+
+    models, first_tok, recipe = [], None, None
+    for path in paths:
+        model, tok, rcp = model_from_checkpoint(load_checkpoint(path, mmap=True), path, device)
+        if first_tok is None:
+            first_tok, recipe = tok, rcp
+        elif (tok.src_bytes, tok.tgt_bytes) != (first_tok.src_bytes, first_tok.tgt_bytes):
+            raise CheckpointError(f"{path}: its tokenizer differs from {paths[0]}'s; an ensemble "
+                                  "needs models trained with the same tokenizer")
+        models.append(model if quantize is None else quantize(model))
+    model = models[0] if len(models) == 1 else Ensemble(models).eval()
+    return model, first_tok, recipe
+
+
+def _int8_quantizer():
+    """A function that turns a model's linear layers into dynamic int8 ones (int8 weights,
+    activations quantized on the fly; CPU only), through ``torch.ao.quantization``, which PyTorch
+    has deprecated; one clear error where this torch lacks it."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # torch >= 2.9 announces a move to torchao; it still works
+        warnings.simplefilter("ignore")
+        try:
+            from torch.ao.quantization import quantize_dynamic
+        except ImportError:
+            raise NmtError(f"--quantize int8 needs torch.ao.quantization.quantize_dynamic, which "
+                           f"torch {torch.__version__} no longer has; translate without "
+                           "--quantize") from None
+
+    def quantize(model: torch.nn.Module) -> torch.nn.Module:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+    return quantize
