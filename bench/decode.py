@@ -71,21 +71,12 @@ def whole_process(args, output: Path, model: Path | None = None,
     return time.perf_counter() - start, cpu
 
 
-def decode_only(args) -> tuple[float, float, int, int, list[str]]:
+def decode_only(args) -> tuple[float, float, int, int, list[str], str]:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as nmt translate does
-    import torch
-
     sys.path.insert(0, str(ROOT))
-    from nmt_cli.config import with_overrides
-    from nmt_cli.decoding.inference import translate_lines
-    from nmt_cli.decoding.translate import load_models
-    from nmt_cli.runtime import for_decoding, pick_device, resolve_precision
+    from nmt_cli.decoding.engine import EngineSettings, open_engine
     from nmt_cli.text.bitext import read_lines
 
-    from nmt_cli.decoding.ct2 import is_exported, load_exported, thread_split
-    from nmt_cli.decoding.ct2 import translate_lines as ct2_translate_lines
-
-    inter = args.inter_threads or 0
     settings = {"beam_size": args.beam_size, "batch_size": args.batch_size,
                 "batch_type": args.batch_type}
     if args.precision:
@@ -93,42 +84,30 @@ def decode_only(args) -> tuple[float, float, int, int, list[str]]:
     settings.update({name: getattr(args, name) for name in ("max_len_a", "max_len_b")
                      if getattr(args, name) is not None})
     lines = list(read_lines(args.input))
-    if is_exported(args.model):
-        engine = load_exported(args.model, args.device, args.threads, inter)
-        cfg = with_overrides(engine.recipe.decode, settings, "decode")
-        norm = engine.recipe.preprocess.normalize
-        ct2_translate_lines(engine, lines[:64], cfg, normalize=norm)  # warm-up
+    engine = open_engine([args.model], EngineSettings(args.device, args.threads or 0,
+                                                      args.inter_threads or 0, args.quantize,
+                                                      settings))
+    try:
+        cfg = engine.defaults
+        engine.translate_lines(lines[:64], cfg)  # warm-up
+        _synchronize(engine)
         start, cpu_start = time.perf_counter(), time.process_time()
-        found = ct2_translate_lines(engine, lines, cfg, normalize=norm)
+        found = engine.translate_lines(lines, cfg)
+        _synchronize(engine)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-        tokens = sum(len(t.hypotheses[0].tokens) for t in found if t.hypotheses)
-        return seconds, cpu, len(lines), tokens, [t.text for t in found], "ctranslate2"
-    device = pick_device(args.device)
-    workers = 1
-    if device.type == "cpu":  # as nmt translate splits them
-        intra, workers = thread_split("cpu", args.threads, inter)
-        torch.set_num_threads(intra)
-    elif args.threads:
-        torch.set_num_threads(args.threads)
-    model, tok, recipe = load_models([args.model], device, args.quantize)
-    cfg = with_overrides(recipe.decode, settings, "decode")
-    resolved = resolve_precision(cfg.precision, device, "decode.precision")
-    model = for_decoding(model, resolved)
-    norm = recipe.preprocess.normalize
-    with torch.inference_mode():
-        translate_lines(model, tok, lines[: min(len(lines), 64)], cfg, normalize=norm,
-                        device=device, workers=workers)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start, cpu_start = time.perf_counter(), time.process_time()
-        found = translate_lines(model, tok, lines, cfg, normalize=norm, device=device,
-                                workers=workers)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    finally:
+        engine.close()
     tokens = sum(len(t.hypotheses[0].tokens) for t in found if t.hypotheses)
-    return (seconds, cpu, len(lines), tokens, [t.text for t in found],
-            f"{resolved}, {workers} x {torch.get_num_threads()} threads")
+    workers = getattr(engine, "workers", None)
+    label = engine.precision + (f", {workers} worker(s)" if workers else "")
+    return seconds, cpu, len(lines), tokens, [t.text for t in found], label
+
+
+def _synchronize(engine) -> None:
+    if engine.device.startswith("cuda") and "ctranslate2" not in engine.precision:
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def compare(args) -> None:

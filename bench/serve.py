@@ -80,22 +80,19 @@ def drive(url: str, lines: list[str], concurrency: int, beam_size: int):
 
 def batch_figures(args, lines: list[str], source: Path) -> tuple[float, str, list[str]]:
     """Decode-only sentences/s in this process, and nmt translate's own statistics line."""
-    import torch
+    from nmt_cli.decoding.engine import EngineSettings, open_engine
 
-    from nmt_cli.config import with_overrides
-    from nmt_cli.decoding.inference import translate_lines
-    from nmt_cli.decoding.translate import load_models
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, tok, recipe = load_models([args.model], torch.device("cpu"))
-    cfg = with_overrides(recipe.decode, {"beam_size": args.beam_size})
-    norm = recipe.preprocess.normalize  # the clean-up the server applies too
-    with torch.inference_mode():
-        translate_lines(model, tok, lines[:cfg.batch_size], cfg, normalize=norm)  # warm-up
+    # one search at a time on every thread, as the server runs it
+    engine = open_engine([args.model], EngineSettings("cpu", args.threads, 1, None,
+                                                      {"beam_size": args.beam_size}))
+    try:
+        cfg = engine.defaults
+        engine.translate_lines(lines[:cfg.batch_size], cfg)  # warm-up
         start = time.perf_counter()
-        found = translate_lines(model, tok, lines, cfg, normalize=norm)
+        found = engine.translate_lines(lines, cfg)
         decode_rate = len(lines) / (time.perf_counter() - start)
+    finally:
+        engine.close()
     cmd = [sys.executable, "-m", "nmt_cli", "translate", "-m", str(args.model), "-i",
            str(source), "-o", os.devnull, "--beam-size", str(args.beam_size), "--device", "cpu"]
     if args.threads:

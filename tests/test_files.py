@@ -93,7 +93,7 @@ def test_every_rename_in_the_package_goes_through_the_durable_helper():
 def test_preprocessed_shards_are_published_durably(tmp_path, disk_log):
     import numpy as np
 
-    from nmt_cli.text.preprocess import ShardWriter
+    from nmt_cli.text.shards import ShardWriter
 
     shard = ShardWriter(tmp_path / "train.src.bin", np.dtype(np.uint16))
     shard.add(np.arange(5), np.array([2, 3]))

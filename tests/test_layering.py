@@ -86,13 +86,15 @@ RANKS = {
     "nmt_cli": 0, "nmt_cli.errors": 0, "nmt_cli.ids": 0, "nmt_cli.files": 0,
     "nmt_cli.text": 0, "nmt_cli.training": 0, "nmt_cli.decoding": 0,
     # settings, and small helpers over torch and the file system
+    "nmt_cli.schema": 0.5,
     "nmt_cli.config": 1, "nmt_cli.runtime": 1, "nmt_cli.training.distributed": 1,
+    "nmt_cli.reports": 1,
     "nmt_cli.recipes": 2, "nmt_cli.training.metrics": 2,
     # text: raw text -> token shards (and the text-only scoring and plots)
     "nmt_cli.text.normalize": 3, "nmt_cli.text.filters": 3,
     "nmt_cli.text.bitext": 4,
     "nmt_cli.text.tokenizer": 5, "nmt_cli.scoring": 5, "nmt_cli.plot": 5,
-    "nmt_cli.text.preprocess": 6, "nmt_cli.decoding.hypotheses": 6,
+    "nmt_cli.text.shards": 5, "nmt_cli.text.preprocess": 6, "nmt_cli.decoding.hypotheses": 6,
     # data and model
     "nmt_cli.model.dropout": 6.5,
     "nmt_cli.data": 7, "nmt_cli.model.attention": 7, "nmt_cli.model.encoder": 7,
@@ -108,13 +110,16 @@ RANKS = {
     "nmt_cli.decoding.inference": 14,
     # the CTranslate2 engine: inference's clean-up and results, below translate and serve
     "nmt_cli.decoding.ct2": 14.5,
+    # the one door to both engines, below every caller
+    "nmt_cli.decoding.engine": 14.7,
     # the two ends, which must not know each other
     "nmt_cli.training.trainer": 15, "nmt_cli.decoding.translate": 15,
     # the server over decoding (and exporters beside it)
     "nmt_cli.serve.batcher": 16, "nmt_cli.serve.page": 16, "nmt_cli.serve.protocol": 16,
     "nmt_cli.serve.app": 17, "nmt_cli.serve": 18,
     "nmt_cli.export.ct2": 16, "nmt_cli.export": 16,
-    "nmt_cli.cli": 19,
+    "nmt_cli.cli.app": 18.5, "nmt_cli.cli.train": 19, "nmt_cli.cli.decode": 19,
+    "nmt_cli.cli": 19.5,
     "nmt_cli.__main__": 20,
 }
 DECODING = {name for name in MODULES if name.startswith("nmt_cli.decoding.")}
@@ -227,7 +232,52 @@ def test_the_package_is_found():
 
 def test_only_the_cli_imports_typer():
     users = {name for name in MODULES if any(i.split(".")[0] == "typer" for i in imports(name))}
-    assert users == {"nmt_cli.cli"}
+    assert users == {"nmt_cli.cli", "nmt_cli.cli.app", "nmt_cli.cli.train", "nmt_cli.cli.decode"}
+
+
+# The modules that implement a command. None of them imports another: what two commands share
+# lives below them (the engine seam, in decoding/), and the CLI package sits above them all.
+COMMANDS = {"translate": {"nmt_cli.decoding.translate"},
+            "serve": {n for n in MODULES if n == "nmt_cli.serve" or n.startswith("nmt_cli.serve.")},
+            "cli": {n for n in MODULES if n == "nmt_cli.cli" or n.startswith("nmt_cli.cli.")}}
+
+
+def command_violations(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for command, members in COMMANDS.items():
+        for name in sorted(members):
+            for target in sorted(graph.get(name, ())):
+                other = [c for c, m in COMMANDS.items() if c != command and target in m]
+                if other:
+                    found.append(f"{name} ({command}) imports {target} ({other[0]})")
+    return found
+
+
+def test_no_command_module_imports_another():
+    """translate and serve never reach each other (nor the CLI); only the CLI calls into them."""
+    graph = {name: internal_imports(name) for name in MODULES}
+    cli = COMMANDS["cli"]
+    for name in cli:  # the CLI calls the commands' plain functions: that is its job
+        graph[name] = {t for t in graph[name] if t in cli}
+    problems = command_violations(graph)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_command_check_sees_serve_importing_translate():
+    """A control: the import that serve used to make is caught, and so is one into the CLI."""
+    assert len(COMMANDS["serve"]) > 2 and len(COMMANDS["cli"]) > 2
+    graph = {"nmt_cli.serve.app": {"nmt_cli.decoding.translate"},
+             "nmt_cli.decoding.translate": {"nmt_cli.cli.app"}}
+    assert len(command_violations(graph)) == 2
+
+
+def test_no_engine_branch_outside_the_engines():
+    """Which engine holds a model is decided in decoding/engine.py: translate and serve never
+    import the CTranslate2 engine, the checkpoint reader or nmt's own search directly."""
+    engines = {"nmt_cli.decoding.ct2", "nmt_cli.decoding.inference", "nmt_cli.decoding.search",
+               "nmt_cli.checkpoint", "nmt_cli.runtime"}
+    for name in COMMANDS["translate"] | COMMANDS["serve"]:
+        assert not internal_imports(name) & engines, (name, sorted(internal_imports(name)))
 
 
 @pytest.mark.parametrize("name", ["nmt_cli.config", "nmt_cli.errors", "nmt_cli.recipes",

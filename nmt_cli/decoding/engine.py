@@ -53,6 +53,7 @@ class Engine(Protocol):
     precision: str  # what the engine computes in, for reports ("fp32", "ctranslate2 int8")
     device: str
     parameters: int
+    versions: dict[str, str]  # of nmt and the libraries the engine runs on
     can_align: bool  # attention (alignments, plots) is available
 
     def translate_lines(self, lines: list[str], cfg: DecodeConfig, *,
@@ -101,6 +102,7 @@ class Ct2Engine:
         self.precision = f"ctranslate2 {self.model.metadata.get('quantization', '')}".strip()
         self.device = str(self.model.translator.device)
         self.parameters = int(self.model.metadata.get("parameters", 0))
+        self.versions = _versions(ctranslate2=ct2.require_ctranslate2().__version__)
 
     def translate_lines(self, lines: list[str], cfg: DecodeConfig, *,
                         return_attention: bool = False,
@@ -154,6 +156,7 @@ class TorchEngine:
             raise
         self.model = model
         self.parameters = count_parameters(model)
+        self.versions = _versions(torch=str(torch.__version__))
 
     def translate_lines(self, lines: list[str], cfg: DecodeConfig, *,
                         return_attention: bool = False,
@@ -184,6 +187,17 @@ class TorchEngine:
         import torch
 
         torch.set_num_threads(self._threads_before)
+
+
+def _versions(**engine: str) -> dict[str, str]:
+    import platform
+
+    import sentencepiece
+
+    from nmt_cli import __version__
+
+    return {"nmt": __version__, **engine, "sentencepiece": sentencepiece.__version__,
+            "python": platform.python_version()}
 
 
 def decoding_precision(cfg: DecodeConfig, device: torch.device, quantize: str | None) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from nmt_cli.config import DecodeConfig, ServeConfig, to_dict, with_overrides
+from nmt_cli.config import DecodeConfig, ServeConfig, to_dict
 from nmt_cli.errors import NmtError
 from nmt_cli.serve.batcher import BatchFailed, Batcher, BatchReport
 from nmt_cli.serve.page import PAGE
@@ -69,7 +69,6 @@ class Service:
         """Load the model and warm it up; on a user error, record it and stop the server."""
         start = time.perf_counter()
         try:
-            from nmt_cli.checkpoint import library_versions
             from nmt_cli.decoding.engine import EngineSettings, open_engine
 
             # one search at a time, on every thread asked for (the batcher is the one caller)
@@ -78,7 +77,7 @@ class Service:
                 self.decode_overrides))
             self.defaults, self.precision = self.engine.defaults, self.engine.precision
             self._run(self.defaults, False, ["warm up"])
-            self.info = self._model_info(self.engine.recipe, library_versions())
+            self.info = self._model_info(self.engine.recipe, self.engine.versions)
         except NmtError as exc:
             self.error = exc
         except Exception as exc:  # noqa: BLE001 - reported as one line, the server stops
