@@ -34,8 +34,9 @@ BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 CPUINFO = Path("/proc/cpuinfo")
 
-# Set to 0 to treat the CPU as one without native bf16 whatever it has (CI runs the suite so
-# once, as a CPU without avx512_bf16 or AMX would); 1 or unset reads the CPU's own flags.
+# 0 treats the CPU as one without native bf16 whatever it has, 1 as one with it (CI runs the
+# suite both ways, so that no test depends on the machine's instruction set); unset or anything
+# else reads the CPU's own flags.
 NATIVE_BF16_ENV = "NMT_CPU_BF16"
 
 
@@ -56,10 +57,11 @@ def cpu_flags() -> set[str] | None:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively: its flags, or where there are none to read,
-    torch's own probe of the instruction set (never a guess from the vendor).
-    ``NMT_CPU_BF16=0`` says no whatever the CPU has."""
-    if os.environ.get(NATIVE_BF16_ENV, "").strip() == "0":
-        return False
+    torch's own probe of the instruction set (never a guess from the vendor); ``NMT_CPU_BF16``
+    set to 0 or 1 overrides both."""
+    forced = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     flags = cpu_flags()
     if flags is not None:
         return bool(flags & BF16_CPU_FLAGS)

@@ -242,6 +242,12 @@ def preprocess_split(name: str, split: Split, tok: Tokenizers, encoder: Encoder,
         for w in writers.values():
             w.abort()
         raise
+    return _finish_report(report, counts, dedup, lengths)
+
+
+def _finish_report(report: dict[str, Any], counts: FilterCounts, dedup: DedupTable | None,
+                   lengths: dict[str, Lengths]) -> dict[str, Any]:
+    """The split's report with its totals, filter counts and length statistics filled in."""
     for key in ("pairs_in", "kept", "written"):
         report[key] = sum(c[key] for c in report["corpora"])
     report["normalized"] = {side: dict(c) for side, c in report["normalized"].items()}
