@@ -34,9 +34,8 @@ BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 CPUINFO = Path("/proc/cpuinfo")
 
-# 0 treats the CPU as one without native bf16 whatever it has, 1 as one with it (CI runs the
-# suite both ways, so that no test depends on the machine's instruction set); unset or anything
-# else reads the CPU's own flags.
+# 0 or 1: the CPU counts as without or with native bf16 (CI runs the suite both ways, so no test
+# depends on the machine); anything else reads the CPU's flags.
 NATIVE_BF16_ENV = "NMT_CPU_BF16"
 
 
@@ -56,9 +55,8 @@ def cpu_flags() -> set[str] | None:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively: its flags, or where there are none to read,
-    torch's own probe of the instruction set (never a guess from the vendor); ``NMT_CPU_BF16``
-    set to 0 or 1 overrides both."""
+    """Whether this CPU multiplies bf16 natively: its flags, else torch's own probe (never a guess
+    from the vendor); ``NMT_CPU_BF16`` overrides both."""
     forced = os.environ.get(NATIVE_BF16_ENV, "").strip()
     if forced in ("0", "1"):
         return forced == "1"

@@ -94,8 +94,7 @@ def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
 
 def _checked(cls: type, raw: typing.Mapping[str, Any], prefix: str,
              base_dir: Path | None) -> dict[str, Any]:
-    """``raw``'s values converted to the field types of ``cls``, each checked for its type, range
-    and choices; an unknown key is a ConfigError with a did-you-mean."""
+    """``raw``'s values as ``cls``'s field types, checked (type, range, choices, unknown keys)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
@@ -135,9 +134,8 @@ def _unknown_key_message(name: str, known: list[str], prefix: str) -> str:
 
 
 def with_overrides(cfg: Any, overrides: typing.Mapping[str, Any], prefix: str = "") -> Any:
-    """``cfg`` with some keys changed, each checked by the same rules as a recipe key (type,
-    range, choice, unknown key with a did-you-mean). The one way to change a config after it is
-    built: CLI options, the Python API and request settings all go through here."""
+    """``cfg`` with some keys changed, checked as recipe keys are: the one way to change a built
+    config (CLI options, the Python API, request settings)."""
     if not overrides:
         return cfg
     return dataclasses.replace(cfg, **_checked(type(cfg), overrides, prefix, None))

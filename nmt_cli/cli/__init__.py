@@ -1,9 +1,5 @@
-"""The ``nmt`` command line: thin Typer wrappers over plain functions.
-
-Only this package imports Typer. Heavy modules (torch above all) are imported inside the
-commands, so ``nmt --help`` stays fast. A user's mistake (``NmtError``) becomes one line on stderr
-and a non-zero exit, never a traceback (``app.user_errors``).
-"""
+"""The ``nmt`` command line: thin Typer wrappers over plain functions. Only this package imports
+Typer, and torch is imported inside the commands, so ``nmt --help`` stays fast."""
 
 from __future__ import annotations
 
@@ -22,8 +18,7 @@ __all__ = ["app", "main", "run", "DECODE_OPTIONS"]
 
 
 def main() -> None:
-    """The ``nmt`` command. A mistyped command, option or value is one ``error:`` line (exit 2)
-    naming what is wrong and where to find the right usage, like every other user error."""
+    """The ``nmt`` command; a mistyped command, option or value is one ``error:`` line (exit 2)."""
     try:  # typer's own copy of click (newer typer), else click itself
         from typer._click import exceptions as errors
     except ImportError:  # pragma: no cover - depends on the installed typer
@@ -48,21 +43,14 @@ def main() -> None:
     raise SystemExit(code if isinstance(code, int) else 0)
 
 
-# Commands that leave nothing to tidy once they return: their files are closed and their
-# threads joined, so the process may end without the interpreter's teardown.
+# Commands that leave nothing to tidy once they return (files closed, threads joined).
 QUICK_EXIT_COMMANDS = frozenset({"translate", "eval"})
 
 
 def run() -> None:
-    """The ``nmt`` console script: :func:`main`, then, after a command of
-    ``QUICK_EXIT_COMMANDS`` that succeeded, an exit without the interpreter's teardown.
-
-    Unloading torch and freeing the model at shutdown costs about a second on a 2-core machine
-    (``python -c "import torch"`` takes ~1.2 s longer than the same import followed by
-    ``os._exit``), a large share of a short ``nmt translate``. Output is flushed first. Failures,
-    every other command (training with its writers and process groups above all), a process
-    under a profiler or tracer (cProfile, coverage: their results are written at exit), and
-    ``NMT_QUICK_EXIT=0`` in the environment end the ordinary way."""
+    """:func:`main`; after a successful ``QUICK_EXIT_COMMANDS`` command, flush and ``os._exit``, as
+    unloading torch is a large share of a short translate (docs/results.md). Failures, profilers
+    and tracers (which write at exit) and ``NMT_QUICK_EXIT=0`` end the ordinary way."""
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
     quick = (command in QUICK_EXIT_COMMANDS and os.environ.get("NMT_QUICK_EXIT", "1") != "0"
              and sys.gettrace() is None and sys.getprofile() is None)

@@ -1,6 +1,5 @@
-"""The Typer application every ``nmt`` command registers on, and what the commands share: the
-device choice, the recipe arguments and the one place a user's mistake becomes one line and an
-exit code."""
+"""The Typer app every ``nmt`` command registers on, and what the commands share: the device
+choice, the recipe arguments and ``user_errors``."""
 
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ class Device(str, Enum):
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn NmtError into 'error: ...' on stderr and its exit code."""
+    """Turn NmtError into 'error: ...' on stderr and its exit code, never a traceback."""
     try:
         yield
     except NmtError as exc:

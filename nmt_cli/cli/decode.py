@@ -91,9 +91,8 @@ def translate(
     N lines in, N lines out, in order; an empty line stays empty. Each decode option overrides
     the checkpoint recipe's decode.* key of the same name and is checked like it.
     """
-    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other work, spinning
-    # threads made decoding several times slower; on an idle CPU the cost is negligible. Read by
-    # the OpenMP runtime when torch is first imported, which happens just below.
+    # Idle OpenMP threads sleep instead of spinning, which slows decoding on a shared CPU
+    # (docs/decoding.md); read when torch is first imported, just below.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     given = locals()
     decode = {key: given[key] for key in DECODE_OPTIONS if given[key] is not None}
