@@ -1,9 +1,5 @@
-"""Attention out: hard word alignments in Pharaoh format and attention heatmaps.
-
-Positions are subword positions, 0-based: ``i-j`` links source subword i to target subword j. Each
-target subword is linked to the source subword it attends to most; the EOS row and column are
-left out. matplotlib, needed only for heatmaps, is an optional extra (``pip install 'nmt[plot]'``).
-"""
+"""Attention out: Pharaoh alignments (``i-j`` links 0-based source subword i to target subword j,
+the one it attends to most; EOS left out) and heatmaps (matplotlib, an optional extra)."""
 
 from __future__ import annotations
 

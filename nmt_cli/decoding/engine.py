@@ -1,15 +1,10 @@
 """The one door to decoding: ``open_engine(paths, settings)`` gives an ``Engine`` for a checkpoint,
-an ensemble of checkpoints or a folder written by ``nmt export``, and ``translate`` and ``serve``
-call nothing else. Which engine runs a model, on which device, at which precision and with how
-many threads is decided here, once.
+an ensemble or a folder written by ``nmt export``; engine, device, precision and threads are
+decided here, once.
 
-- ``TorchEngine``: nmt's own search over one model or an ensemble (``inference``, ``search``).
-  On the CPU it decodes in fp32 (``decode.precision: auto``); an explicit bf16 or fp16 there is
-  refused with a pointer to ``nmt export``. On a GPU bf16 and fp16 cast the whole model and run
-  the ordinary kernels.
-- ``Ct2Engine``: CTranslate2 over an exported folder (``ct2``); it needs no torch.
-
-torch is imported only where a checkpoint is opened, so an exported model starts without it.
+- ``TorchEngine``: nmt's own search; fp32 on the CPU (bf16 or fp16 there are refused with a
+  pointer to ``nmt export``), the whole model cast to bf16 or fp16 on a GPU.
+- ``Ct2Engine``: CTranslate2 over an exported folder; torch is imported only for checkpoints.
 """
 
 from __future__ import annotations
@@ -41,11 +36,8 @@ class EngineSettings:
 
 
 class Engine(Protocol):
-    """What translate and serve use, whichever engine holds the model.
-
-    ``translate_lines`` gives one ``Translation`` per input line, in order, each with
-    ``cfg.n_best`` hypotheses (or samples) best first; ``score_references`` the summed
-    log-probability (EOS included) of each reference given its source line."""
+    """What translate and serve use, whichever engine holds the model; both methods behave as
+    ``decoding.inference``'s functions of the same names."""
 
     tok: Tokenizers
     recipe: Recipe
@@ -245,9 +237,8 @@ def load_models(paths: Sequence[Path], device: torch.device, quantize=None):
 
 
 def _int8_quantizer():
-    """A function that turns a model's linear layers into dynamic int8 ones (int8 weights,
-    activations quantized on the fly; CPU only), through ``torch.ao.quantization``, which PyTorch
-    has deprecated; one clear error where this torch lacks it."""
+    """A function turning a model's linear layers into dynamic int8 ones (CPU only) through the
+    deprecated ``torch.ao.quantization``; one clear error where this torch lacks it."""
     import warnings
 
     import torch

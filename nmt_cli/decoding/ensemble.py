@@ -1,10 +1,6 @@
-"""An ensemble of models behind the single-model decoding contract.
-
-``Ensemble.encode`` and ``Ensemble.step`` look exactly like a model's, so every search in
-``nmt_cli.decoding.search`` decodes an ensemble unchanged. Each step averages the members'
-log-probabilities (a weighted product of experts, as Marian does) and their attention weights.
-Members must share the target vocabulary; the caller checks that their tokenizers are identical.
-"""
+"""An ensemble behind the single-model decoding contract, so every search decodes it unchanged.
+Each step averages the members' log-probabilities (a product of experts, as Marian does) and
+attention; members share the target vocabulary (the caller checks their tokenizers)."""
 
 from __future__ import annotations
 
@@ -46,8 +42,7 @@ class Ensemble(nn.Module):
 
     def step(self, prev_tokens: Tensor, state: EnsembleState, memory: EnsembleMemory,
              need_attention: bool = False) -> tuple[Tensor, EnsembleState, Tensor | None]:
-        """Mean log-probabilities (N, V) and, when asked for, mean attention (N, S) over the
-        members (members of any architecture may be mixed)."""
+        """Mean log-probabilities (N, V) and, when asked, attention (N, S) of any mix of members."""
         outs = [m.step(prev_tokens, s, mem, need_attention)
                 for m, s, mem in zip(self.members, state.parts, memory.parts)]
         if len(outs) == 1:

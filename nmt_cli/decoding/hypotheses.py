@@ -1,8 +1,5 @@
-"""What decoding returns, and the clean-up every input line gets first; no torch.
-
-Both engines share these: nmt's own search (``search``, ``inference``) and the CTranslate2 one
-(``ct2``, beside them), so a translation of an exported model never has to import torch.
-"""
+"""What decoding returns and the clean-up every input line gets first, shared by both engines;
+no torch, so an exported model translates without it."""
 
 from __future__ import annotations
 

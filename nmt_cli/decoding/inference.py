@@ -1,15 +1,7 @@
-"""Text in, text out: tokenize, batch by length, search, detokenize, and restore the input order.
-
-Inputs are sorted by length so each batch holds sentences of nearly the same length (little
-padding), cut into batches of ``batch_size`` sentences or source tokens, and the results are put
-back in input order. A source longer than ``max_src_len`` subwords is cut to that length (the
-limit keeps time and memory bounded on a runaway line); empty and whitespace-only lines give empty
-translations without reaching the model. N lines in always give N results, in order.
-
-Every line is first cleaned by the checkpoint's own ``preprocess.normalize`` (Unicode form, control
-and zero-width characters, whitespace), exactly as the training data was, so that a source typed
-differently from the training text still meets the subwords the model knows.
-"""
+"""Text in, text out: clean each line with the checkpoint's ``preprocess.normalize`` (as its
+training data was), tokenize, batch by length, search, detokenize, restore the input order.
+N lines in give N results; sources are cut to ``max_src_len`` subwords (bounded time and memory),
+and blank lines give empty translations without reaching the model."""
 
 from __future__ import annotations
 
@@ -22,8 +14,7 @@ from nmt_cli.config import DecodeConfig, NormalizeConfig
 from nmt_cli.data import pad_sequences
 from nmt_cli.decoding.hypotheses import (Translation, clean_lines, empty_translation,
                                          encode_sources)
-from nmt_cli.decoding.search import (Hypothesis, SearchResult, beam_search, sample_search,
-                                     score_targets)
+from nmt_cli.decoding.search import SearchResult, beam_search, sample_search, score_targets
 from nmt_cli.ids import EOS_ID
 from nmt_cli.text.tokenizer import Tokenizers
 
@@ -50,12 +41,10 @@ def make_batches(lengths: list[int], batch_size: int, batch_type: str = "sentenc
 
 def _map_batches(search: Callable[[list[int]], SearchResult], batches: list[list[int]],
                  workers: int) -> Iterator[SearchResult]:
-    """``search`` over ``batches``, in order. With ``workers`` above 1, that many batches run side
-    by side in threads: torch releases the GIL inside its kernels, so on a CPU two batches, each on
-    its own core, keep both cores busier than one batch whose small per-step matrix products are
-    split over both (set torch's threads to cores / workers). Each batch is searched exactly as
-    alone, so the output does not change. Grad and inference mode are per thread, so the workers
-    take the caller's."""
+    """``search`` over ``batches``, in order; with ``workers`` above 1, that many run side by side
+    in threads (torch releases the GIL in its kernels; set its threads to cores / workers). Each
+    batch is searched as alone, so output does not change. Workers take the caller's grad and
+    inference mode, which are per thread."""
     if workers <= 1 or len(batches) <= 1:
         yield from map(search, batches)
         return
@@ -78,16 +67,9 @@ def translate_lines(model, tok: Tokenizers, lines: list[str], cfg: DecodeConfig,
                     normalize: NormalizeConfig, device: torch.device | str = "cpu",
                     return_attention: bool = False, first_index: int = 0,
                     workers: int = 1) -> list[Translation]:
-    """Translate ``lines``; the i-th result belongs to the i-th line, and empty lines stay empty.
-
-    ``cfg`` is taken as it is (build it with ``config.with_overrides``); each result holds
-    ``cfg.n_best`` hypotheses (or samples), best first. ``normalize`` is the checkpoint's
-    ``preprocess.normalize``. The result never depends on the batch size: each sentence's search
-    is independent of the others in its batch (packed encoder, masked attention, per-sentence
-    beams, stopping and random generators). ``first_index`` is the first line's number in the
-    whole input (sampling seeds). ``workers`` above 1 searches that many batches side by side
-    (see ``_map_batches``); the results are the same as with one.
-    """
+    """One ``Translation`` per line, in order, with ``cfg.n_best`` hypotheses (or samples) best
+    first. Results never depend on the batch size or ``workers``: each sentence is searched on its
+    own. ``first_index`` is the first line's number in the whole input (sampling seeds)."""
     device = torch.device(device)
     n_best = cfg.n_best
     sources, src_ids, truncated = encode_sources(tok, lines, normalize, cfg.max_src_len)
@@ -125,12 +107,8 @@ def translate_lines(model, tok: Tokenizers, lines: list[str], cfg: DecodeConfig,
 def score_references(model, tok: Tokenizers, lines: list[str], references: list[str],
                      cfg: DecodeConfig, *, normalize: NormalizeConfig,
                      device: torch.device | str = "cpu") -> list[float]:
-    """Forced decoding: the model's summed log-probability (EOS included) of each reference.
-
-    Sources and references are cleaned by ``normalize`` (the checkpoint's
-    ``preprocess.normalize``) and sources are cut to ``max_src_len`` like in translation; an
-    empty source is scored as a bare EOS.
-    """
+    """Forced decoding: each reference's summed log-probability (EOS included), lines cleaned and
+    sources cut as in translation."""
     device = torch.device(device)
     src_ids = encode_sources(tok, lines, normalize, cfg.max_src_len).ids
     tgt_ids = tok.encode_tgt(clean_lines(references, normalize))

@@ -1,11 +1,8 @@
 """Scoring rules and constraints shared by every search: length normalization, length limits,
-special tokens and repeated n-grams. Tensors in, tensors out; no I/O.
+special tokens and repeated n-grams. Tensors in, tensors out.
 
-Settings come from a ``DecodeConfig`` as it is; nothing here restates a default.
-
-A hypothesis' score is its summed log-probability (EOS included) divided by a normalizer of its
-length ``len`` (EOS counted): GNMT's ``((5 + len) / 6) ** alpha`` ("gnmt", alpha 0 is no
-penalty), the length itself ("average", a mean log-probability per token), or 1 ("none").
+A score is the summed log-probability (EOS included) divided by a normalizer of the length ``len``
+(EOS counted): GNMT's ``((5 + len) / 6) ** alpha`` ("gnmt"), ``len`` ("average") or 1 ("none").
 """
 
 from __future__ import annotations
@@ -78,11 +75,8 @@ def forbid_specials(log_probs: Tensor, allow_unk: bool) -> None:
 
 
 def constrain_length(log_probs: Tensor, step: int, min_len: Tensor, max_len: Tensor) -> None:
-    """EOS is forbidden before ``min_len`` tokens; at ``max_len`` it is the only choice.
-
-    At the limit EOS keeps its own log-probability, so every score stays a true model score.
-    ``min_len`` and ``max_len`` are per row of ``log_probs`` (N,).
-    """
+    """EOS is forbidden before ``min_len`` and the only choice at ``max_len`` (both (N,)); it keeps
+    its own log-probability, so every score stays a true model score."""
     eos = log_probs[:, EOS_ID].masked_fill(step < min_len, NEG_INF)
     at_limit = step >= max_len
     if log_probs.device.type != "cpu" or bool(at_limit.any()):  # no host sync on a GPU
@@ -91,11 +85,8 @@ def constrain_length(log_probs: Tensor, step: int, min_len: Tensor, max_len: Ten
 
 
 def block_repeated_ngrams(log_probs: Tensor, generated: Tensor, n: int) -> None:
-    """Forbid every token that would repeat an n-gram already in that row's output.
-
-    generated (N, L) holds each row's tokens so far (BOS excluded). The last ``n - 1`` tokens are
-    compared with every earlier (n-1)-gram at once; the tokens that followed a match are banned.
-    """
+    """Forbid every token that would repeat an n-gram of its row in ``generated`` (N, L), BOS
+    excluded: the tokens that followed an earlier match of the last ``n - 1`` are banned."""
     length = generated.size(1)
     if n < 1 or length < n - 1 or length == 0:
         return

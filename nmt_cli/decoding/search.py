@@ -1,17 +1,8 @@
-"""Greedy, sampling, batched beam search and forced decoding over a model's ``step``.
-Tensors in, token ids out; no I/O.
+"""Greedy, sampling, batched beam search and forced decoding over the model contract of
+``nmt_cli.model.contract`` (which an ensemble keeps too). Tensors in, token ids out; no I/O.
 
-The model contract (written out in ``nmt_cli.model.contract``): ``encode(src, src_lengths) ->
-(memory, state)`` and ``step(prev_tokens, state, memory, need_attention) -> (log_probs (N, V),
-state, attention (N, S) or None)``, where ``memory.select(index)`` and ``state.select(index)``
-pick rows of the flattened batch. An ensemble
-(``nmt_cli.decoding.ensemble``) keeps the same contract, so nothing here knows about it.
-
-Every search treats each sentence on its own: finished sentences leave the batch, and nothing a
-sentence does depends on the others, so results never depend on the batch size. Every setting
-comes from one ``DecodeConfig``, taken as it is (its defaults and checks live in ``nmt_cli.config``).
-Length limits are ``a * source_length + b`` with the source length as given in ``src_lengths``;
-scores follow ``nmt_cli.decoding.penalties``.
+Each sentence is searched on its own (finished ones leave the batch), so results never depend on
+the batch size. Length limits are ``a * src_lengths + b``; scores follow ``penalties``.
 """
 
 from __future__ import annotations
@@ -50,12 +41,8 @@ def _block_size(vocab: int) -> int | None:
 
 
 def top_per_row(scores: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """``scores.topk(n, dim=-1)`` over a large vocabulary, faster on CPU.
-
-    The vocabulary is cut into blocks; a row's n best values lie in its n blocks with the largest
-    maxima, so a fast ``amax`` per block picks those and ``topk`` runs over them alone. Each row is
-    handled on its own, so the result never depends on the other rows.
-    """
+    """``scores.topk(n, dim=-1)``, faster on CPU: a row's n best values lie in its n vocabulary
+    blocks with the largest maxima, so ``topk`` runs over those alone, row by row."""
     rows, vocab = scores.shape
     block = _block_size(vocab)
     if block is None or n * block * 4 > vocab or not scores.is_contiguous():
@@ -126,13 +113,9 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig,
 
 def sample_search(model, src: Tensor, src_lengths: Tensor, seeds: Sequence[int],
                   cfg: DecodeConfig, return_attention: bool = False) -> SearchResult:
-    """Draw each token from the model's distribution, sharpened or flattened by
-    ``cfg.temperature`` and cut to the ``cfg.top_k`` most likely tokens and the smallest set
-    holding ``cfg.top_p`` of the mass.
-
-    Sentence i draws from its own generator seeded with ``seeds[i]``, so a sample depends on the
-    seed and the sentence alone, never on the batch. Scores are the model's own log-probabilities.
-    """
+    """Draw each token under ``cfg.temperature``, ``top_k`` and ``top_p``; sentence i has its own
+    generator seeded with ``seeds[i]``, so a sample never depends on the batch. Scores are the
+    model's own log-probabilities."""
     generators = [torch.Generator(device=src.device).manual_seed(int(s)) for s in seeds]
     temperature, top_k, top_p = cfg.temperature, cfg.top_k, cfg.top_p
 
@@ -156,9 +139,8 @@ def sample_search(model, src: Tensor, src_lengths: Tensor, seeds: Sequence[int],
 
 def beam_search(model, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig,
                 return_attention: bool = False) -> SearchResult:
-    """Beam search with ``cfg.beam_size`` beams, keeping ``cfg.n_best`` hypotheses per sentence,
-    best first. One beam and one hypothesis is greedy search, which runs on its own, faster path
-    (and gives the same result)."""
+    """``cfg.n_best`` hypotheses per sentence, best first; one beam and one hypothesis take greedy
+    search's faster path (same result)."""
     if cfg.beam_size == 1 and cfg.n_best == 1:
         return greedy_search(model, src, src_lengths, cfg, return_attention)
     return batched_beam_search(model, src, src_lengths, cfg, return_attention)
@@ -227,15 +209,13 @@ class Finished:
 @torch.no_grad()
 def batched_beam_search(model, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig,
                         return_attention: bool = False) -> SearchResult:
-    """Batched beam search: every sentence's beams advance together in one flat batch.
+    """Every sentence's beams advance together in one flat batch.
 
-    Each step takes the top ``2 * beam`` continuations per sentence; those ending in EOS among the
-    top ``beam`` are finished and kept apart per sentence, and the best ``beam`` others go on. A
-    sentence is done when no live hypothesis can beat its ``n_best``-th finished one any more (live
-    scores only fall and the normalizer is largest at the length limit), or at its length limit.
-    Between steps only the decoder state (and the token prefixes) are reordered to follow the
-    surviving beams; the encoder memory is identical for a sentence's beams, so it is never
-    reordered, only compacted when done sentences leave the batch.
+    Each step takes the top ``2 * beam`` continuations per sentence: EOS among the top ``beam``
+    finishes a hypothesis, the best ``beam`` others go on. A sentence is done at its length limit
+    or when no live hypothesis can beat its ``n_best``-th finished one (live scores only fall, and
+    the normalizer is largest at the limit). A sentence's beams share one encoder memory, which is
+    never reordered, only expanded and compacted.
     """
     device = src.device
     batch, k = src.size(0), cfg.beam_size
@@ -254,13 +234,11 @@ def batched_beam_search(model, src: Tensor, src_lengths: Tensor, cfg: DecodeConf
         act_min, act_max = min_len.index_select(0, live.active), max_len.index_select(0, live.active)
         _constrain(lp, live, cfg, step, act_min, act_max)
         top_scores, beam_origin, token = _candidates(lp, live.scores, k)
-        # EOS among the top k candidates finishes a hypothesis (at most k per sentence and step).
         is_eos = token == EOS_ID
         ends = is_eos[:, :k] & (top_scores[:, :k] > NEG_INF)
         if bool(ends.any()):
             _store_finished(live, ends, top_scores, beam_origin, weights,
                             float(norm.divisor(step + 1)), finished)
-        # The best k candidates that do not end go on.
         cont, order = top_scores.masked_fill(is_eos, NEG_INF).topk(k, dim=-1)  # (n_act, k)
         n_act = live.active.numel()
         group_start = torch.arange(0, n_act * live.beams, live.beams, device=device).unsqueeze(1)
@@ -288,12 +266,9 @@ def _constrain(lp: Tensor, live: Beams, cfg: DecodeConfig, step: int, act_min: T
 
 
 def _candidates(lp: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The best ``2k`` continuations of each sentence: their summed scores (n_act, <= 2k), the
-    beam each extends (its place within the sentence's rows) and the token.
-
-    A beam has at most one EOS continuation, so the sentence's best k candidates and its best k
-    non-EOS ones all lie within each beam's own best k + 1: those are taken per row first, and
-    only k * (k + 1) sums are ranked (no (N, V) sum, one small topk per sentence)."""
+    """The best ``2k`` continuations per sentence: summed scores (n_act, <= 2k), the beam each
+    extends (its place among the sentence's rows), the token. A beam has at most one EOS
+    continuation, so all lie within each beam's best k + 1: only k * (k + 1) sums are ranked."""
     n_act, beams = scores.shape
     width = min(k + 1, lp.size(-1))
     row_lp, row_tok = top_per_row(lp, width)  # (n_act * beams, width)
@@ -337,10 +312,8 @@ def _beam_result(finished: Finished, src_lengths: Tensor, n_best: int,
 @torch.no_grad()
 def score_targets(model, src: Tensor, src_lengths: Tensor, tgt: Tensor,
                   tgt_lengths: Tensor) -> Tensor:
-    """Forced decoding: the summed log-probability (B,) of each given target.
-
-    tgt (B, T) holds target ids followed by EOS, padded with PAD; tgt_lengths (B,) counts EOS.
-    """
+    """Forced decoding: the summed log-probability (B,) of each target; tgt (B, T) holds target
+    ids, EOS, then PAD, and tgt_lengths (B,) counts EOS."""
     memory, state = model.encode(src, src_lengths)
     total = torch.zeros(src.size(0), device=src.device)
     prev = src.new_full((src.size(0),), BOS_ID)

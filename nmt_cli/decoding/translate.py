@@ -1,18 +1,9 @@
-"""``nmt translate``: checkpoints, lines in, translations out, in order, one result per line.
+"""``nmt translate``: lines in, one result per line out, in order.
 
-Input is read in chunks as it arrives, so with a pipe the first translations appear before the
-writer has finished, and memory does not grow with the input. File outputs are written under a
-temporary name and renamed at the end, so an error never leaves half a file behind.
-
-Output forms: one translation per line; with ``decode.n_best`` above 1 (or ``tsv``, which
-``--n-best`` sets), TSV rows ``index<TAB>score<TAB>text`` (0-based line index, hypotheses best
-first, an empty input gives one row with score 0 and no text; with sampling, K samples best
-first); with ``score_reference``, the summed log-probability of each reference line.
-
-Decode settings come from the (first) checkpoint's recipe, changed key by key through
-``config.with_overrides``: the CLI and the Python API pass the same checked keys. Text is read
-under ``decode.invalid_utf8``: "replace" (bad bytes become U+FFFD, every line is still
-translated, and one warning per file gives the count and the first line numbers) or "error".
+Input is read in chunks as it arrives (a pipe's first translations appear early, memory stays
+flat); file outputs are renamed into place at the end, so an error leaves no half file. Output:
+one translation per line; TSV rows ``index<TAB>score<TAB>text`` for n-best (0-based index, best
+first, an empty input gives one row with score 0); or one reference score per line.
 """
 
 from __future__ import annotations
@@ -65,11 +56,8 @@ class TranslateOptions:
 
 
 class Utf8Lines:
-    """Bytes of one input's lines to text under ``decode.invalid_utf8``.
-
-    "replace" turns bad bytes into U+FFFD and remembers how many lines had some, and the first
-    line numbers; "error" stops at the first one with a line naming the file and line.
-    """
+    """Bytes of one input's lines to text under ``decode.invalid_utf8``: "replace" (U+FFFD, counted
+    for one warning) or "error" (stop, naming the file and line)."""
 
     SHOWN = 5  # line numbers quoted in the warning
 
@@ -106,11 +94,8 @@ class Utf8Lines:
 
 
 def read_chunks(stream: IO[bytes], decode: Utf8Lines, max_lines: int) -> Iterator[list[str]]:
-    """Yield lists of at most ``max_lines`` decoded lines, as soon as they have arrived.
-
-    ``read1`` returns whatever bytes are available (one underlying read), so on a pipe each chunk
-    holds the complete lines received so far and nothing waits for the writer to finish.
-    """
+    """Lists of at most ``max_lines`` decoded lines, as soon as they arrive: ``read1`` returns what
+    is available, so on a pipe nothing waits for the writer to finish."""
     pending = b""
     lineno = 0
     while True:
@@ -136,12 +121,8 @@ def read_lines(path: Path, decode: Utf8Lines) -> Iterator[str]:
 
 
 class _Output:
-    """A text output: stdout, or a file written under a temporary name and renamed on commit.
-
-    A path that exists as a symbolic link or as anything but a regular file (``/dev/stdout``, a
-    named pipe) is written through in place: renaming over it would replace the link, device or
-    pipe with a plain file.
-    """
+    """stdout, or a file written under a temporary name and renamed on commit; a symbolic link or
+    non-regular file (``/dev/stdout``, a pipe) is written in place, as a rename would replace it."""
 
     def __init__(self, path: Path | None):
         self.path, self.tmp = path, None
@@ -179,13 +160,9 @@ def _one_line(text: str) -> str:
 def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
                    output_path: Path | None, *, device: str = "auto",
                    options: TranslateOptions | None = None, **decode: Any) -> TranslateStats:
-    """Translate (or score) a file or stdin with one checkpoint, an ensemble of several, or a
-    folder written by ``nmt export``.
-
-    Keyword arguments beyond ``device`` and ``options`` are ``DecodeConfig`` keys
-    (``beam_size=4``); they change the (first) checkpoint's ``decode`` settings through the same
-    checks as a recipe key, so ``beam_size=0`` is a ConfigError naming ``decode.beam_size``.
-    """
+    """Translate (or score) a file or stdin with a checkpoint, an ensemble or an exported folder.
+    Extra keyword arguments are ``DecodeConfig`` keys over the (first) checkpoint's, checked like
+    recipe keys: ``beam_size=0`` is a ConfigError naming ``decode.beam_size``."""
     opts = options or TranslateOptions()
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     start = time.time()
