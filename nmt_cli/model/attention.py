@@ -1,8 +1,5 @@
 """Attention over encoder states: additive (Bahdanau) and multiplicative (Luong dot, general).
-
-Each scorer first turns the encoder states into keys once per batch (``project_keys``), then
-``forward`` scores one or many decoder queries against them. Padding positions get weight 0.
-"""
+Keys are projected once per batch (``project_keys``); padding positions get weight 0."""
 
 from __future__ import annotations
 
@@ -21,10 +18,8 @@ class Attention(nn.Module):
 
     def forward(self, query: Tensor, keys: Tensor, values: Tensor,
                 src_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """query (B, T, Q); keys (B, S, K); values (B, S, M); src_mask (B, S) True on real tokens.
-
-        Returns the context (B, T, M) and the weights (B, T, S).
-        """
+        """query (B, T, Q), keys (B, S, K), values (B, S, M), src_mask (B, S) True on real tokens
+        -> context (B, T, M), weights (B, T, S)."""
         scores = self.score(query, keys)
         scores = scores.masked_fill(~src_mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(scores, dim=-1)
@@ -46,8 +41,7 @@ class BahdanauAttention(Attention):
         self.energy_layer = nn.Linear(attn_size, 1, bias=False)
 
     def project_keys(self, memory: Tensor) -> Tensor:
-        # fp32 keys whatever the weights' type: the tanh below, the one large elementwise step of
-        # a decoding step, runs in fp32
+        # fp32 keys whatever the weights' type: the tanh below, a step's largest, runs in fp32
         return self.key_layer(memory).float()
 
     def score(self, query: Tensor, keys: Tensor) -> Tensor:
@@ -56,9 +50,8 @@ class BahdanauAttention(Attention):
         energy = (keys.unsqueeze(1) + q.unsqueeze(2)).tanh_()
         layer = self.energy_layer  # (an int8 module after quantization, which takes fp32)
         if not self.training and isinstance(layer, nn.Linear):
-            # a product and a sum over A per position, not a matrix-vector product over B*T*S
-            # rows: a GEMV's rounding depends on the row count, so a sentence's scores would
-            # change with its batch's padded length (batch invariance)
+            # a product and a sum over A, not a GEMV over B*T*S rows, whose rounding depends on
+            # the row count: scores must not change with the batch's padding (batch invariance)
             return (energy * layer.weight.view(-1).to(energy.dtype)).sum(-1)
         return layer(energy).squeeze(-1)
 

@@ -1,22 +1,16 @@
-"""The contract between search and a model, written down: ``encode``, ``step`` and ``select``.
+"""The contract between search and a model: ``encode``, ``step`` and ``select``. Every search
+(``nmt_cli.decoding.search``) and the ensemble rely on nothing else.
 
-Greedy, beam search, sampling, forced scoring, n-best and alignments
-(``nmt_cli.decoding.search``) and the ensemble (``nmt_cli.decoding.ensemble``) rely on nothing
-else, so every architecture that satisfies ``DecodingModel`` decodes with all of them unchanged.
-
-- ``encode(src (B, S), src_lengths (B,)) -> (memory, state)``: once per batch. ``memory`` is what
-  the decoder reads from the source (fixed for a sentence); ``state`` is what changes per step
-  (an RNN's hidden state, a Transformer's per-layer key/value cache).
+- ``encode(src (B, S), src_lengths (B,)) -> (memory, state)``, once per batch: ``memory`` is what
+  the decoder reads from the source (fixed for a sentence), ``state`` what changes per step.
 - ``step(prev_tokens (N,), state, memory, need_attention=False) -> (log_probs (N, V), state,
-  attention)``: one target position for every row. ``attention`` is (N, S) weights over the
-  source, summing to one over the real tokens, when ``need_attention`` is true; a model may leave
-  it ``None`` otherwise (computing it can cost extra, as with the Transformer's fused attention).
-- ``state.select(index)`` and ``memory.select(index)``: rows ``index`` (N',) of the flattened
-  batch, in that order; beam search reorders with it, and finished sentences leave through it.
+  attention)``: one target position per row; ``attention`` is (N, S) weights over the real source
+  tokens when ``need_attention`` is true, and may be ``None`` otherwise (it can cost extra).
+- ``state.select(index)``, ``memory.select(index)``: rows ``index`` (N',) of the flat batch, in
+  that order; beam search reorders with it, and finished sentences leave through it.
 
-A row's results never depend on the other rows of the batch, which keeps output independent of
-the batch size. Training uses ``forward(src, src_lengths, tgt_in) -> logits (B, T, V)``, teacher
-forcing over a whole target, which equals running ``step`` position by position.
+A row's results never depend on the other rows (batch invariance). Training's teacher-forced
+``forward(src, src_lengths, tgt_in) -> logits (B, T, V)`` equals ``step`` run position by position.
 """
 
 from __future__ import annotations

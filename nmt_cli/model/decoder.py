@@ -1,12 +1,6 @@
-"""The attentional recurrent decoder (Luong-style output layer, optional input feeding).
-
-At each step the RNN reads the previous target embedding (and, with input feeding, the previous
-attentional vector), attends over the encoder states with its new output as the query, and mixes
-output and context into the attentional vector ``tanh(W [h; c])`` that the softmax layer reads.
-
-The incremental-decoding contract used by search: ``init_state`` once per batch, then ``step`` with
-the previous tokens; ``DecoderState.select`` reorders or prunes the batch rows between steps.
-"""
+"""The attentional recurrent decoder (Luong-style output layer, optional input feeding): the RNN
+reads the previous target embedding (with input feeding, also the previous attentional vector),
+attends with its output as the query, and gives ``tanh(W [h; c])`` to the softmax layer."""
 
 from __future__ import annotations
 
@@ -62,11 +56,8 @@ class RecurrentDecoder(nn.Module):
         self.dropout = Dropout(cfg.dropout)
         self.output_size = hidden
 
-    # -- set-up ------------------------------------------------------------------------------
-
     def memory(self, enc_outputs: Tensor, src_mask: Tensor) -> Memory:
-        # fp32 values whatever the weights' type (a model cast to bf16 or fp16 on a GPU): the
-        # attention's weighted sum over the source runs in fp32
+        # fp32 values whatever the weights' type (bf16 or fp16 on a GPU): the context sums in fp32
         return Memory(enc_outputs.float(), self.attention.project_keys(enc_outputs), src_mask)
 
     def init_state(self, enc_final: Tensor) -> DecoderState:
@@ -79,8 +70,6 @@ class RecurrentDecoder(nn.Module):
         cell = torch.zeros_like(hidden) if self.cfg.cell == "lstm" else None
         feed = enc_final.new_zeros(batch, self.cfg.hidden_size) if self.cfg.input_feeding else None
         return DecoderState(hidden, cell, feed)
-
-    # -- running -----------------------------------------------------------------------------
 
     def _run_rnn(self, rnn_in: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
         if state.cell is not None:
@@ -109,11 +98,8 @@ class RecurrentDecoder(nn.Module):
 
     def forward(self, embedded: Tensor, state: DecoderState,
                 memory: Memory) -> tuple[Tensor, Tensor]:
-        """Teacher forcing over a whole target: embedded (B, T, E) -> vectors (B, T, H), weights.
-
-        Without input feeding every step's RNN input is known in advance, so the RNN runs over the
-        whole sequence at once and attention is one batched product over all positions.
-        """
+        """Teacher forcing: embedded (B, T, E) -> vectors (B, T, H), weights; without input feeding
+        the RNN runs over the whole sequence at once and attention is one batched product."""
         if state.feed is None:
             rnn_out, _ = self._run_rnn(embedded, state)
             return self._attend(rnn_out, memory)

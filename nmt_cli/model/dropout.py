@@ -1,15 +1,7 @@
-"""Dropout whose masks are cheap to draw on the CPU.
-
-``torch.nn.functional.dropout`` on the CPU draws one Bernoulli variable per element through the
-generator, about 12 ms for a 4,096 x 256 activation on one of our cores: 17% of a Transformer
-training step on 2 cores. Here a mask element is one 16-bit lane of a 64-bit random integer
-(four elements per draw), compared with a threshold, about 4 times faster. The drop rate is ``p``
-rounded to a multiple of 1/65,536 (0.1 becomes 0.100006). Draws come from torch's default
-generator, so a seeded run is reproducible as before. Elsewhere (CUDA) the fused kernel is used.
-
-The kept elements are scaled by ``1 / (1 - p)``, as torch does, and the backward pass multiplies
-the gradient by the same scaled mask.
-"""
+"""Dropout with cheap CPU masks: each element is one 16-bit lane of a 64-bit random integer against
+a threshold, not ``F.dropout``'s per-element Bernoulli draw (docs/results.md). The rate is ``p``
+rounded to a multiple of 2**-16; draws come from torch's seeded default generator. CUDA keeps the
+fused kernel."""
 
 from __future__ import annotations
 
@@ -22,8 +14,7 @@ _INT16_MIN = -(1 << 15)
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> Tensor:
-    """A boolean tensor of ``shape``, each element False with probability ``p`` (rounded to a
-    multiple of 2**-16), independently."""
+    """A bool tensor of ``shape``, each element independently False with probability ``p``."""
     numel = 1
     for size in shape:
         numel *= size

@@ -22,11 +22,8 @@ class RecurrentEncoder(nn.Module):
         self.output_size = cfg.hidden_size * (2 if cfg.bidirectional else 1)
 
     def forward(self, embedded: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """embedded (B, S, E), src_lengths (B,) -> outputs (B, S, O), final (B, O).
-
-        Sequences are packed, so padding never reaches the RNN and cannot change a result.
-        ``final`` is the last layer's final state, both directions concatenated.
-        """
+        """embedded (B, S, E), src_lengths (B,) -> outputs (B, S, O), final (B, O): the last
+        layer's final states, both directions. Packing keeps padding out of the RNN's results."""
         packed = pack_padded_sequence(embedded, src_lengths.cpu(), batch_first=True,
                                       enforce_sorted=False)
         outputs, hidden = self.rnn(packed)

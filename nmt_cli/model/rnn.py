@@ -64,23 +64,15 @@ class Seq2Seq(nn.Module):
                         with torch.no_grad():
                             param[h:2 * h].fill_(1.0)
 
-    # -- encoder side -----------------------------------------------------------------------
-
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Memory, DecoderState]:
         """src (B, S) padded ids, src_lengths (B,) -> what the decoder attends to, its first state."""
         embedded = self.emb_dropout(self.src_embed(src))
         outputs, final = self.encoder(embedded, src_lengths)
         return self.decoder.memory(outputs, src != PAD_ID), self.decoder.init_state(final)
 
-    # -- decoder side -----------------------------------------------------------------------
-
     def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher forcing: logits (B, T, V) for every target position.
-
-        Under CPU autocast (bf16 training) the recurrent part runs in fp32 and only the output
-        layer, the one large product, in bf16: the RNNs' products are small and one per time
-        step, and a bf16 product costs a weight reordering per call that made them slower than
-        fp32 (docs/results.md)."""
+        """Teacher forcing: logits (B, T, V). Under CPU autocast only the output layer runs in
+        bf16: the RNNs' many small products are slower in bf16 than in fp32 (docs/results.md)."""
         recurrent = (torch.autocast("cpu", enabled=False)
                      if src.device.type == "cpu" and _cpu_autocast_on()
                      else contextlib.nullcontext())
@@ -91,9 +83,8 @@ class Seq2Seq(nn.Module):
 
     def step(self, prev_tokens: Tensor, state: DecoderState, memory: Memory,
              need_attention: bool = False) -> tuple[Tensor, DecoderState, Tensor]:
-        """One decoding step: prev_tokens (B,) -> log-probabilities (B, V), new state, attention
-        (B, S). The attention comes for free with the RNN, so it is returned whatever
-        ``need_attention`` says."""
+        """prev_tokens (B,) -> log-probabilities (B, V), new state, attention (B, S), which comes
+        free with the RNN whatever ``need_attention`` says."""
         vector, state, weights = self.decoder.step(self.tgt_embed(prev_tokens), state, memory)
         logits = self.output_layer(vector)
         return torch.log_softmax(logits, dim=-1, dtype=torch.float32), state, weights

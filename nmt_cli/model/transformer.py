@@ -1,21 +1,11 @@
 """The Transformer encoder-decoder (Vaswani et al., 2017), with an incremental decoder for search.
 
-Options (``model.transformer``): pre- or post-norm, sinusoidal or learned positions, ReLU or
-GELU, residual / attention / activation dropout, embeddings scaled by sqrt(d_model), and (in
-``model``) source and target embeddings shared over a joint vocabulary and an output layer tied
-to the target embeddings. The weights are laid out as CTranslate2's ``TransformerSpec`` holds
-them, so an exporter maps each tensor one to one: self-attention has one fused query-key-value
-projection, cross-attention a query projection and one fused key-value projection, every linear
-layer has a bias except the output layer, and pre-norm stacks end in a final layer norm.
-
-Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels on CPU
-and GPU). Incremental decoding keeps each decoder layer's self-attention keys and values in
-``TransformerState`` (one new position per step, nothing of the prefix recomputed) and projects
-the cross-attention keys and values once per sentence into ``TransformerMemory``; beam search
-reorders both through ``select``. Attention weights for ``--alignments`` and
-``--plot-attention`` are those of the **last decoder layer's cross-attention, averaged over its
-heads**; fused attention does not return weights, so that one layer computes them explicitly, and
-only at steps that ask for them (``need_attention``).
+Weights are laid out as CTranslate2's ``TransformerSpec`` holds them, so export maps each tensor
+one to one: a fused query-key-value self-attention projection, a cross-attention query and fused
+key-value projection, a bias on every linear layer but the output one, a final layer norm in
+pre-norm stacks. Decoding keeps a self-attention cache and the cross-attention keys and values
+(``transformer_state``). Alignments use the last decoder layer's cross-attention averaged over
+heads, computed explicitly (fused attention returns no weights) and only when asked.
 """
 
 from __future__ import annotations
@@ -48,10 +38,6 @@ def sinusoidal_table(positions: int, size: int) -> Tensor:
     if size % 2:
         table = torch.cat([table, torch.zeros(positions, 1, dtype=torch.float64)], dim=1)
     return table.float()
-
-
-# ----------------------------------------------------------------------------------------------
-# Blocks
 
 
 class MultiHeadAttention(nn.Module):
@@ -99,10 +85,8 @@ class MultiHeadAttention(nn.Module):
                     None if weights is None else weights.reshape(n, 1, -1))
         p = self.dropout if self.training else 0.0
         weights = None
-        # The explicit path computes the same attention and can keep its weights; it is also
-        # the faster one for a single query (a decoding step), where fused kernels cost more to
-        # set up than the product itself, and for training on the CPU, where the fused kernel's
-        # backward pass is several times slower than the explicit one's (docs/results.md).
+        # The explicit path can keep its weights, and is faster for one query (a decoding step)
+        # and in CPU training, whose fused backward is slow (docs/results.md).
         if need_weights or q.size(-2) == 1 or (q.device.type == "cpu"
                                                and torch.is_grad_enabled() and q.requires_grad):
             scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
@@ -201,10 +185,6 @@ class DecoderLayer(nn.Module):
         return self.ff_block.residual(x, self.ff(self.ff_block.inputs(x))), (k, v), weights
 
 
-# ----------------------------------------------------------------------------------------------
-# The model
-
-
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
                  joint_vocab: bool = False):
@@ -262,8 +242,6 @@ class Transformer(nn.Module):
         pos = self.positions(index) if self.tcfg.positions == "learned" else self.sinusoids[index]
         return self.emb_dropout(table(tokens) * self.emb_scale + pos.to(table.weight.dtype))
 
-    # -- encoder side -----------------------------------------------------------------------
-
     def encode_states(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """src (B, S) -> encoder output (B, S, D) and the key mask (B, 1, 1, S)."""
         mask = (src != PAD_ID)[:, None, None, :]
@@ -276,8 +254,7 @@ class Transformer(nn.Module):
                src_lengths: Tensor) -> tuple[TransformerMemory, TransformerState]:
         """src (B, S) padded ids -> cross-attention keys/values of every layer, an empty cache."""
         states, mask = self.encode_states(src)
-        # contiguous once here (the fused projection's views are strided): every step reads
-        # them, and beam search copies their rows when it expands and prunes the batch
+        # contiguous once (the fused projection's views are strided): every step reads them
         keys, values = zip(*((k.contiguous(), v.contiguous()) for k, v in
                              (layer.cross_attn.cross_keys_values(states)
                               for layer in self.decoder_layers)))
@@ -286,8 +263,6 @@ class Transformer(nn.Module):
         n = len(self.decoder_layers)
         return (TransformerMemory(list(keys), list(values), mask[:, 0, 0, :]),
                 TransformerState([empty] * n, [empty] * n, 0))
-
-    # -- decoder side -----------------------------------------------------------------------
 
     def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing: logits (B, T, V) for every target position."""

@@ -13,13 +13,10 @@ from torch import Tensor
 
 @dataclass
 class TransformerMemory:
-    """The encoder side, fixed for a sentence: cross-attention keys and values of every decoder
-    layer, each (M, H, S, Dh), and the source padding mask (M, S), True on real tokens.
-
-    The M memory rows serve ``group`` decoding rows each (rows ``r * group`` to
-    ``r * group + group - 1`` read memory row ``r``): beam search's k rows of a sentence share
-    its keys and values instead of holding k copies, and each step attends with the k queries of
-    a sentence at once."""
+    """The encoder side: each decoder layer's cross-attention keys and values (M, H, S, Dh) and the
+    source mask (M, S), True on real tokens. Memory row r serves the ``group`` decoding rows
+    ``r * group`` to ``r * group + group - 1``: a sentence's k beams share one copy and attend
+    with their k queries at once."""
 
     keys: list[Tensor]
     values: list[Tensor]
@@ -27,10 +24,9 @@ class TransformerMemory:
     group: int = 1
 
     def select(self, index: Tensor) -> "TransformerMemory":
-        """Decoding rows ``index`` (N,) of the current ones. A selection that keeps whole groups
-        of rows reading one memory row (beam search's expansion to k rows per sentence, and its
-        pruning of finished sentences) regroups: only the memory rows still read are kept, one
-        copy per sentence. Any other selection gives each decoding row its own memory row."""
+        """Decoding rows ``index`` (N,). A selection keeping whole groups on one memory row (beam
+        search's expansion and pruning) regroups, one copy per sentence; any other gives each
+        decoding row its own memory row."""
         rows = index // self.group if self.group > 1 else index
         group = _group_size(rows, self.group)
         firsts = rows[::group] if group > 1 else rows
@@ -58,14 +54,10 @@ def _group_size(rows: Tensor, current: int) -> int:
 
 @dataclass
 class TransformerState:
-    """The decoder's self-attention cache: keys and values of every layer, each (M, H, t, Dh),
-    for the t positions decoded so far (``position`` is t).
-
-    ``select`` does not copy the cache: it records which stored row each new row reads
-    (``order``, (N,) indices into the M stored rows; None is every row in place), and the next
-    step gathers those rows straight into the cache one position longer. A beam step thus copies
-    the cache once instead of twice (a reorder, then an append), and selections in a row (the
-    reorder, then the pruning of finished sentences) compose into one index."""
+    """The self-attention cache: each layer's keys and values (M, H, t, Dh), ``position`` = t.
+    ``select`` copies nothing: ``order`` (N,) records which stored row each new row reads (None:
+    all in place), and the next step gathers them straight into the longer cache, so a beam step
+    copies once and selections in a row compose into one index."""
 
     keys: list[Tensor]
     values: list[Tensor]
@@ -78,9 +70,8 @@ class TransformerState:
 
 
 def extend_cache(cached: Tensor, order: Optional[Tensor], new: Tensor) -> Tensor:
-    """``cached`` (M, H, t, Dh) with its rows picked by ``order`` (N,), then ``new`` (N, H, 1, Dh)
-    appended along the positions: (N, H, t + 1, Dh), the kept rows gathered straight into the
-    longer cache (one copy, where a reorder and then an append would make two)."""
+    """``cached`` (M, H, t, Dh) rows ``order`` (N,), then ``new`` (N, H, 1, Dh): (N, H, t + 1, Dh),
+    gathered straight into the longer cache (one copy, not a reorder then an append)."""
     if order is None:
         return torch.cat([cached, new], dim=2)
     if torch.is_grad_enabled() and (cached.requires_grad or new.requires_grad):
