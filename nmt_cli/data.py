@@ -14,10 +14,7 @@ from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID
 
 
 class TokenArray:
-    """A list of id sequences stored flat in a ``.bin`` file with an offsets array beside it.
-
-    Both files are memory-mapped, so opening a split costs no memory and no reading up front.
-    """
+    """Id sequences stored flat in a ``.bin`` file beside an offsets array, both memory-mapped."""
 
     def __init__(self, bin_path: Path, dtype: str):
         idx_path = bin_path.with_suffix(".idx.npy")
@@ -82,12 +79,9 @@ def collate(src: list[np.ndarray], tgt: list[np.ndarray]) -> Batch:
 
 def token_batches(src_lengths: np.ndarray, tgt_lengths: np.ndarray, batch_tokens: int,
                   rng: np.random.Generator | None = None) -> list[np.ndarray]:
-    """Group pair indices into batches of similar length whose padded size fits ``batch_tokens``.
-
-    Pairs are sorted by (source, target) length, with ties broken at random when ``rng`` is given,
-    then cut greedily so that ``batch_size * longest side`` (after BOS/EOS) stays within budget.
-    A pair longer than the budget gets a batch of its own. Batch order is shuffled by ``rng``.
-    """
+    """Pair indices in batches of similar length whose ``batch_size * longest side`` (BOS/EOS
+    included) fits ``batch_tokens``; a longer pair goes alone. ``rng`` breaks length ties at
+    random and shuffles the batch order."""
     n = len(src_lengths)
     if n == 0:
         return []

@@ -1,10 +1,6 @@
-"""``nmt serve``: translation over HTTP, with batching across concurrent requests.
-
-``batcher`` gathers the sentences of waiting requests for the one model worker, ``protocol``
-checks request bodies and writes responses, ``app`` is the FastAPI application and ``page`` the
-page it serves at ``/``. FastAPI and uvicorn are an optional extra (``pip install 'nmt[serve]'``);
-nothing here imports them until a server is started.
-"""
+"""``nmt serve``: translation over HTTP, batching concurrent requests (``batcher``), checking bodies
+(``protocol``), the FastAPI ``app`` and its ``page``. FastAPI and uvicorn, an optional extra, are
+imported only when a server starts."""
 
 from __future__ import annotations
 

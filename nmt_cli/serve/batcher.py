@@ -1,11 +1,7 @@
-"""One model worker that batches the sentences of concurrent requests.
-
-Requests wait in a queue. The worker gathers requests until ``max_sentences`` sentences wait or
-the oldest request has waited ``max_wait`` seconds, groups the requests it took by their
-decode settings and runs each group as one call of the translate function. Because search is
-batch-invariant, a request gets the same translations whatever it was batched with. A group whose
-call raises fails its own requests only; the worker carries on with the next batch.
-"""
+"""One model worker that batches the sentences of concurrent requests: it gathers requests until
+``max_sentences`` wait or the oldest has waited ``max_wait`` seconds, and runs each group of equal
+decode settings as one call. Search is batch-invariant, so batching never changes a result; a
+group that raises fails its own requests only."""
 
 from __future__ import annotations
 

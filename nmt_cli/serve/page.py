@@ -1,7 +1,5 @@
-"""The page ``GET /`` serves: plain HTML and JavaScript over the JSON API, no build step.
-
-One line of the box is one text, so the translation keeps the lines of the input.
-"""
+"""The page ``GET /`` serves: plain HTML and JavaScript over the JSON API, no build step. One line
+of the box is one text, so the translation keeps the input's lines."""
 
 PAGE = """<!doctype html>
 <html lang="en">

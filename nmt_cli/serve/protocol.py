@@ -1,11 +1,6 @@
-"""The JSON of ``POST /translate``: a request body checked into texts and settings, and
-translations turned back into JSON.
-
-Decode settings are checked by the same rules as recipe and CLI settings
-(``config.with_overrides``); request-only settings by ``RequestOptions``. Every problem is an
-``ApiError`` with an HTTP status and the field it is about, never an exception that reaches the
-client as a 500.
-"""
+"""The JSON of ``POST /translate``: bodies checked into texts and settings (decode keys through
+``config.with_overrides``, the rest as ``RequestOptions``), every problem an ``ApiError`` with an
+HTTP status and its field, never a 500; translations rendered back."""
 
 from __future__ import annotations
 

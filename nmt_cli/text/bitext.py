@@ -1,8 +1,5 @@
-"""Reading line-aligned bitexts: plain, .gz, .xz or .bz2 files, or one two-column TSV file.
-
-Corpora are read in chunks of raw bytes, so the reading process never holds more than a chunk;
-decoding and clean-up happen where the chunk is encoded. No torch here.
-"""
+"""Reading line-aligned bitexts (plain, .gz, .xz or .bz2 files, or one two-column TSV) in chunks
+of raw bytes, so memory stays bounded; decoding and clean-up happen where a chunk is encoded."""
 
 from __future__ import annotations
 
@@ -96,11 +93,8 @@ def count_lines(path: Path) -> int:
 
 
 def count_pairs(corpus: Corpus, scans: dict[Path, tuple[int, int]] | None = None) -> int:
-    """The number of pairs in a corpus, checking alignment first; raises DataError naming files.
-
-    Two files must have the same number of lines; each TSV line must have exactly one tab.
-    ``scans`` may hold ``scan_file`` results already computed (in parallel, say).
-    """
+    """Pairs in a corpus, alignment checked first (equal line counts, one tab per TSV line) with a
+    DataError naming the files. ``scans`` may hold ``scan_file`` results already computed."""
     scans = scans or {}
 
     def scan(path: Path, tsv: bool = False) -> tuple[int, int]:
@@ -130,20 +124,16 @@ def normalize(text: str) -> str:
 
 
 def read_bitext(src: Path, tgt: Path, errors: str = "strict") -> Iterator[tuple[str, str]]:
-    """Yield aligned (source, target) lines; differing line counts are an error naming both files.
-
-    Counts are checked before anything is yielded, so a caller never writes half an output.
-    """
+    """Aligned (source, target) lines; line counts are checked before anything is yielded, so a
+    caller never writes half an output."""
     count_pairs(Corpus(src=src, tgt=tgt))
     yield from zip(read_lines(src, errors), read_lines(tgt, errors))
 
 
 @dataclass
 class RawChunk:
-    """``n`` consecutive raw lines of one corpus joined by ``\\n``, starting at line ``first``.
-
-    For a TSV corpus ``tgt`` is None and ``src`` holds whole lines; ``split_tsv`` separates them.
-    """
+    """``n`` raw lines of one corpus joined by ``\\n``, from line ``first``; for a TSV corpus
+    ``tgt`` is None and ``src`` holds whole lines (see ``split_tsv``)."""
 
     corpus: int
     first: int
@@ -227,12 +217,9 @@ def split_tsv(chunk: RawChunk) -> tuple[bytes, bytes]:
 
 def decode_side(block: bytes, n: int, policy: str, path: str, first: int,
                 counts: Counter) -> tuple[list[str], list[int]]:
-    """Decode ``n`` raw lines joined by newlines with the invalid-UTF-8 ``policy``.
-
-    Returns the text and the indices of undecodable lines. ``drop`` and ``replace`` count such a
-    line in ``counts['invalid_utf8']`` (and decode it with U+FFFD); ``error`` raises DataError
-    naming the file and line.
-    """
+    """Decode ``n`` raw lines joined by newlines: the text and the indices of undecodable lines,
+    which ``drop`` and ``replace`` count in ``counts['invalid_utf8']`` (decoded with U+FFFD) and
+    ``error`` raises as a DataError naming the file and line."""
     try:
         return block.decode("utf-8").split("\n") if n else [], []
     except UnicodeDecodeError:
@@ -253,11 +240,8 @@ def decode_side(block: bytes, n: int, policy: str, path: str, first: int,
 
 
 def read_split(split: Corpus, errors: str = "strict") -> Iterator[tuple[str, str]]:
-    """Yield the raw (source, target) text of every corpus of a split, TSV included, in order.
-
-    Line endings and a leading BOM are removed; nothing else is changed. Alignment is checked
-    first, corpus by corpus. ``errors`` is the UTF-8 error handler ('strict' raises DataError).
-    """
+    """The raw (source, target) text of every corpus of a split, in order, alignment checked first;
+    only line endings and a leading BOM are removed. ``errors``: the UTF-8 error handler."""
     for index, corpus in enumerate(split.sources()):
         count_pairs(corpus)
         for chunk in read_chunks(corpus, index, 10_000):

@@ -24,10 +24,8 @@ EXAMPLE_CHARS = 120  # an example is cut to this many characters per side
 
 
 def filter_params(cfg: PreprocessConfig, full: bool = True) -> dict[str, dict[str, Any]]:
-    """Each filter's parameters as the report shows them; only the active filters are listed.
-
-    ``full`` is False for dev and test sets, which only lose unreadable and empty pairs.
-    """
+    """Each active filter's parameters as the report shows them; ``full`` is False for dev and
+    test sets, which only lose unreadable and empty pairs."""
     params: dict[str, dict[str, Any]] = {
         "invalid_utf8": {"policy": cfg.normalize.invalid_utf8}, "empty": {}}
     if not full:
@@ -117,15 +115,10 @@ def token_filter(cfg: PreprocessConfig, full: bool, src_len: np.ndarray,
 
 
 class DedupTable:
-    """A fixed-size open-addressing hash set of 8-byte pair digests.
-
-    Memory is exactly the largest power of two of 8-byte slots that fits in ``memory_mb``,
-    allocated and touched once at the start, so it does not grow with the corpus: 128 MiB (the
-    default) holds 12.5 million distinct pairs at a 3/4 load. If a corpus has more distinct pairs
-    than that, the pairs that find the table full are kept unchecked (and counted), so a
-    non-duplicate is never dropped; the only way to lose one is a 64-bit digest collision, whose
-    chance is about n^2 / 2^65 (1e-5 for 20 million pairs).
-    """
+    """A fixed-size open-addressing hash set of 8-byte pair digests: the largest power of two of
+    slots that fits in ``memory_mb``, touched once, so memory never grows. Pairs that find it full
+    are kept unchecked (and counted), so only a digest collision can drop a non-duplicate
+    (capacity and odds: docs/results.md)."""
 
     def __init__(self, memory_mb: int):
         slots = 1 << (((memory_mb << 20) // 8).bit_length() - 1)

@@ -1,10 +1,6 @@
 """Line clean-up before filtering and encoding: CRLF, BOM, control and zero-width characters,
-Unicode normalization and whitespace, each step switchable and counted.
-
-Work is done a chunk of lines at a time. The chunk is scanned once with numpy lookup tables over
-code points; only lines that a step would change go through the per-line Python code, so clean
-text costs about a microsecond a line.
-"""
+Unicode normalization and whitespace, each step switchable and counted. A chunk is scanned once
+with numpy lookup tables; only lines some step would change go through per-line Python."""
 
 from __future__ import annotations
 
@@ -62,9 +58,8 @@ def _fill_block(block: int) -> None:
 
 
 def char_flags(cps: np.ndarray) -> np.ndarray:
-    """The flags of each code point of ``cps`` (uint32). The table is filled a block of 4,096 code
-    points at a time, for the blocks the text uses, so a translation of Latin-script text builds
-    two or three blocks (milliseconds) instead of all 272."""
+    """The flags of each code point of ``cps`` (uint32); the table is filled lazily, 4,096 code
+    points at a time, so Latin-script text builds two or three of its 272 blocks."""
     if not _FILLED.all():
         used = np.flatnonzero((np.bincount(cps >> 12, minlength=_FILLED.size) > 0) & ~_FILLED)
         for block in used.tolist():
@@ -126,10 +121,8 @@ class Normalizer:
 
     def clean_lines(self, lines: list[str], file_start: bool,
                     counts: Counter) -> tuple[list[str], np.ndarray]:
-        """Clean one side of a chunk; ``file_start`` says the first line opens its file (BOM).
-
-        Returns the cleaned lines and, as a by-product of the scan, their non-letter ratios.
-        """
+        """Clean one side of a chunk (``file_start``: its first line opens a file, BOM): the cleaned
+        lines and, a by-product of the scan, their non-letter ratios."""
         if not lines:
             return lines, np.zeros(0)
         text = "\n".join(lines)

@@ -1,16 +1,10 @@
 """Clean, filter, deduplicate, encode and binarize the recipe's splits into flat token-id files.
 
-The main process reads raw chunks of lines and hands them to ``preprocess.workers`` processes,
-each of which loads the SentencePiece model(s) once and decodes, cleans, filters and encodes whole
-chunks. At most ``2 * workers`` chunks are in flight and results come back in input order, so
-memory depends on the chunk size, not on the corpus size. The main process removes duplicates
-(``filters.DedupTable``), resamples weighted corpora and appends ids to the output.
-
-Layout in ``WORKDIR/data``: for each split and side, ``{split}.{side}.bin`` holds every sentence's
-ids back to back (uint8, uint16 or int32, the smallest the vocabulary fits) and
-``{split}.{side}.idx.npy`` holds the ``n + 1`` int64 offsets into it. ``manifest.json`` records
-counts per filter with examples, length percentiles, unknown-piece rates and SHA-256 hashes of
-the tokenizer model(s) and of every input file.
+``preprocess.workers`` processes encode raw chunks, at most ``2 * workers`` in flight, results in
+input order, so memory depends on the chunk size only; the main process dedups, resamples
+weighted corpora and appends ids. ``WORKDIR/data`` holds ``{split}.{side}.bin`` (ids back to
+back, the smallest dtype that fits), ``{split}.{side}.idx.npy`` (n + 1 int64 offsets) and
+``manifest.json`` (filter counts, length statistics, SHA-256 of the tokenizer and inputs).
 """
 
 from __future__ import annotations
@@ -57,10 +51,6 @@ def id_dtype(vocab_size: int) -> np.dtype:
 class Progress(Protocol):
     def start(self, split: str, total: int) -> None: ...
     def advance(self, pairs: int) -> None: ...
-
-
-# ----------------------------------------------------------------------------------------------
-# Worker side: one chunk in, its ids, lengths, digests and counts out.
 
 
 @dataclass
@@ -279,11 +269,7 @@ def _count_duplicates(counts: FilterCounts, dup: np.ndarray, res: EncodedChunk,
 
 def preprocess(recipe: Recipe, dry_run: bool = False,
                progress: Progress | None = None) -> dict[str, Any]:
-    """Encode every split of the recipe and write the manifest; returns the manifest.
-
-    Every corpus is checked for alignment before anything is written. ``dry_run`` does all the
-    work but writes nothing.
-    """
+    """Encode every split and write the manifest, which it returns; ``dry_run`` writes nothing."""
     splits = recipe.data.splits()
     if "train" not in splits:
         raise DataError("the recipe has no data.train section; add data.train.src and data.train.tgt")
