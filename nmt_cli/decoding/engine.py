@@ -130,7 +130,8 @@ class TorchEngine:
         if self._device.type == "cpu":  # batches side by side, as CTranslate2 runs them
             intra, self.workers = ct2.thread_split("cpu", settings.threads or self._threads_before,
                                                    settings.inter_threads)
-            torch.set_num_threads(intra)
+            if intra != self._threads_before:
+                torch.set_num_threads(intra)
         elif settings.threads:
             torch.set_num_threads(settings.threads)
         try:
@@ -178,7 +179,8 @@ class TorchEngine:
         """Give torch back the thread count it had before this engine opened."""
         import torch
 
-        torch.set_num_threads(self._threads_before)
+        if torch.get_num_threads() != self._threads_before:
+            torch.set_num_threads(self._threads_before)
 
 
 def _versions(**engine: str) -> dict[str, str]:

@@ -111,15 +111,16 @@ class Service:
 
         limits = {k: v for k, v in to_dict(self.settings).items()
                   if k not in ("host", "port", "quiet", "threads")}
+        tok = self.engine.tok
         return {
             "name": recipe.name,
             "checkpoints": [str(p) for p in self.paths],
             "languages": {"source": recipe.data.src_lang, "target": recipe.data.tgt_lang},
             "architecture": to_dict(recipe.model),
             "parameters": self.engine.parameters,
-            "vocabulary": {"source": self.tok.src_vocab_size, "target": self.tok.tgt_vocab_size,
-                           "joint": self.tok.joint},
-            "tokenizer_sha256": self.tok.sha256(),
+            "vocabulary": {"source": tok.src_vocab_size, "target": tok.tgt_vocab_size,
+                           "joint": tok.joint},
+            "tokenizer_sha256": tok.sha256(),
             "versions": {**versions, "fastapi": fastapi.__version__,
                          "uvicorn": uvicorn.__version__},
             "device": self.engine.device,
