@@ -6,7 +6,7 @@ from start to exit (interpreter start, imports and model load included), the way
 "decode only" loads the model here and times translation alone, after one warm-up batch.
 
     python bench/decode.py -m runs/m30k/checkpoints/best.pt -i test.de --beam-size 5 \\
-        --batch-size 64 --device cpu [--quantize int8] [--threads 2] [--output hyp.txt] \\
+        --batch-size 64 --device cpu [--threads 2] [--output hyp.txt] \\
         [--precision fp32 auto] [--reference test.en] [--batch-1-check]
 
 With several ``--precision`` values each is measured in turn in the same run (decode only, then
@@ -51,8 +51,6 @@ def whole_process(args, output: Path, model: Path | None = None,
            _abs(args.input), "-o", _abs(output), "--beam-size", str(beam_size or args.beam_size),
            "--batch-size", str(args.batch_size), "--batch-type", args.batch_type, "--device",
            args.device, "-q"]
-    if args.quantize:
-        cmd += ["--quantize", args.quantize]
     if args.precision:
         cmd += ["--precision", args.precision]
     for name in ("max_len_a", "max_len_b"):
@@ -85,8 +83,7 @@ def decode_only(args) -> tuple[float, float, int, int, list[str], str]:
                      if getattr(args, name) is not None})
     lines = list(read_lines(args.input))
     engine = open_engine([args.model], EngineSettings(args.device, args.threads or 0,
-                                                      args.inter_threads or 0, args.quantize,
-                                                      settings))
+                                                      args.inter_threads or 0, settings))
     try:
         cfg = engine.defaults
         engine.translate_lines(lines[:64], cfg)  # warm-up
@@ -155,7 +152,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--batch-type", choices=["sentences", "tokens"], default="sentences")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    parser.add_argument("--quantize", choices=["int8"], default=None)
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads in all, as nmt translate --threads; 0: one per core")
     parser.add_argument("--inter-threads", type=int, nargs="+", default=[None],
@@ -195,7 +191,6 @@ def run_one(args) -> None:
     seconds, cpu, sentences, tokens, texts, resolved = decode_only(args)
     setting = (f"beam {args.beam_size}, batch {args.batch_size} {args.batch_type}, "
                f"{args.device}, precision {args.precision or 'of the checkpoint'} -> {resolved}"
-               f"{', int8' if args.quantize else ''}"
                f"{f', {args.threads} threads' if args.threads else ''}")
     print(f"decode only   ({setting}): {sentences} sentences, {tokens} tokens in {seconds:.2f} s: "
           f"{sentences / seconds:.1f} sentences/s, {tokens / seconds:.1f} tokens/s "

@@ -83,7 +83,7 @@ def batch_figures(args, lines: list[str], source: Path) -> tuple[float, str, lis
     from nmt_cli.decoding.engine import EngineSettings, open_engine
 
     # one search at a time on every thread, as the server runs it
-    engine = open_engine([args.model], EngineSettings("cpu", args.threads, 1, None,
+    engine = open_engine([args.model], EngineSettings("cpu", args.threads, 1,
                                                       {"beam_size": args.beam_size}))
     try:
         cfg = engine.defaults

@@ -18,6 +18,15 @@ class Quantize(str, Enum):
     int8 = "int8"
 
 
+QUANTIZE_HELP = "Removed; for fast CPU decoding export the model: nmt export --quantization int8."
+
+
+def _no_quantize(quantize: Optional[Quantize]) -> None:
+    if quantize is not None:
+        raise NmtError("--quantize was removed: torch's dynamic int8 gained under 1.3x over fp32 "
+                       "(docs/results.md); nmt export --quantization int8 is the fast CPU path")
+
+
 @app.command()
 def translate(
     model: List[Path] = typer.Option(..., "-m", "--model",
@@ -70,8 +79,7 @@ def translate(
     plot_attention: Optional[Path] = typer.Option(
         None, "--plot-attention", help="Write one attention heatmap PNG per sentence here "
                                        "(needs matplotlib)."),
-    quantize: Optional[Quantize] = typer.Option(None, "--quantize",
-                                                help="int8 dynamic quantization (CPU)."),
+    quantize: Optional[Quantize] = typer.Option(None, "--quantize", help=QUANTIZE_HELP),
     precision: Optional[str] = typer.Option(
         None, "--precision", help="auto (bf16 on a GPU that has it, else fp32), fp32, or bf16 "
                                   "and fp16 on a GPU. The CPU decodes in fp32; nmt export is "
@@ -97,11 +105,11 @@ def translate(
     given = locals()
     decode = {key: given[key] for key in DECODE_OPTIONS if given[key] is not None}
     with user_errors():
+        _no_quantize(quantize)
         from nmt_cli.decoding.translate import TranslateOptions, translate_file
 
         options = TranslateOptions(tsv=n_best is not None, score_reference=score_reference,
                                    alignments=alignments, plot_attention=plot_attention,
-                                   quantize=quantize.value if quantize else None,
                                    threads=threads, inter_threads=inter_threads)
         stats = translate_file(model, input, output, device=device.value, options=options,
                                **decode)
@@ -168,8 +176,7 @@ def serve(
     set_: List[str] = typer.Option([], "--set", metavar="decode.KEY=VALUE",
                                    help="Change a decode default of the checkpoint's recipe, "
                                         "e.g. --set decode.beam_size=4; repeatable."),
-    quantize: Optional[Quantize] = typer.Option(None, "--quantize",
-                                                help="int8 dynamic quantization (CPU)."),
+    quantize: Optional[Quantize] = typer.Option(None, "--quantize", help=QUANTIZE_HELP),
     device: Device = typer.Option(Device.auto, help="Where to run the model."),
     threads: Optional[int] = typer.Option(None, "--threads",
                                           help="CPU threads for torch; 0 keeps torch's default."),
@@ -182,6 +189,7 @@ def serve(
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in translate
     with user_errors():
+        _no_quantize(quantize)
         from nmt_cli.config import DecodeConfig, with_overrides
         from nmt_cli.recipes import parse_override
         from nmt_cli.serve import require_server_extra, run_server
@@ -199,8 +207,7 @@ def serve(
                 raise NmtError(f"--set {text}: nmt serve changes decode.* keys only")
             decode[key.removeprefix("decode.")] = value
         with_overrides(DecodeConfig(), decode, "decode")  # a bad key fails before loading
-        run_server(model, settings, device.value, decode,
-                   quantize.value if quantize else None)
+        run_server(model, settings, device.value, decode)
 
 
 class ExportFormat(str, Enum):

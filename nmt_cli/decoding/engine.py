@@ -31,7 +31,6 @@ class EngineSettings:
     device: str = "auto"  # auto, cpu or cuda
     threads: int = 0  # CPU threads in all (0: one per core this process may use)
     inter_threads: int = 0  # on the CPU, batches searched side by side; 0: one per thread
-    quantize: str | None = None  # "int8": torch dynamic quantization of the RNN's linear layers
     decode: dict[str, Any] = field(default_factory=dict)  # decode.* keys over the recipe's
 
 
@@ -67,9 +66,6 @@ def open_engine(paths: Path | Sequence[Path], settings: EngineSettings) -> Engin
     if len(paths) > 1:
         raise NmtError(f"{exported[0]}: an exported CTranslate2 model cannot be part of an "
                        "ensemble; give one -m, or ensemble the .pt checkpoints")
-    if settings.quantize is not None:
-        raise NmtError("--quantize does not work on an exported CTranslate2 model (choose "
-                       "--quantization when exporting)")
     return Ct2Engine(exported[0], settings)
 
 
@@ -135,13 +131,9 @@ class TorchEngine:
         elif settings.threads:
             torch.set_num_threads(settings.threads)
         try:
-            if settings.quantize is not None and self._device.type != "cpu":
-                raise NmtError(f"--quantize {settings.quantize} runs on the CPU only; add "
-                               "--device cpu")
-            quantize = _int8_quantizer() if settings.quantize == "int8" else None
-            model, self.tok, self.recipe = load_models(paths, self._device, quantize)
+            model, self.tok, self.recipe = load_models(paths, self._device)
             self.defaults = with_overrides(self.recipe.decode, settings.decode, "decode")
-            self.precision = decoding_precision(self.defaults, self._device, settings.quantize)
+            self.precision = decoding_precision(self.defaults, self._device)
             if self.precision != "fp32":
                 model = model.to(DTYPES[self.precision])
         except BaseException:
@@ -194,19 +186,14 @@ def _versions(**engine: str) -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def decoding_precision(cfg: DecodeConfig, device: torch.device, quantize: str | None) -> str:
+def decoding_precision(cfg: DecodeConfig, device: torch.device) -> str:
     """``decode.precision`` resolved for ``device``: ``auto`` is bf16 on a GPU that supports it
-    and fp32 everywhere else; on the CPU only fp32 runs (and int8 layers have fp32 around them)."""
+    and fp32 everywhere else; on the CPU only fp32 runs."""
     import torch
 
     from nmt_cli.runtime import check_precision
 
     precision = cfg.precision
-    if quantize is not None:
-        if precision not in ("auto", "fp32"):
-            raise NmtError(f"--quantize {quantize} cannot be combined with --precision "
-                           f"{precision} (decode.precision); use --precision fp32 or auto")
-        return "fp32"
     if device.type != "cuda":
         if precision in ("auto", "fp32"):
             return "fp32"
@@ -219,9 +206,8 @@ def decoding_precision(cfg: DecodeConfig, device: torch.device, quantize: str | 
     return precision
 
 
-def load_models(paths: Sequence[Path], device: torch.device, quantize=None):
-    """One model, or an ensemble of several that share one tokenizer; the first one's recipe.
-    ``quantize`` (from ``_int8_quantizer``) turns each model's linear layers into int8 ones."""
+def load_models(paths: Sequence[Path], device: torch.device):
+    """One model, or an ensemble of several that share one tokenizer; the first one's recipe."""
     from nmt_cli.checkpoint import load_checkpoint, model_from_checkpoint
     from nmt_cli.decoding.ensemble import Ensemble
 
@@ -233,30 +219,6 @@ def load_models(paths: Sequence[Path], device: torch.device, quantize=None):
         elif (tok.src_bytes, tok.tgt_bytes) != (first_tok.src_bytes, first_tok.tgt_bytes):
             raise CheckpointError(f"{path}: its tokenizer differs from {paths[0]}'s; an ensemble "
                                   "needs models trained with the same tokenizer")
-        models.append(model if quantize is None else quantize(model))
+        models.append(model)
     model = models[0] if len(models) == 1 else Ensemble(models).eval()
     return model, first_tok, recipe
-
-
-def _int8_quantizer():
-    """A function turning a model's linear layers into dynamic int8 ones (CPU only) through the
-    deprecated ``torch.ao.quantization``; one clear error where this torch lacks it."""
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():  # torch >= 2.9 announces a move to torchao; it still works
-        warnings.simplefilter("ignore")
-        try:
-            from torch.ao.quantization import quantize_dynamic
-        except ImportError:
-            raise NmtError(f"--quantize int8 needs torch.ao.quantization.quantize_dynamic, which "
-                           f"torch {torch.__version__} no longer has; translate without "
-                           "--quantize") from None
-
-    def quantize(model: torch.nn.Module) -> torch.nn.Module:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-
-    return quantize

@@ -49,7 +49,6 @@ class TranslateOptions:
     score_reference: Path | None = None  # print log P(reference | source) instead of translating
     alignments: Path | None = None  # Pharaoh i-j lines from attention
     plot_attention: Path | None = None  # one PNG heatmap per sentence
-    quantize: str | None = None  # "int8": dynamic quantization of the Linear layers (CPU)
     chunk_lines: int = 1000
     threads: int = 0  # CPU threads in all (0: one per core this process may use)
     inter_threads: int = 0  # on the CPU, batches searched side by side; 0: one per thread
@@ -171,7 +170,7 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
 
         require_matplotlib()
     engine = open_engine(paths, EngineSettings(device, opts.threads, opts.inter_threads,
-                                               opts.quantize, decode))
+                                               decode))
     try:
         cfg = engine.defaults
         _check_options(engine, opts, cfg)

@@ -48,8 +48,8 @@ class BahdanauAttention(Attention):
         q = self.query_layer(query).float()  # (B, T, A)
         # (B, 1, S, A) + (B, T, 1, A) -> (B, T, S, A), tanh in place (no second buffer) -> (B, T, S)
         energy = (keys.unsqueeze(1) + q.unsqueeze(2)).tanh_()
-        layer = self.energy_layer  # (an int8 module after quantization, which takes fp32)
-        if not self.training and isinstance(layer, nn.Linear):
+        layer = self.energy_layer
+        if not self.training:
             # a product and a sum over A, not a GEMV over B*T*S rows, whose rounding depends on
             # the row count: scores must not change with the batch's padding (batch invariance)
             return (energy * layer.weight.view(-1).to(energy.dtype)).sum(-1)

@@ -38,7 +38,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def run_server(paths: Sequence[Path], settings: ServeConfig, device: str = "auto",
-               decode: dict[str, Any] | None = None, quantize: str | None = None) -> None:
+               decode: dict[str, Any] | None = None) -> None:
     """Serve until SIGTERM or Ctrl-C, then finish the requests in flight and return."""
     require_server_extra()
     import uvicorn
@@ -48,7 +48,7 @@ def run_server(paths: Sequence[Path], settings: ServeConfig, device: str = "auto
     from nmt_cli.decoding.engine import check_model_paths
 
     check_model_paths(paths)  # before the port is taken
-    service = Service([Path(p) for p in paths], settings, device, decode, quantize)
+    service = Service([Path(p) for p in paths], settings, device, decode)
     sock = listen(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(make_app(service), log_config=None, log_level="warning",

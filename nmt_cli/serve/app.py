@@ -47,9 +47,9 @@ class Log:
 
 class Service:
     def __init__(self, paths: list[Path], settings: ServeConfig, device: str = "auto",
-                 decode: dict[str, Any] | None = None, quantize: str | None = None):
+                 decode: dict[str, Any] | None = None):
         self.paths, self.settings, self.device_name = paths, settings, device
-        self.decode_overrides, self.quantize = decode or {}, quantize
+        self.decode_overrides = decode or {}
         self.log = Log(settings.quiet)
         self.ready = False
         self.error: NmtError | None = None
@@ -73,8 +73,7 @@ class Service:
 
             # one search at a time, on every thread asked for (the batcher is the one caller)
             self.engine = open_engine(self.paths, EngineSettings(
-                self.device_name, self.settings.threads, 1, self.quantize,
-                self.decode_overrides))
+                self.device_name, self.settings.threads, 1, self.decode_overrides))
             self.defaults, self.precision = self.engine.defaults, self.engine.precision
             self._run(self.defaults, False, ["warm up"])
             self.info = self._model_info(self.engine.recipe, self.engine.versions)
