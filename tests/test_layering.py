@@ -87,6 +87,7 @@ RANKS = {
     "nmt_cli.text": 0, "nmt_cli.training": 0, "nmt_cli.decoding": 0,
     # settings, and small helpers over torch and the file system
     "nmt_cli.config": 1, "nmt_cli.runtime": 1, "nmt_cli.training.distributed": 1,
+    "nmt_cli.training.loss": 1,
     "nmt_cli.recipes": 2, "nmt_cli.training.metrics": 2,
     # text: raw text -> token shards (and the text-only scoring and plots)
     "nmt_cli.text.normalize": 3, "nmt_cli.text.filters": 3,

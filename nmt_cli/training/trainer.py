@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ from nmt_cli.data import ParallelData
 from nmt_cli.decoding.inference import translate_lines
 from nmt_cli.errors import CheckpointError, DataError, NmtError
 from nmt_cli.files import atomic_write_text
-from nmt_cli.ids import PAD_ID
 from nmt_cli.model import build_model, count_parameters
 from nmt_cli.recipes import write_resolved
 from nmt_cli.runtime import (autocast, free_device_memory, grad_scaler, resolve_precision,
@@ -44,68 +43,10 @@ from nmt_cli.text.bitext import read_split
 from nmt_cli.text.preprocess import data_dir, load_manifest
 from nmt_cli.text.tokenizer import Tokenizers
 from nmt_cli.training import distributed as dist
+from nmt_cli.training.loss import sequence_loss
 from nmt_cli.training.metrics import MetricsLog, write_environment
 from nmt_cli.training.optim import LrSchedule, build_optimizer
 from nmt_cli.training.runs import TrainState, check_resumable, data_identity, load_init_weights
-
-
-class _SmoothedCrossEntropy(torch.autograd.Function):
-    """Label-smoothed cross-entropy summed over the non-padding rows of (N, V) logits, with the
-    gradient computed in the forward pass: ``softmax - (1 - eps) * onehot - eps / V`` on kept
-    rows, zero on padding. On the CPU the rows go a block at a time (about 2**20 logits), so each
-    block's fp32 log-probabilities stay in cache while the loss and the gradient are read off
-    them; no (N, V) fp32 tensor is made, and backward is one scaling of the saved gradient, in
-    the logits' dtype. Autograd would instead take the log-softmax backward, the mean's and the
-    gather's, each a pass over the (N, V) tensor. Returns (loss, nll); the NLL sum is for
-    reporting and has no gradient."""
-
-    @staticmethod
-    def forward(ctx, logits, target, eps: float):  # type: ignore[override]
-        rows, vocab = logits.shape
-        keep = target != PAD_ID
-        want_grad = ctx.needs_input_grad[0]
-        grad = torch.empty_like(logits) if want_grad else None
-        block = rows if logits.device.type != "cpu" else max(1, (1 << 20) // vocab)
-        nll_parts, smooth_parts = [], []
-        for lo in range(0, max(rows, 1), block):
-            hi = min(lo + block, rows)
-            log_probs = torch.log_softmax(logits[lo:hi].float(), dim=-1)
-            tgt, kept = target[lo:hi].unsqueeze(1), keep[lo:hi]
-            nll_parts.append((-log_probs.gather(1, tgt).squeeze(1)).masked_fill(~kept, 0.0))
-            if eps > 0:
-                smooth_parts.append((-log_probs.mean(dim=-1)).masked_fill(~kept, 0.0))
-            if want_grad:
-                g = log_probs.exp_()  # the softmax
-                if eps > 0:
-                    g.sub_(eps / vocab)
-                g.scatter_add_(1, tgt, g.new_full((hi - lo, 1), -(1.0 - eps)))
-                grad[lo:hi] = g.mul_(kept.unsqueeze(1))
-        nll = torch.cat(nll_parts)
-        loss = nll.sum()
-        if eps > 0:
-            loss = (1.0 - eps) * loss + eps * torch.cat(smooth_parts).sum()
-        if want_grad:
-            ctx.save_for_backward(grad)
-        nll_sum = nll.sum()
-        ctx.mark_non_differentiable(nll_sum)
-        return loss, nll_sum
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_nll):  # type: ignore[override]
-        (grad,) = ctx.saved_tensors
-        return grad.mul_(grad_loss), None, None  # backward runs once: scaled in place
-
-
-def sequence_loss(logits: torch.Tensor, target: torch.Tensor,
-                  label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed label-smoothed cross-entropy and summed plain NLL over non-padding positions.
-
-    Same value and gradient as ``F.cross_entropy(..., label_smoothing=eps, ignore_index=PAD)``
-    summed, with one fp32 log-softmax shared by both sums: ``(1 - eps) * nll + eps *
-    mean_v(-log p_v)``.
-    """
-    flat = logits.reshape(-1, logits.size(-1))
-    return _SmoothedCrossEntropy.apply(flat, target.reshape(-1), float(label_smoothing))
 
 
 @dataclass
