@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -27,8 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from nmt_cli.checkpoint import (FAULT_ENV, CheckpointStore, library_versions, make_checkpoint,
-                                rng_state, set_rng_state)
+from nmt_cli import faults
+from nmt_cli.checkpoint import (CheckpointStore, library_versions, make_checkpoint, rng_state,
+                                set_rng_state)
 from nmt_cli.config import Recipe, check_training, with_overrides
 from nmt_cli.data import ParallelData
 from nmt_cli.decoding.inference import translate_lines
@@ -378,8 +378,6 @@ class Trainer:
         self.model.train()
         self._session_start = time.time()
         base_seconds = self._base_seconds = st.seconds
-        fault = os.environ.get(FAULT_ENV, "")
-        kill_after = int(fault.split(":")[1]) if fault.startswith("kill-after-step:") else None
         window = {"tokens": 0, "loss": 0.0, "nll": 0.0, "start": time.time()}
         stop = ""
         if st.step >= cfg.max_steps > 0:
@@ -416,8 +414,7 @@ class Trainer:
                     self._log_window(window, out["lr"], progress)
                 elif progress is not None and self.dist.is_main:
                     progress.update(st.step, None)
-                if kill_after is not None and st.step == kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)  # test-only: a real crash
+                faults.point("train-update", step=st.step)
                 if out["applied"] and st.step % cfg.valid_every == 0:
                     if self._validate_and_save():
                         stop = "early stopping"
