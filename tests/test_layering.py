@@ -105,10 +105,12 @@ RANKS = {
     "nmt_cli.decoding.penalties": 12, "nmt_cli.decoding.ensemble": 12,
     "nmt_cli.decoding.alignment": 12,
     "nmt_cli.training.optim": 12, "nmt_cli.training.runs": 12, "nmt_cli.training.average": 12,
+    "nmt_cli.training.update": 12,
     "nmt_cli.decoding.search": 13,
     "nmt_cli.decoding.inference": 14,
-    # the CTranslate2 engine: inference's clean-up and results, below translate and serve
-    "nmt_cli.decoding.ct2": 14.5,
+    # the CTranslate2 engine: inference's clean-up and results, below translate and serve; and
+    # the trainer's validation, which decodes through inference
+    "nmt_cli.decoding.ct2": 14.5, "nmt_cli.training.validation": 14.5,
     # the two ends, which must not know each other
     "nmt_cli.training.trainer": 15, "nmt_cli.decoding.translate": 15,
     # the server over decoding (and exporters beside it)
