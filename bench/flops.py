@@ -10,7 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nmt_cli.model import Transformer
 from nmt_cli.runtime import autocast
-from nmt_cli.training.trainer import epoch_batches, sequence_loss
+from nmt_cli.training.loss import sequence_loss
+from nmt_cli.training.trainer import epoch_batches
 
 
 def _attention_flops(model, src_len: int, tgt_len: int, batch: int) -> int:

@@ -14,15 +14,13 @@ import os
 import platform
 import random
 import re
-import signal
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from nmt_cli import __version__
+from nmt_cli import __version__, faults
 from nmt_cli.config import Recipe, to_dict
 from nmt_cli.errors import CheckpointError, NmtError
 from nmt_cli.files import atomic_write_bytes, replace_durably
@@ -55,28 +53,9 @@ def make_checkpoint(model: TrainableModel, recipe: Recipe, tok: Tokenizers, **ex
 def save_checkpoint(path: Path, payload: dict) -> None:
     buf = io.BytesIO()
     torch.save(payload, buf)
-    if os.environ.get(FAULT_ENV, "").startswith("kill-in-save:"):
-        _write_with_fault(Path(path), buf.getvalue())
-    else:
-        atomic_write_bytes(path, buf.getvalue())
-
-
-# Test-only fault injection: NMT_FAULT=kill-in-save:STEP makes the process SIGKILL itself halfway
-# through writing the checkpoint file for STEP, exactly as a crash or an OOM killer would.
-FAULT_ENV = "NMT_FAULT"
-
-
-def _write_with_fault(target: Path, data: bytes) -> None:
-    step = os.environ[FAULT_ENV].split(":", 1)[1]
-    if not re.search(rf"-0*{re.escape(step)}\.pt$", target.name):
-        atomic_write_bytes(target, data)
-        return
-    fd, _ = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data[: len(data) // 2])
-        fh.flush()
-        os.fsync(fh.fileno())
-        os.kill(os.getpid(), signal.SIGKILL)
+    data = buf.getvalue()
+    faults.point("checkpoint-write", path=Path(path), data=data)
+    atomic_write_bytes(path, data)
 
 
 # ----------------------------------------------------------------------------------------------

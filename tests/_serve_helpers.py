@@ -17,16 +17,18 @@ from pathlib import Path
 import httpx
 
 from conftest import CLI_ENV, ROOT
+from fault_launcher import nmt_args
 
 
 class Server:
     def __init__(self, checkpoint: Path, log_path: Path, *args: str, env: dict | None = None,
-                 ready_timeout: float = 90.0):
+                 fault: str | None = None, ready_timeout: float = 90.0):
+        """``fault`` is a spec of tests/fault_launcher.py."""
         self.log_path = log_path
         self._log = open(log_path, "wb")
         full_env = {**CLI_ENV, "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nmt_cli", "serve", "-m", str(checkpoint), "--port", "0",
+            [sys.executable, *nmt_args(fault), "serve", "-m", str(checkpoint), "--port", "0",
              *args], stdout=subprocess.DEVNULL, stderr=self._log, env=full_env, cwd=ROOT)
         try:
             self.url = self._wait_for_url(ready_timeout)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fault_launcher import nmt_args
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
 
@@ -37,7 +39,7 @@ def _head(src: Path, dst: Path, n: int) -> None:
 
 def env() -> dict[str, str]:
     out = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "NMT_FAULT"):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         out.pop(key, None)
     return out
 
@@ -82,11 +84,9 @@ def new_run(prepared: Path, name: str, **train) -> tuple[Path, Path]:
 
 def train(recipe: Path, *args: str, fault: str | None = None,
           check: bool = True) -> subprocess.CompletedProcess:
-    e = env()
-    if fault:
-        e["NMT_FAULT"] = fault
-    proc = subprocess.run([sys.executable, "-m", "nmt_cli", "train", str(recipe), *args],
-                          env=e, capture_output=True, text=True)
+    """``nmt train`` in a subprocess; ``fault`` is a spec of tests/fault_launcher.py."""
+    proc = subprocess.run([sys.executable, *nmt_args(fault), "train", str(recipe), *args],
+                          env=env(), capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"nmt train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc

@@ -14,6 +14,7 @@ import torch
 import torch.distributed
 
 from _train_fixtures import env, new_run, prepared, weights  # noqa: F401
+from fault_launcher import nmt_args
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch built without torch.distributed")
@@ -25,12 +26,10 @@ TRAIN = dict(max_steps=3, save_every=1, keep_last=3, valid_every=2, valid_max_se
 
 
 def torchrun(recipe, *args: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    """Two-rank ``nmt train``; ``fault`` is a spec of tests/fault_launcher.py."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "nmt_cli", "train", str(recipe), *NO_DROPOUT, *args]
-    e = env()
-    if fault:
-        e["NMT_FAULT"] = fault
-    proc = subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+           *nmt_args(fault), "train", str(recipe), *NO_DROPOUT, *args]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=240)

@@ -83,12 +83,12 @@ def closure(name: str, top_level_only: bool = False) -> set[str]:
 # module gets a rank here from whoever adds it: above everything it imports, below its users.
 RANKS = {
     # ground floor: nothing of nmt_cli below them (the stage folders' __init__ import nothing)
-    "nmt_cli": 0, "nmt_cli.errors": 0, "nmt_cli.ids": 0, "nmt_cli.files": 0,
+    "nmt_cli": 0, "nmt_cli.errors": 0, "nmt_cli.ids": 0, "nmt_cli.files": 0, "nmt_cli.faults": 0,
     "nmt_cli.text": 0, "nmt_cli.training": 0, "nmt_cli.decoding": 0,
     # settings, and small helpers over torch and the file system
     "nmt_cli.schema": 0.5,
     "nmt_cli.config": 1, "nmt_cli.runtime": 1, "nmt_cli.training.distributed": 1,
-    "nmt_cli.reports": 1,
+    "nmt_cli.reports": 1, "nmt_cli.training.loss": 1,
     "nmt_cli.recipes": 2, "nmt_cli.training.metrics": 2,
     # text: raw text -> token shards (and the text-only scoring and plots)
     "nmt_cli.text.normalize": 3, "nmt_cli.text.filters": 3,
@@ -106,10 +106,12 @@ RANKS = {
     "nmt_cli.decoding.penalties": 12, "nmt_cli.decoding.ensemble": 12,
     "nmt_cli.decoding.alignment": 12,
     "nmt_cli.training.optim": 12, "nmt_cli.training.runs": 12, "nmt_cli.training.average": 12,
+    "nmt_cli.training.update": 12,
     "nmt_cli.decoding.search": 13,
     "nmt_cli.decoding.inference": 14,
-    # the CTranslate2 engine: inference's clean-up and results, below translate and serve
-    "nmt_cli.decoding.ct2": 14.5,
+    # the CTranslate2 engine: inference's clean-up and results, below translate and serve; and
+    # the trainer's validation, which decodes through inference
+    "nmt_cli.decoding.ct2": 14.5, "nmt_cli.training.validation": 14.5,
     # the one door to both engines, below every caller
     "nmt_cli.decoding.engine": 14.7,
     # the two ends, which must not know each other
@@ -329,3 +331,59 @@ def test_the_server_package_loads_without_its_extra():
     """``nmt serve`` can say which extra to install: FastAPI, uvicorn and torch load later."""
     loaded = closure("nmt_cli.serve", top_level_only=True)
     assert not {"fastapi", "uvicorn", "starlette", "torch"} & loaded, sorted(loaded)
+
+
+def _is_environ(node: ast.expr) -> bool:
+    return (isinstance(node, ast.Attribute) and node.attr == "environ"
+            or isinstance(node, ast.Name) and node.id == "environ")
+
+
+def environment_keys(source: str) -> list[str]:
+    """The key of every ``os.environ[...]``, ``os.environ.get(...)`` (or ``pop``,
+    ``setdefault``) and ``os.getenv(...)`` in ``source``, as written."""
+    keys = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Subscript) and _is_environ(node.value):
+            keys.append(ast.unparse(node.slice))
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.func, ast.Attribute):
+            func = node.func
+            if (func.attr in ("get", "pop", "setdefault") and _is_environ(func.value)
+                    or func.attr == "getenv"):
+                keys.append(ast.unparse(node.args[0]))
+    return keys
+
+
+def fault_switches(sources: dict[str, str]) -> list[str]:
+    """Every module (name -> source) that names NMT_FAULT or reads a fault from the environment."""
+    found = []
+    for name, source in sorted(sources.items()):
+        if "NMT_FAULT" in source:
+            found.append(f"{name} mentions NMT_FAULT")
+        found += [f"{name} reads the environment for a fault ({key})"
+                  for key in environment_keys(source) if "FAULT" in key.upper()]
+    return found
+
+
+def test_faults_are_injected_through_the_seam_not_the_environment():
+    """A test injects a fault by replacing ``nmt_cli.faults.point``; production code holds no
+    fault switch of its own, and the seam depends on nothing it could be injected into."""
+    sources = {name: path.read_text(encoding="utf-8") for name, path in MODULES.items()}
+    problems = fault_switches(sources)
+    assert not problems, "\n".join(problems) + ("\ncall nmt_cli.faults.point(NAME, ...) there, "
+                                               "and let the test replace it")
+    assert not {i for i in imports("nmt_cli.faults") if i.split(".")[0] == "nmt_cli"}
+    assert not environment_keys(sources["nmt_cli.faults"])
+    callers = {name for name, source in sources.items() if "faults.point(" in source}
+    assert {"nmt_cli.checkpoint", "nmt_cli.training.trainer", "nmt_cli.serve.app"} <= callers
+
+
+def test_the_fault_check_sees_a_switch_in_the_environment():
+    """A control: the fault switches this code once had are caught."""
+    old = {"nmt_cli.checkpoint": 'FAULT_ENV = "NMT_FAULT"\n',
+           "nmt_cli.training.trainer": "fault = os.environ.get(FAULT_ENV, '')\n",
+           "nmt_cli.serve.app": "delay = os.getenv('SERVE_FAULTS')\n",
+           "nmt_cli.runtime": "spec = environ['TEST_FAULT'] if x else os.environ.get('HOME')\n"}
+    problems = fault_switches(old)
+    assert len(problems) == 4, problems
+    assert environment_keys("os.environ.get('A'); os.environ['B']; os.getenv(C)") == \
+        ["'A'", "'B'", "C"]

@@ -13,7 +13,7 @@ from nmt_cli.config import DecoderConfig, EncoderConfig, ModelConfig
 from nmt_cli.errors import ConfigError
 from nmt_cli.model import build_model, count_parameters
 from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID
-from nmt_cli.training.trainer import sequence_loss
+from nmt_cli.training.loss import sequence_loss
 
 VOCAB = 23
 CELLS = ("gru", "lstm")

@@ -240,7 +240,7 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_the_server_carries_on(serve
 def test_a_failing_batch_fails_its_requests_only_and_sigterm_finishes_in_flight_work(
         experiment, tmp_path):
     srv = Server(experiment.checkpoint, tmp_path / "faulty.log", "--max-wait-ms", "200",
-                 env={"NMT_FAULT": "serve-delay:1.5,serve-fail-on:BOOM"})
+                 fault="serve-delay:1.5,serve-fail-on:BOOM")
     try:
         line = sample_lines("test", "src", 1)[0]
         want = nmt_translate(experiment.checkpoint, [line], tmp_path, "--beam-size", "2")

@@ -61,7 +61,7 @@ def test_fp16_on_cpu_is_refused_with_the_key(prepared):  # noqa: F811
 def test_non_finite_losses_skip_updates_then_stop(prepared, monkeypatch):  # noqa: F811
     trainer, workdir = _trainer(prepared, "nan", max_steps=10, max_nonfinite=3)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    import nmt_cli.training.trainer as module
+    import nmt_cli.training.update as module
 
     real = module.sequence_loss
     monkeypatch.setattr(module, "sequence_loss",
@@ -74,7 +74,7 @@ def test_non_finite_losses_skip_updates_then_stop(prepared, monkeypatch):  # noq
     assert [r["event"] for r in records].count("nonfinite") == 3
 
 def _infinite_loss_on_call(monkeypatch, module, n: int) -> None:
-    """Make the n-th call of the trainer's loss return an infinite loss (plain NLL untouched)."""
+    """Make the n-th call of the update's loss return an infinite loss (plain NLL untouched)."""
     real, calls = module.sequence_loss, []
 
     def poisoned(*args):
@@ -88,7 +88,7 @@ def _infinite_loss_on_call(monkeypatch, module, n: int) -> None:
 
 def test_one_non_finite_update_is_skipped_and_counted(prepared, monkeypatch):  # noqa: F811
     trainer, _ = _trainer(prepared, "nan1", max_steps=4, valid_every=4)
-    import nmt_cli.training.trainer as module
+    import nmt_cli.training.update as module
 
     _infinite_loss_on_call(monkeypatch, module, 2)
     summary = trainer.train()
@@ -135,12 +135,14 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(prepared): 
 def test_fp16_grad_scaler_path_skips_overflow_and_saves_its_state(prepared, monkeypatch):  # noqa: F811
     """The fp16 code path (autocast + GradScaler) exercised on the CPU, which torch allows although
     ``nmt`` refuses fp16 there for speed reasons."""
-    import nmt_cli.training.trainer as module
+    import nmt_cli.training.trainer
+    import nmt_cli.training.update
 
-    monkeypatch.setattr(module, "resolve_precision", lambda precision, device, key: precision)
+    monkeypatch.setattr(nmt_cli.training.trainer, "resolve_precision",
+                        lambda precision, device, key: precision)
     trainer, workdir = _trainer(prepared, "fp16cpu", precision="fp16", max_steps=3, valid_every=3)
     assert trainer.scaler.is_enabled()
-    _infinite_loss_on_call(monkeypatch, module, 1)
+    _infinite_loss_on_call(monkeypatch, nmt_cli.training.update, 1)
     start_scale = trainer.scaler.get_scale()
     summary = trainer.train()
     assert (summary.steps, summary.nonfinite_skipped) == (3, 1)

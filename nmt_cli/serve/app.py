@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import sys
 import threading
 import time
@@ -20,16 +19,12 @@ from typing import Any, Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from nmt_cli import faults
 from nmt_cli.config import DecodeConfig, ServeConfig, to_dict
 from nmt_cli.errors import NmtError
 from nmt_cli.serve.batcher import BatchFailed, Batcher, BatchReport
 from nmt_cli.serve.page import PAGE
 from nmt_cli.serve.protocol import ApiError, body_limit, decode_json, parse_request, render
-
-# Test-only fault injection, as in checkpoint.py: NMT_FAULT=serve-delay:SECONDS makes every batch
-# wait that long first; serve-fail-on:TEXT makes a batch holding that exact text raise. Several
-# are separated by commas.
-FAULT_ENV = "NMT_FAULT"
 
 
 class Log:
@@ -58,8 +53,6 @@ class Service:
         self.info: dict[str, Any] = {}
         self.engine: Any = None  # the decoding engine, once loaded
         self._unique = itertools.count()
-        self._faults = dict(f.split(":", 1) for f in os.environ.get(FAULT_ENV, "").split(",")
-                            if f.startswith("serve-") and ":" in f)
         self.batcher = Batcher(self._translate, settings.max_batch_sentences,
                                settings.max_wait_ms / 1000.0, self._log_batch)
 
@@ -93,10 +86,7 @@ class Service:
 
     def _translate(self, key: tuple, lines: list[str]):
         cfg, attention, _ = key
-        if "serve-delay" in self._faults:
-            time.sleep(float(self._faults["serve-delay"]))
-        if self._faults.get("serve-fail-on") in lines:
-            raise RuntimeError("injected fault (NMT_FAULT)")
+        faults.point("serve-batch", lines=lines)
         return self._run(cfg, attention, lines)
 
     def _log_batch(self, report: BatchReport) -> None:

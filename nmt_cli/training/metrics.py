@@ -1,11 +1,13 @@
 """What a training run records in its folder: ``metrics.jsonl``, optional TensorBoard logs and
-``environment.json`` (library versions, hardware, input-data hashes)."""
+``environment.json`` (library versions, hardware, input-data hashes); and the running sums
+behind each ``train`` line."""
 
 from __future__ import annotations
 
 import json
 import platform
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,31 @@ class MetricsLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+@dataclass
+class TrainWindow:
+    """Sums over the updates since the last ``train`` line: its per-token loss and NLL, and its
+    target tokens per second (counted from ``start``, which validation moves on)."""
+
+    tokens: int = 0
+    loss: float = 0.0
+    nll: float = 0.0
+    start: float = field(default_factory=time.time)
+
+    def add(self, tokens: int, loss: float, nll: float) -> None:
+        self.tokens += tokens
+        self.loss += loss
+        self.nll += nll
+
+    def record(self, step: int, epoch: int, lr: float) -> dict[str, Any]:
+        """The ``train`` line for the window, which then starts afresh."""
+        elapsed = max(1e-9, time.time() - self.start)
+        tokens = max(1, self.tokens)
+        record = {"event": "train", "step": step, "epoch": epoch, "loss": self.loss / tokens,
+                  "nll": self.nll / tokens, "tok_per_s": self.tokens / elapsed, "lr": lr}
+        self.tokens, self.loss, self.nll, self.start = 0, 0.0, 0.0, time.time()
+        return record
 
 
 def read_metrics(workdir: Path) -> list[dict[str, Any]]:

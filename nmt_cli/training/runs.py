@@ -1,16 +1,18 @@
 """A run folder's life cycle: start afresh, refuse to overwrite, resume, or start from another
-run's weights; and the counters a checkpoint carries to continue exactly."""
+run's weights; the counters a checkpoint carries to continue exactly, and the summary a training
+session ends with."""
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from nmt_cli.checkpoint import CheckpointStore, load_checkpoint
 from nmt_cli.config import ModelConfig, Recipe, build, to_dict
-from nmt_cli.errors import CheckpointError, NmtError
+from nmt_cli.errors import CheckpointError, DataError, NmtError
+from nmt_cli.text.preprocess import data_dir
 from nmt_cli.text.tokenizer import Tokenizers
 from nmt_cli.training import distributed as dist
 
@@ -43,6 +45,46 @@ class TrainState:
             state.world_size = world_size
         return state
 
+    def record_validation(self, metric: float, patience: int) -> tuple[bool, bool]:
+        """Count a validation scoring ``metric`` (higher is better); returns whether it is the
+        best so far and whether early stopping (``patience`` validations without a new best,
+        0 for never) ends training."""
+        improved = self.best_metric is None or metric > self.best_metric
+        if improved:
+            self.best_metric, self.best_step = metric, self.step
+        self.since_best = 0 if improved else self.since_best + 1
+        return improved, bool(patience) and self.since_best >= patience
+
+
+@dataclass
+class TrainSummary:
+    """What a training session ends with: the run's counters, and what stopped it."""
+
+    steps: int = 0
+    epochs: int = 0
+    seconds: float = 0.0
+    tgt_tokens: int = 0
+    best_bleu: float | None = None
+    best_step: int | None = None
+    stopped_by: str = ""
+    last_dev: dict[str, Any] = field(default_factory=dict)
+    nonfinite_skipped: int = 0
+    oom_skipped: int = 0
+    resumed_from: int | None = None
+
+    @classmethod
+    def of(cls, state: TrainState, stopped_by: str, last_dev: dict[str, Any],
+           resumed_from: int | None) -> "TrainSummary":
+        return cls(steps=state.step, epochs=state.epoch, seconds=state.train_seconds,
+                   tgt_tokens=state.tgt_tokens, best_bleu=state.best_metric,
+                   best_step=state.best_step, stopped_by=stopped_by, last_dev=last_dev,
+                   nonfinite_skipped=state.nonfinite, oom_skipped=state.oom,
+                   resumed_from=resumed_from)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tgt_tokens / self.seconds if self.seconds else 0.0
+
 
 def prepare_run(recipe: Recipe, resume: bool = False, overwrite: bool = False,
                 init_from: Path | None = None) -> None:
@@ -64,6 +106,17 @@ def prepare_run(recipe: Recipe, resume: bool = False, overwrite: bool = False,
     if overwrite and dist.env_info().is_main:
         store.clear()
         shutil.rmtree(recipe.workdir / "tensorboard", ignore_errors=True)  # metrics.jsonl: Trainer
+
+
+def check_encoded_by(manifest: dict[str, Any], tok: Tokenizers, recipe: Recipe) -> None:
+    """The preprocessed data must have been encoded by the recipe's tokenizer."""
+    data_sha, recipe_sha = manifest["tokenizer_sha256"], tok.sha256()
+    if data_sha != recipe_sha:
+        raise DataError(
+            f"the preprocessed data was encoded with tokenizer sha256 src={data_sha['src']} "
+            f"tgt={data_sha['tgt']} but the recipe's tokenizer has sha256 "
+            f"src={recipe_sha['src']} tgt={recipe_sha['tgt']}; run 'nmt preprocess' again",
+            data_dir(recipe) / "manifest.json")
 
 
 def _same_tokenizer(payload: dict, tok: Tokenizers) -> bool:
