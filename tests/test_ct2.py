@@ -255,6 +255,14 @@ def test_past_the_exported_table_sources_and_outputs_are_cut(nmt_model, tmp_path
     assert all(t.truncated and t.src_pieces == 15 for t in theirs)
     assert [len(t.hypotheses[0].tokens) for t in theirs] == [16] * 6
     assert [a.text for a in ours] == [b.text for b in theirs]
+    # forced decoding: a reference is scored on its first 15 subwords, then EOS
+    refs = [" ".join([t.text] * 3) for t in ours]
+    cut = tok.decode_tgt([ids[:15] for ids in tok.encode_tgt(refs)])
+    assert [len(ids) for ids in tok.encode_tgt(cut)] == [15] * 6
+    want = score_references(model, tok, lines, cut, decode_settings(recipe, max_src_len=15),
+                            normalize=norm)
+    got = ct2_score(engine, lines, refs, normalize=norm, max_src_len=200)
+    assert got == pytest.approx(want, rel=1e-3)
 
 
 # -- sampling --------------------------------------------------------------------------------------
