@@ -38,6 +38,7 @@ from nmt_cli.recipes import recipe_from_dict
 # decoder share (``ModelSpec.optimize`` aliases equal tensors).
 MIN_POSITION_ROWS = 1024
 
+
 def _linear(spec, layer) -> None:
     spec.weight = layer.weight.detach().float().numpy()
     if layer.bias is not None:
