@@ -7,13 +7,16 @@ model(s) and ``nmt-export.json`` (the recipe, tokenizer hashes, quantization, ve
 needs nothing else. Decode settings map onto ``ctranslate2.Translator.translate_batch``;
 ``docs/decoding.md`` lists which map exactly and which differ. Length limits are per sentence, as
 in nmt's own search: sentences are grouped by their limits and each group is one engine call.
+The engine has a position table of ``Ct2Model.positions`` rows (``export.ct2.position_rows``)
+and refuses a position past it, so sources and outputs are cut to fit it here.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,18 +78,34 @@ class Ct2Model:
     metadata: dict[str, Any]
     folder: Path
     options: dict[str, Any]  # the Translator's device and thread settings
+    warned: set[str] = field(default_factory=set)  # the warnings already printed
 
-    def seeded(self, seed: int) -> Any:
-        """The translator created anew with its sampling generators seeded by ``seed``: the
-        engine seeds them once, when a translator starts, so each sampled call restarts it and
-        the same call with the same seed draws the same samples."""
+    @property
+    def positions(self) -> int:
+        """Rows of the engine's position table: sources (EOS included) and outputs longer than
+        this would stop the engine. An export older than the padded table holds
+        ``max_positions``."""
+        return int(self.metadata.get("positions", self.recipe.model.transformer.max_positions))
+
+    def sampler(self, seed: int) -> Any:
+        """The translator that samples. The engine seeds each worker's generator once, from
+        ``ctranslate2.set_random_seed``, when that worker first samples, and never again; so
+        the first sampled call seeds with its ``seed`` and later calls draw on. A translator
+        with several workers is replaced, once, by one worker on the same threads, so that the
+        draws do not depend on which worker takes which group."""
         ct2 = require_ctranslate2()
-        ct2.set_random_seed(seed)
-        # one worker, so that the draws do not depend on which worker takes which batch
-        options = dict(self.options, inter_threads=1,
-                       intra_threads=self.options["intra_threads"] * self.options["inter_threads"])
-        self.translator = ct2.Translator(str(self.folder), **options)
+        ct2.set_random_seed(seed % 2 ** 32)
+        if self.options["inter_threads"] > 1:
+            self.options = dict(self.options, inter_threads=1, intra_threads=(
+                self.options["intra_threads"] * self.options["inter_threads"]))
+            self.translator = ct2.Translator(str(self.folder), **self.options)
         return self.translator
+
+    def warn(self, text: str) -> None:
+        """``text`` as one line on stderr, the first time this model meets it."""
+        if text not in self.warned:
+            self.warned.add(text)
+            print(f"warning: {text}", file=sys.stderr)
 
 
 def engine_device(device: str) -> str:
@@ -134,11 +153,9 @@ def load_exported(folder: Path, device: str = "auto", threads: int = 0,
         if sha256_bytes(data) != meta["tokenizer"]["sha256"][side]:
             raise CheckpointError(f"{folder}: {files[side]} does not match the SHA-256 in "
                                   f"{METADATA}; export the model again with nmt export")
-    try:
-        tok = Tokenizers.from_bytes(src, tgt)
-    except Exception:  # sentencepiece raises plain RuntimeError on a corrupt model
-        raise CheckpointError(f"{folder}: {files['src']} is not a SentencePiece model; export "
-                              "the model again with nmt export") from None
+    src_sp = _processor(folder, files["src"], src)
+    tgt_sp = src_sp if tgt == src else _processor(folder, files["tgt"], tgt)
+    tok = Tokenizers(src_sp, tgt_sp, src, tgt)
     where = engine_device(device)
     intra, inter = thread_split(where, threads, inter_threads)
     options = {"device": where, "intra_threads": intra, "inter_threads": inter}
@@ -149,6 +166,21 @@ def load_exported(folder: Path, device: str = "auto", threads: int = 0,
         raise CheckpointError(f"{folder}: CTranslate2 cannot load this model ({first}); it is "
                               "truncated or corrupt, export it again with nmt export") from None
     return Ct2Model(translator, tok, recipe, meta, folder, options)
+
+
+def _processor(folder: Path, name: str, data: bytes):
+    from nmt_cli.text.tokenizer import processor
+
+    try:
+        return processor(data)
+    except Exception:  # sentencepiece raises plain RuntimeError on a corrupt model
+        raise CheckpointError(f"{folder}: {name} is not a SentencePiece model; export the model "
+                              "again with nmt export") from None
+
+
+GNMT_WARNING = ("an exported model divides by length ** length_penalty, not nmt's GNMT "
+                "((5 + length) / 6) ** length_penalty: scores differ, and so may the choice of "
+                "hypothesis (length_norm: average or none are exact)")
 
 
 def engine_options(cfg: DecodeConfig) -> dict[str, Any]:
@@ -174,11 +206,12 @@ def engine_options(cfg: DecodeConfig) -> dict[str, Any]:
     return options
 
 
-def _limits(n_src: int, cfg: DecodeConfig) -> tuple[int, int]:
+def _limits(n_src: int, cfg: DecodeConfig, positions: int) -> tuple[int, int]:
     """nmt's per-sentence output limits (``penalties.output_lengths``) for a source of ``n_src``
-    subwords; the source length counts its EOS, as in nmt's search."""
+    subwords (the source length counts its EOS, as in nmt's search), at most ``positions``
+    subwords: the engine feeds <s> and each output but the last at positions 0, 1, ..."""
     length = n_src + 1
-    max_len = max(0, int(cfg.max_len_a * length) + cfg.max_len_b)
+    max_len = min(max(0, int(cfg.max_len_a * length) + cfg.max_len_b), positions)
     min_len = min(max(0, int(cfg.min_len_a * length) + cfg.min_len_b), max_len)
     return min_len, max_len
 
@@ -188,20 +221,25 @@ def translate_lines(model: Ct2Model, lines: list[str], cfg: DecodeConfig, *,
     """Translate ``lines`` on the engine; the i-th result belongs to the i-th line.
 
     ``first_index`` is accepted for the same calls as ``inference.translate_lines``; the engine
-    has no per-sentence seeds, so sampling draws from one generator seeded by ``cfg.seed``."""
+    has no per-sentence seeds, so sampling draws from one generator (``Ct2Model.sampler``).
+    A source longer than the position table allows is cut to it (and marked truncated), as a
+    source past ``max_src_len`` is; no output grows past it."""
     tok = model.tok
-    sources, src_ids, truncated = encode_sources(tok, lines, normalize, cfg.max_src_len)
+    if cfg.length_norm == "gnmt" and cfg.length_penalty != 0.0:
+        model.warn(GNMT_WARNING)
+    max_src_len = min(cfg.max_src_len, model.positions - 1)  # and EOS at the last position
+    sources, src_ids, truncated = encode_sources(tok, lines, normalize, max_src_len)
     results: list[Translation | None] = [None] * len(lines)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, ids in enumerate(src_ids):
         if not ids:
             results[i] = empty_translation(i, sources[i])
         else:
-            groups.setdefault(_limits(len(ids), cfg), []).append(i)
+            groups.setdefault(_limits(len(ids), cfg, model.positions), []).append(i)
     options = engine_options(cfg)
     # PAD and BOS are never generated, as in nmt's search (<unk> is disable_unk).
     options["suppress_sequences"] = [[tok.tgt.id_to_piece(PAD_ID)], [tok.tgt.id_to_piece(BOS_ID)]]
-    translator = model.seeded(cfg.seed) if cfg.sample else model.translator
+    translator = model.sampler(cfg.seed) if cfg.sample else model.translator
     # Every group is handed to the engine at once (asynchronous calls), so that with several
     # inter_threads the groups run side by side; results are read back in each group's order.
     pending = []
@@ -209,15 +247,16 @@ def translate_lines(model: Ct2Model, lines: list[str], cfg: DecodeConfig, *,
         pieces = [[tok.src.id_to_piece(t) for t in src_ids[i]] for i in batch]
         # Both limits count subwords without EOS, as nmt's do; at the maximum the engine stops
         # without adding EOS's log-probability to the score (nmt adds it).
-        pending.append((batch, translator.translate_batch(
+        pending.append((batch, max_len, translator.translate_batch(
             pieces, min_decoding_length=min_len, max_decoding_length=max_len,
             asynchronous=True, **options)))
-    for batch, futures in pending:
+    penalty = options["length_penalty"]  # the engine's score is log_prob / length ** it
+    for batch, max_len, futures in pending:
         for i, future in zip(batch, futures):
             res = future.result()
-            penalty = options["length_penalty"]  # the engine's score is log_prob / len ** it
+            # the length counts EOS, which an output stopped at max_len does not have
             hyps = [Hypothesis([tok.tgt.piece_to_id(p) for p in hyp], float(score),
-                               float(score) * (len(hyp) + 1) ** penalty)
+                               float(score) * (len(hyp) + (len(hyp) < max_len)) ** penalty)
                     for hyp, score in zip(res.hypotheses, res.scores)]
             hyps.sort(key=lambda h: -h.score)
             texts = tok.decode_tgt([h.tokens for h in hyps])
@@ -229,10 +268,13 @@ def translate_lines(model: Ct2Model, lines: list[str], cfg: DecodeConfig, *,
 def score_references(model: Ct2Model, lines: list[str], references: list[str], *,
                      normalize: NormalizeConfig, max_src_len: int) -> list[float]:
     """Forced decoding on the engine (``score_batch``): the summed log-probability, EOS included,
-    of each reference, as ``inference.score_references``; an empty source is scored as EOS."""
+    of each reference, as ``inference.score_references``; an empty source is scored as EOS.
+    Sources and references are cut to what the position table holds (a reference of
+    ``positions - 1`` subwords, fed after <s>, then EOS)."""
     tok = model.tok
-    src = encode_sources(tok, lines, normalize, max_src_len).ids
-    tgt = tok.encode_tgt(clean_lines(references, normalize))
+    longest = model.positions - 1
+    src = encode_sources(tok, lines, normalize, min(max_src_len, longest)).ids
+    tgt = [ids[:longest] for ids in tok.encode_tgt(clean_lines(references, normalize))]
     found = model.translator.score_batch(
         [[tok.src.id_to_piece(t) for t in ids] for ids in src],
         [[tok.tgt.id_to_piece(t) for t in ids] for ids in tgt], max_input_length=0)
