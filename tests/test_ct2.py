@@ -495,7 +495,7 @@ def test_a_corrupt_tokenizer_is_named_by_its_side(exported, tmp_path, name):
 
 
 @pytest.mark.parametrize("option, needle", [
-    ({"alignments": "a.txt"}, "--alignments"), ({"quantize": "int8"}, "--quantization"),
+    ({"alignments": "a.txt"}, "--alignments"),
     ({"plot_attention": "plots"}, "--plot-attention"), ({"ensemble": True}, "ensemble")])
 def test_what_the_engine_cannot_do_is_one_line(exported, tmp_path, option, needle):
     from nmt_cli.decoding.translate import TranslateOptions, translate_file
@@ -503,8 +503,7 @@ def test_what_the_engine_cannot_do_is_one_line(exported, tmp_path, option, needl
     src, out = tmp_path / "in.txt", tmp_path / "hyp.txt"
     src.write_text("the dog\n", encoding="utf-8")
     models = [exported.folder] * (2 if option.pop("ensemble", False) else 1)
-    opts = TranslateOptions(**{k: tmp_path / v if k != "quantize" else v
-                               for k, v in option.items()})
+    opts = TranslateOptions(**{k: tmp_path / v for k, v in option.items()})
     with pytest.raises(NmtError, match=needle):
         translate_file(models, src, out, device="cpu", options=opts)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
@@ -526,7 +525,7 @@ def test_the_python_api_refuses_an_unknown_quantization(nmt_model, tmp_path):
 def test_serve_answers_from_the_exported_model(nmt_model, exported, tmp_path):
     from _serve_helpers import Server
 
-    from nmt_cli.model.seq2seq import count_parameters
+    from nmt_cli.model import count_parameters
 
     lines = source_lines(3)
     texts = [lines[0], "", lines[1], lines[2]]
