@@ -1,21 +1,24 @@
-"""Greedy and beam search, on hand-built toy models with known answers and on the trained model."""
+"""Greedy and beam search: known answers on hand-built toy models; on trained models batch
+invariance, model scores, n-best order, repeated n-grams and length norms; the batching and top-k
+helpers search runs on."""
 
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
 
+from _decode_fixtures import sample_checkpoint, sample_model, source_lines, translate  # noqa: F401
+from conftest import sample_lines
 from nmt_cli.config import DecodeConfig, with_overrides
 from nmt_cli.data import pad_sequences
-from nmt_cli.errors import ConfigError
-from nmt_cli.decoding.penalties import length_limits
+from nmt_cli.decoding.penalties import block_repeated_ngrams, length_limits
 from nmt_cli.decoding.search import (batched_beam_search, beam_search, greedy_search, sample_search,
                                      score_targets)
+from nmt_cli.errors import ConfigError
 from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-
-from conftest import sample_lines
 
 A, B, C = 4, 5, 6
 V = 7  # PAD UNK BOS EOS A B C
@@ -107,6 +110,20 @@ def test_beam_finds_the_best_sequence_greedy_misses(alpha):
     assert beam.best() == [[B]]
     assert beam.hypotheses[0][0].log_prob == pytest.approx(math.log(0.4 * 0.9), abs=1e-3)
     assert greedy.hypotheses[0][0].log_prob == pytest.approx(math.log(0.6 * 0.35), abs=1e-3)
+
+
+def test_n_best_are_the_known_next_best_sequences_in_order():
+    """The trap table's complete sentences by probability: B (0.36), A (0.21), A B (0.1728),
+    A C (0.099); a beam of 3 keeps the first three, best first, with their log-probabilities."""
+    model = TableModel(trap_table().unsqueeze(0))
+    src, lens = src_for([0, 0], [3, 4])
+    result = beam_search(model, src, lens, decode(beam_size=3, n_best=3, length_penalty=0.0))
+    for hyps in result.hypotheses:
+        assert [h.tokens for h in hyps] == [[B], [A], [A, B]]
+        assert [h.log_prob for h in hyps] == pytest.approx(
+            [model.sequence_log_prob(0, h.tokens) for h in hyps], abs=1e-5)
+        assert [h.log_prob for h in hyps] == pytest.approx(
+            [math.log(p) for p in (0.36, 0.21, 0.6 * 0.32 * 0.9)], abs=2e-3)  # eps in the table
 
 
 def test_scores_are_length_normalized_log_probs():
@@ -325,69 +342,80 @@ def test_attention_is_returned_per_output_token(trained_model, tokenizers):
             torch.testing.assert_close(att.sum(-1), torch.ones(att.size(0)), atol=1e-5, rtol=0)
 
 
-
-# -- rows kept in multiples at low precision -----------------------------------------------------
-
-
-class CountingTableModel(TableModel):
-    """A TableModel that records the rows of every step."""
-
-    def __init__(self, tables: torch.Tensor):
-        super().__init__(tables)
-        self.rows: list[int] = []
-
-    def step(self, prev_tokens, state, memory, need_attention=False):
-        self.rows.append(prev_tokens.size(0))
-        return super().step(prev_tokens, state, memory, need_attention)
+# -- repeated n-grams, length norms, beam against greedy (trained model) --------------------------
 
 
-@pytest.mark.parametrize("search", ["greedy", "sample"])
-def test_spare_rows_change_no_result_and_keep_rows_in_multiples(monkeypatch, search):
-    """At low precision finished sentences stay in the batch as spare rows until the live ones
-    fit in fewer multiples of 8 rows; tokens, scores and attention are those of a batch that drops
-    each sentence as it ends."""
-    from nmt_cli.decoding import search as search_module
-
-    n = 21
-    lengths = [2 + (7 * i) % 9 for i in range(n)]
-    src, lens = src_for(list(range(n)), lengths)
-    cfg = decode(max_len_a=1.0, max_len_b=4)
-
-    def run(multiple: int):
-        monkeypatch.setattr(search_module, "batch_rows", lambda model: multiple)
-        model = CountingTableModel(random_tables(n, seed=4))
-        if search == "greedy":
-            found = greedy_search(model, src, lens, cfg, return_attention=True)
-        else:
-            found = sample_search(model, src, lens, list(range(100, 100 + n)), cfg,
-                                  return_attention=True)
-        return found, model.rows
-
-    plain, plain_rows = run(1)
-    spared, spared_rows = run(8)
-    for a, b in zip(plain.hypotheses, spared.hypotheses, strict=True):
-        assert a[0].tokens == b[0].tokens
-        assert a[0].score == b[0].score and a[0].log_prob == b[0].log_prob
-        assert torch.equal(a[0].attention, b[0].attention)
-    # plain_rows holds the live sentences of every step; the spared batch shrinks to the next
-    # multiple of 8 above them as soon as that is fewer rows than it has
-    expected = [n]
-    for live in plain_rows[1:]:
-        expected.append(min(expected[-1], -(-live // 8) * 8))
-    assert spared_rows == expected, (plain_rows, spared_rows)
-    assert len(set(plain_rows)) > len(set(spared_rows)) > 2
+def test_block_repeated_ngrams_bans_the_follower_of_a_seen_context():
+    lp = torch.zeros(1, 10)
+    block_repeated_ngrams(lp, torch.tensor([[4, 5, 6, 4]]), 2)  # "4 5" seen: after 4, ban 5
+    assert lp[0, 5] == float("-inf")
+    assert torch.isfinite(lp[0, [4, 6, 7]]).all()
 
 
-def test_low_precision_models_decode_with_rows_in_multiples_of_8(trained_model):
-    import copy
+def test_no_repeat_ngram_prevents_repeats(sample_model):  # noqa: F811
+    for beam in (1, 5):
+        for t in translate(sample_model, source_lines(30), no_repeat_ngram=2, max_len_a=3.0,
+                           beam_size=beam):
+            toks = t.hypotheses[0].tokens
+            bigrams = list(zip(toks, toks[1:]))
+            assert len(bigrams) == len(set(bigrams)), t.text
 
-    from nmt_cli.decoding.ensemble import Ensemble
-    from nmt_cli.decoding.search import batch_rows
-    from nmt_cli.runtime import LOW_PRECISION_ROWS, for_decoding
 
-    model = copy.deepcopy(trained_model).eval()
-    assert batch_rows(model) == 1 and batch_rows(Ensemble([model])) == 1
-    assert batch_rows(TableModel(random_tables(1, seed=0))) == 1  # not a torch module
-    low = for_decoding(copy.deepcopy(model), "bf16")
-    assert batch_rows(low) == LOW_PRECISION_ROWS == 8
-    assert batch_rows(Ensemble([model, low])) == 8
+def test_translations_are_the_same_at_every_batch_size_and_batch_type(sample_model):  # noqa: F811
+    lines = source_lines(40)
+    one = translate(sample_model, lines, beam_size=5, batch_size=1)
+    many = translate(sample_model, lines, beam_size=5, batch_size=64)
+    tokens = translate(sample_model, lines, beam_size=5, batch_size=100, batch_type="tokens")
+    assert [t.text for t in one] == [t.text for t in many] == [t.text for t in tokens]
+
+
+def test_beam_scores_above_greedy_on_average(sample_model):  # noqa: F811
+    lines = source_lines(40)
+    beam = translate(sample_model, lines, beam_size=5)
+    greedy = translate(sample_model, lines, beam_size=1)
+    mean = lambda ts: statistics.mean(t.hypotheses[0].score for t in ts)  # noqa: E731
+    assert mean(beam) > mean(greedy)
+
+
+def test_n_best_sorted_on_trained_model(sample_model):  # noqa: F811
+    for t in translate(sample_model, source_lines(20), n_best=5):
+        scores = [h.score for h in t.hypotheses]
+        assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+        assert t.texts[0] == t.text
+
+
+@pytest.mark.parametrize("kind", ["gnmt", "average", "none"])
+def test_every_length_norm_runs_and_is_batch_invariant(sample_model, kind):  # noqa: F811
+    lines = source_lines(12)
+    one = translate(sample_model, lines, length_norm=kind, batch_size=1)
+    many = translate(sample_model, lines, length_norm=kind, batch_size=12)
+    assert [t.text for t in one] == [t.text for t in many]
+
+
+# -- helpers: batches and top-k -------------------------------------------------------------------
+
+
+def test_token_batches_respect_the_budget_and_cover_every_line():
+    from nmt_cli.decoding.inference import make_batches
+
+    lengths = [5, 0, 30, 2, 9, 9, 200, 1]
+    batches = list(make_batches(lengths, 40, "tokens"))
+    assert sorted(i for b in batches for i in b) == [0, 2, 3, 4, 5, 6, 7]  # not the empty one
+    for b in batches:
+        width = max(lengths[i] for i in b) + 1  # + EOS
+        assert len(b) == 1 or len(b) * width <= 40
+    assert [6] in batches  # longer than the budget: alone
+    assert list(make_batches(lengths, 3)) == [[6, 2, 4], [5, 0, 3], [7]]
+
+
+def test_top_per_row_matches_topk():
+    from nmt_cli.decoding.search import top_per_row
+
+    torch.manual_seed(0)
+    scores = torch.randn(50, 8000)
+    scores[3, :7] = 10.0  # several top values in one block
+    for n in (1, 6):
+        values, ids = top_per_row(scores, n)
+        expected = scores.topk(n, dim=-1)
+        assert torch.equal(values, expected.values)
+        assert torch.equal(scores.gather(1, ids), expected.values)
