@@ -7,6 +7,7 @@ against the teacher-forced forward pass, which shares no decoding code with ``st
 from __future__ import annotations
 
 import math
+import typing
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ import torch
 from conftest import assert_one_line_error, run_cli, tiny_recipe_text
 from nmt_cli.config import ModelConfig, TransformerConfig
 from nmt_cli.errors import ConfigError
-from nmt_cli.model import ARCHS, build_model
+from nmt_cli.model import Seq2Seq, build_model
 from nmt_cli.model.transformer import Transformer, sinusoidal_table
 from nmt_cli.recipes import recipe_from_dict
 
@@ -164,8 +165,26 @@ def test_options_change_the_model_and_tying_shares_one_table():
     assert torch.allclose(table[0], torch.tensor([0.0] * 4 + [1.0] * 4))
     names = {n for n, _ in _model("transformer", norm="post").named_parameters()}
     assert "encoder_norm.weight" not in names and "encoder_layers.0.attn_block.norm.weight" in names
-    assert set(ARCHS) == set(ModelConfig.__annotations__["arch"].__args__) \
-        if hasattr(ModelConfig.__annotations__["arch"], "__args__") else True
+
+
+def test_every_arch_a_recipe_may_name_builds_its_model_and_decodes_a_step():
+    """Each choice of model.arch builds a model of its own class that takes one decoding step;
+    an arch the config does not list is a recipe error, not a silent default."""
+    choices = typing.get_args(typing.get_type_hints(ModelConfig)["arch"])
+    assert set(choices) == {"rnn", "transformer"}
+    built = {}
+    for arch in choices:
+        torch.manual_seed(0)
+        model = build_model(recipe_from_dict({"model": {"arch": arch}}).model, VOCAB, VOCAB,
+                            joint_vocab=True).eval()
+        with torch.no_grad():
+            memory, state = model.encode(torch.tensor([[5, 6, 3]]), torch.tensor([3]))
+            log_probs, _, _ = model.step(torch.tensor([2]), state, memory)
+        assert log_probs.shape == (1, VOCAB)
+        built[arch] = type(model)
+    assert built == {"rnn": Seq2Seq, "transformer": Transformer}
+    with pytest.raises(ConfigError, match="^model.arch: "):
+        recipe_from_dict({"model": {"arch": "lstm"}})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,7 +352,7 @@ def test_beam_rows_share_their_sentences_memory_and_step_as_with_copies():
         assert grouped.group == k and grouped.keys[0] is memory.keys[0]  # nothing copied
         copies = TransformerMemory([t.index_select(0, expand) for t in memory.keys],
                                    [t.index_select(0, expand) for t in memory.values],
-                                   memory.mask.index_select(0, expand), memory.width)
+                                   memory.mask.index_select(0, expand))
         state = state.select(expand)
         prev = tgt[:, 0].repeat_interleave(k)
         lp, _, w = model.step(prev, state, grouped, need_attention=True)
@@ -345,24 +364,3 @@ def test_beam_rows_share_their_sentences_memory_and_step_as_with_copies():
         assert torch.equal(kept.keys[0][0], memory.keys[0][2])
         mixed = grouped.select(torch.tensor([4, 0, 8]))  # one row of each: a copy per row
         assert mixed.group == 1 and torch.equal(mixed.mask, memory.mask[[1, 0, 2]])
-
-
-@pytest.mark.parametrize("length", [0, 3, 15, 16, 31])
-def test_a_padded_cache_holds_the_same_positions_then_zeros(length):
-    """Low-precision decoding pads the cache to a multiple of LOW_PRECISION_WIDTH, so that its
-    products change shape once every that many steps: the real positions are those of the
-    unpadded cache, the rest exact zeros."""
-    from nmt_cli.model.transformer import extend_cache
-    from nmt_cli.runtime import LOW_PRECISION_WIDTH
-
-    torch.manual_seed(0)
-    real = torch.randn(6, 2, length, 4)
-    stored = torch.nn.functional.pad(real, (0, 0, 0, (-length) % LOW_PRECISION_WIDTH))
-    new = torch.randn(4, 2, 1, 4)
-    for order in (torch.tensor([5, 0, 0, 2]), None):
-        rows = real[:4] if order is None else real.index_select(0, order)
-        out = extend_cache(stored[:4] if order is None else stored, order, new, length)
-        width = -(-(length + 1) // LOW_PRECISION_WIDTH) * LOW_PRECISION_WIDTH
-        assert out.shape == (4, 2, width, 4)
-        assert torch.equal(out[:, :, :length + 1], torch.cat([rows, new], dim=2))
-        assert not out[:, :, length + 1:].any()
