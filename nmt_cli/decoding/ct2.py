@@ -1,15 +1,8 @@
-"""Translation on an exported CTranslate2 model directory (``nmt export``), with the contract of
-``inference.translate_lines``: the same cleaning and subwords, N lines in and N results out, in
-order, empty lines kept.
-
-An exported directory holds the engine's ``model.bin`` and ``config.json``, the SentencePiece
-model(s) and ``nmt-export.json`` (the recipe, tokenizer hashes, quantization, versions), so it
-needs nothing else. Decode settings map onto ``ctranslate2.Translator.translate_batch``;
-``docs/decoding.md`` lists which map exactly and which differ. Length limits are per sentence, as
-in nmt's own search: sentences are grouped by their limits and each group is one engine call.
-The engine has a position table of ``Ct2Model.positions`` rows (``export.ct2.position_rows``)
-and refuses a position past it, so sources and outputs are cut to fit it here.
-"""
+"""Translation on a folder written by ``nmt export`` (the engine's files, the SentencePiece
+model(s) and ``nmt-export.json``), with the contract of ``inference.translate_lines``: the same
+cleaning and subwords, N lines in and N results out, in order. Decode settings map onto
+``Translator.translate_batch`` (docs/decoding.md says which differ); sentences are grouped by
+their length limits, one engine call a group, and cut to the exported position table."""
 
 from __future__ import annotations
 
@@ -82,17 +75,13 @@ class Ct2Model:
 
     @property
     def positions(self) -> int:
-        """Rows of the engine's position table: sources (EOS included) and outputs longer than
-        this would stop the engine. An export older than the padded table holds
-        ``max_positions``."""
+        """Rows of the engine's position table (``max_positions`` in an older export)."""
         return int(self.metadata.get("positions", self.recipe.model.transformer.max_positions))
 
     def sampler(self, seed: int) -> Any:
-        """The translator that samples. The engine seeds each worker's generator once, from
-        ``ctranslate2.set_random_seed``, when that worker first samples, and never again; so
-        the first sampled call seeds with its ``seed`` and later calls draw on. A translator
-        with several workers is replaced, once, by one worker on the same threads, so that the
-        draws do not depend on which worker takes which group."""
+        """The translator that samples: the engine seeds a worker once, when it first samples,
+        so later calls draw on; several workers become one, once, so that the draws do not
+        depend on which worker takes which group."""
         ct2 = require_ctranslate2()
         ct2.set_random_seed(seed % 2 ** 32)
         if self.options["inter_threads"] > 1:
@@ -218,12 +207,8 @@ def _limits(n_src: int, cfg: DecodeConfig, positions: int) -> tuple[int, int]:
 
 def translate_lines(model: Ct2Model, lines: list[str], cfg: DecodeConfig, *,
                     normalize: NormalizeConfig, first_index: int = 0) -> list[Translation]:
-    """Translate ``lines`` on the engine; the i-th result belongs to the i-th line.
-
-    ``first_index`` is accepted for the same calls as ``inference.translate_lines``; the engine
-    has no per-sentence seeds, so sampling draws from one generator (``Ct2Model.sampler``).
-    A source longer than the position table allows is cut to it (and marked truncated), as a
-    source past ``max_src_len`` is; no output grows past it."""
+    """Translate ``lines``; the i-th result belongs to the i-th line. ``first_index`` is taken
+    for the same calls as ``inference.translate_lines``: sampling draws from one generator."""
     tok = model.tok
     if cfg.length_norm == "gnmt" and cfg.length_penalty != 0.0:
         model.warn(GNMT_WARNING)
@@ -267,10 +252,8 @@ def translate_lines(model: Ct2Model, lines: list[str], cfg: DecodeConfig, *,
 
 def score_references(model: Ct2Model, lines: list[str], references: list[str], *,
                      normalize: NormalizeConfig, max_src_len: int) -> list[float]:
-    """Forced decoding on the engine (``score_batch``): the summed log-probability, EOS included,
-    of each reference, as ``inference.score_references``; an empty source is scored as EOS.
-    Sources and references are cut to what the position table holds (a reference of
-    ``positions - 1`` subwords, fed after <s>, then EOS)."""
+    """Forced decoding (``score_batch``): each reference's summed log-probability, EOS included,
+    as ``inference.score_references``, both sides cut to the position table."""
     tok = model.tok
     longest = model.positions - 1
     src = encode_sources(tok, lines, normalize, min(max_src_len, longest)).ids
