@@ -1,5 +1,5 @@
-"""Decode settings have one path: a DecodeConfig built and changed through config's checks, with
-its one default per setting in config.py, taken by search as it is."""
+"""``DecodeConfig``, the one path of decode settings: built and changed through config's checks,
+with one default per setting in config.py, taken by search as it is; what those defaults do."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pytest
 
 from nmt_cli.config import DecodeConfig, Recipe, build, with_overrides
 from nmt_cli.decoding import penalties, search
-from nmt_cli.errors import ConfigError, NmtError
+from _decode_fixtures import sample_checkpoint, sample_model, source_lines  # noqa: F401
+from nmt_cli.errors import ConfigError
+from nmt_cli.ids import UNK_ID
 
 
 def test_the_length_norm_table_matches_the_setting_choices():
@@ -61,13 +63,47 @@ def test_overrides_check_n_best_against_the_beam_they_end_with():
         with_overrides(cfg, {"n_best": 6}, "decode")
 
 
-def test_defaults_forbid_unk_and_replace_bad_bytes():
-    cfg = DecodeConfig()
-    assert cfg.allow_unk is False and cfg.invalid_utf8 == "replace" and cfg.n_best == 1
+class _PrefersUnk:
+    """The trained model, except that every step gives <unk> a probability of one."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def encode(self, src, src_lengths):
+        return self.model.encode(src, src_lengths)
+
+    def step(self, prev_tokens, state, memory, need_attention=False):
+        log_probs, state, weights = self.model.step(prev_tokens, state, memory, need_attention)
+        log_probs = log_probs.clone()
+        log_probs[:, UNK_ID] = 0.0
+        return log_probs, state, weights
 
 
-def test_an_empty_ensemble_is_a_user_error():
-    from nmt_cli.decoding.ensemble import Ensemble
+def test_the_defaults_keep_unk_out_and_one_hypothesis_a_line(sample_model):  # noqa: F811
+    """With every decode setting at its default, search never emits <unk>, even from a model
+    that wants nothing else, and gives one hypothesis per line; ``allow_unk`` lets it through."""
+    from nmt_cli.decoding.inference import translate_lines
 
-    with pytest.raises(NmtError, match="at least one model"):
-        Ensemble([])
+    model, tok, recipe = sample_model
+    lines, norm = source_lines(10), recipe.preprocess.normalize
+    found = translate_lines(_PrefersUnk(model), tok, lines, DecodeConfig(), normalize=norm)
+    assert [len(t.hypotheses) for t in found] == [1] * 10
+    assert all(t.hypotheses[0].tokens and UNK_ID not in t.hypotheses[0].tokens for t in found)
+    allowed = translate_lines(_PrefersUnk(model), tok, lines, DecodeConfig(allow_unk=True),
+                              normalize=norm)
+    assert all(UNK_ID in t.hypotheses[0].tokens for t in allowed)
+
+
+def test_a_recipe_without_decode_keys_translates_bad_bytes_with_one_warning(sample_checkpoint,
+                                                                            tmp_path):  # noqa: F811
+    """The sample recipe names no invalid_utf8 nor n_best: a file with invalid UTF-8 gives one
+    plain line per input line (not TSV) and one warning naming the bad lines."""
+    from nmt_cli.decoding.translate import translate_file
+
+    src = tmp_path / "bad.src"
+    src.write_bytes(b"The boy runs.\nThe \xff dog.\nA man.\n")
+    out = tmp_path / "out.hyp"
+    stats = translate_file(sample_checkpoint, src, out, device="cpu")
+    lines = out.read_text(encoding="utf-8").split("\n")[:-1]
+    assert len(lines) == 3 and all(line and "\t" not in line for line in lines)
+    assert len(stats.warnings) == 1 and "(line 2)" in stats.warnings[0]

@@ -1,5 +1,5 @@
 """The ensemble wrapper keeps the model contract and averages its members' log-probabilities;
-``nmt translate`` with two different ``-m`` decodes with both."""
+``nmt translate`` with two different ``-m`` decodes with both; an empty one is a user error."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from _decode_fixtures import sample_checkpoint, source_lines  # noqa: F401
 from nmt_cli.config import DecodeConfig, DecoderConfig, EncoderConfig, ModelConfig
 from nmt_cli.decoding.ensemble import Ensemble
 from nmt_cli.decoding.search import beam_search
+from nmt_cli.errors import NmtError
 from nmt_cli.model import build_model
 
 
@@ -18,6 +19,11 @@ def _tiny(seed: int):
     cfg = ModelConfig(emb_size=8, encoder=EncoderConfig(hidden_size=8),
                       decoder=DecoderConfig(hidden_size=8))
     return build_model(cfg, 20, 20).eval()
+
+
+def test_an_empty_ensemble_is_a_user_error():
+    with pytest.raises(NmtError, match="at least one model"):
+        Ensemble([])
 
 
 def test_step_is_the_mean_of_the_members():
