@@ -42,7 +42,7 @@ def test_decode_bench_reports_both_speeds_bleu_and_the_batch_check(arch_checkpoi
                 "--batch-size", "4", "--threads", "1", "--batch-1-check")
     assert re.search(r"decode only +\(.*\): 12 sentences, .* sentences/s", out), out
     assert re.search(r"whole process \(.*\): 12 sentences, .* sentences/s", out), out
-    assert "BLEU" in out and re.search(r"batch 1 vs batch 4: \d+ of 12 lines differ", out), out
+    assert "BLEU" in out and "batch 1 vs batch 4: 0 of 12 lines differ" in out, out
 
 
 def test_decode_bench_compares_an_exported_model(tmp_path, lines):

@@ -51,30 +51,42 @@ def test_health_and_model_describe_the_checkpoint(server, experiment):
     assert info["decode"]["beam_size"] == recipe.decode.beam_size
     assert {"torch", "nmt", "fastapi", "uvicorn"} <= set(info["versions"])
     assert info["limits"]["max_texts"] == MAX_TEXTS
-    from nmt_cli.runtime import resolve_precision
+    assert recipe.decode.precision == "auto" and info["precision"] == "fp32"  # as the CPU decodes
 
+
+def test_the_server_refuses_bf16_on_the_cpu_as_nmt_translate_does(experiment):
+    """decode.precision is a server setting (a request cannot change it, see the bad-input
+    cases) and follows nmt translate: bf16 on the CPU stops the server with one error naming the
+    key and pointing to nmt export."""
+    from nmt_cli.config import ServeConfig
+    from nmt_cli.errors import ConfigError
+    from nmt_cli.serve.app import Service
+
+    stopped = []
+    service = Service([experiment.checkpoint], ServeConfig(quiet=True), "cpu",
+                      {"precision": "bf16"})
+    service.on_failure = lambda: stopped.append(True)
+    service.load()
+    assert not service.ready and stopped == [True]
+    assert isinstance(service.error, ConfigError) and service.error.key == "decode.precision"
+    assert "nmt export --quantization int8" in str(service.error)
+
+
+def test_the_server_casts_the_model_once_when_its_engine_picks_bf16(experiment, monkeypatch):
+    """Where the engine decodes in bf16 (a GPU that has it; the choice faked here, on the CPU),
+    every weight is cast when the model loads, and /model says so."""
     import torch
 
-    cpu = torch.device("cpu")  # the sample recipe's decode.precision (auto), resolved
-    assert info["precision"] == resolve_precision(recipe.decode.precision, cpu, "decode.precision")
-
-
-def test_the_server_casts_the_model_to_its_decoding_precision_once(experiment):
-    """decode.precision applies as in nmt translate: the weights are cast when the model loads
-    (a request cannot change it: it is a server setting, see the bad-input cases)."""
-    import torch
-
+    import nmt_cli.decoding.engine as engine
     from nmt_cli.config import ServeConfig
     from nmt_cli.serve.app import Service
 
-    service = Service([experiment.checkpoint], ServeConfig(quiet=True), "cpu",
-                      {"precision": "bf16"})
+    monkeypatch.setattr(engine, "decoding_precision", lambda cfg, device: "bf16")
+    service = Service([experiment.checkpoint], ServeConfig(quiet=True), "cpu")
     service.load()
     assert service.error is None and service.ready, service.error
     assert service.info["precision"] == "bf16"
-    dtypes = {m.weight.dtype for m in service.model.modules()
-              if isinstance(m, torch.nn.Linear) and m.bias is None}
-    assert dtypes == {torch.bfloat16}
+    assert {p.dtype for p in service.engine.model.parameters()} == {torch.bfloat16}
 
 
 def test_200_test_lines_are_byte_identical_to_nmt_translate(server, experiment, tmp_path):
@@ -112,25 +124,15 @@ def _text_sets() -> list[list[str]]:
 
 def _expected(experiment, settings: dict, texts: list[str]) -> list[list[tuple[str, float]]]:
     from nmt_cli.config import with_overrides
-    from nmt_cli.decoding.inference import translate_lines
-    from nmt_cli.decoding.translate import load_models
 
-    if not hasattr(_expected, "model"):  # at decode.precision, resolved as the server does
-        from nmt_cli.decoding.translate import decoding_precision
-        from nmt_cli.runtime import for_decoding
+    if not hasattr(_expected, "engine"):  # opened as the server opens it: one search at a time
+        from nmt_cli.decoding.engine import EngineSettings, open_engine
 
-        model, tok, recipe = load_models([experiment.checkpoint], "cpu")
-        model = for_decoding(model, decoding_precision(recipe.decode, model.src_embed.weight.device,
-                                                       None))
-        _expected.model = (model, tok, recipe)  # type: ignore[attr-defined]
-    model, tok, recipe = _expected.model  # type: ignore[attr-defined]
+        _expected.engine = open_engine([experiment.checkpoint],  # type: ignore[attr-defined]
+                                       EngineSettings("cpu", 1, 1))
+    engine = _expected.engine  # type: ignore[attr-defined]
     decode = {k: v for k, v in settings.items() if k != "return_scores"}
-    cfg = with_overrides(recipe.decode, decode)
-    import torch
-
-    with torch.inference_mode():
-        found = translate_lines(model, tok, texts, cfg, normalize=recipe.preprocess.normalize,
-                                device="cpu")
+    found = engine.translate_lines(texts, with_overrides(engine.defaults, decode))
     return [[(text, h.score) for h, text in zip(t.hypotheses, t.texts)] or [("", 0.0)]
             for t in found]
 
