@@ -1,10 +1,6 @@
-"""Self-describing checkpoints: weights, recipe and tokenizer in one file, written atomically.
-
-A checkpoint is a plain dict saved with ``torch.save`` and read back with ``weights_only=True``, so
-loading one can never run code. Translating needs nothing but the checkpoint file. Checkpoints
-written during training also hold everything needed to continue exactly: optimizer, schedule, grad
-scaler, RNG states (as tensors and plain numbers) and the data position.
-"""
+"""Self-describing checkpoints: a plain dict of weights, recipe and tokenizer, written atomically
+and read with ``weights_only=True`` so that loading never runs code. Training checkpoints also hold
+the optimizer, schedule, grad scaler, RNG states and data position, to continue exactly."""
 
 from __future__ import annotations
 
@@ -58,11 +54,8 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     atomic_write_bytes(path, data)
 
 
-# ----------------------------------------------------------------------------------------------
-# RNG states as tensors and plain numbers, so they load under weights_only=True
-
-
 def rng_state() -> dict[str, Any]:
+    """This process's RNG states as tensors and plain numbers, which load under weights_only."""
     version, mt, gauss = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state: dict[str, Any] = {
@@ -88,22 +81,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-# ----------------------------------------------------------------------------------------------
-# The checkpoint folder: step checkpoints, last.pt / best.pt, retention
-
-
 _STEP_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
 INDEX = "index.json"
 
 
 class CheckpointStore:
-    """``ckpt-STEP.pt`` files plus stable ``last.pt`` and ``best.pt`` names.
-
-    ``index.json`` lists the step checkpoints with their dev metric (higher is better). After each
-    save the newest ``keep_last`` and the ``keep_best`` best-scoring step files are kept and the
-    rest deleted; ``last.pt`` and ``best.pt`` are hard links (copies where links are not possible),
-    so pruning never removes them.
-    """
+    """``ckpt-STEP.pt`` files (in ``index.json`` with their metric; the newest ``keep_last`` and
+    the ``keep_best`` best are kept), plus ``last.pt`` and ``best.pt``, hard links that pruning
+    never removes."""
 
     def __init__(self, folder: Path, keep_last: int = 1, keep_best: int = 1):
         self.folder, self.keep_last, self.keep_best = Path(folder), keep_last, keep_best
@@ -158,11 +143,8 @@ class CheckpointStore:
             stale.unlink(missing_ok=True)
 
     def latest(self) -> tuple[Path, dict] | None:
-        """The newest training checkpoint that loads: step files newest first, then ``last.pt``.
-
-        A step file is complete or absent (atomic writes), and a crash between writing it and
-        relinking ``last.pt`` leaves it the newer of the two, so it is tried first.
-        """
+        """The newest training checkpoint that loads: step files newest first (a crash before
+        relinking ``last.pt`` leaves the step file the newer), then ``last.pt``."""
         steps = sorted((p for p in self.folder.glob("ckpt-*.pt") if _STEP_NAME.match(p.name)),
                        key=lambda p: int(_STEP_NAME.match(p.name).group(1)), reverse=True)
         for path in steps + [self.folder / "last.pt"]:
@@ -188,8 +170,7 @@ class CheckpointStore:
 
 
 def load_checkpoint(path: Path | str, mmap: bool = False) -> dict:
-    """The checkpoint's payload. ``mmap`` maps the file instead of reading it, so what is never
-    used (a training checkpoint's optimizer state, when translating) is never read from disk."""
+    """The checkpoint's payload; ``mmap`` maps the file, so what is never used is never read."""
     path = Path(path)
     if path.is_dir():
         found = [p for p in (path / "checkpoints" / "best.pt", path / "best.pt") if p.is_file()]
@@ -209,9 +190,8 @@ def load_checkpoint(path: Path | str, mmap: bool = False) -> dict:
 
 
 class _SkipRandomInit(torch.overrides.TorchFunctionMode):
-    """Model construction without drawing random initial weights, for a model whose every weight
-    the checkpoint's then replaces (``load_state_dict`` is strict); it saves a large share of
-    ``nmt translate``'s start-up."""
+    """Builds a model without drawing the random weights that the checkpoint's (loaded strictly)
+    replace, a large share of ``nmt translate``'s start-up."""
 
     SKIPPED = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.nn.init.normal_,
                          torch.nn.init.uniform_, torch.nn.init.xavier_uniform_,

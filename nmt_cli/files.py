@@ -27,11 +27,8 @@ def atomic_write_bytes(target: Path, data: bytes) -> None:
 
 
 def replace_durably(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
-    """Rename ``source`` to ``target`` atomically, then fsync the folder so that the new name
-    itself is on disk: without it a power cut can bring back the old name, or none.
-
-    Every rename that publishes a finished file goes through here.
-    """
+    """Rename atomically, then fsync the folder so that a power cut cannot bring back the old
+    name (or none). Every rename that publishes a finished file goes through here."""
     os.replace(source, target)
     fsync_dir(Path(target).parent)
 

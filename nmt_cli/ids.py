@@ -1,8 +1,5 @@
-"""Special-token ids shared by the tokenizer, the data, the model and every search.
-
-SentencePiece is trained with these ids, so they hold for every vocabulary this toolkit writes.
-Nothing is imported here: any module may depend on this one.
-"""
+"""Special-token ids, which SentencePiece is trained with, so they hold for every vocabulary
+written here. Nothing is imported here: any module may depend on this one."""
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIALS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}

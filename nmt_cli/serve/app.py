@@ -1,9 +1,6 @@
-"""The HTTP side of ``nmt serve``: the model service, the FastAPI app and its access log.
-
-The service loads the model in the worker thread (``/health`` answers 503 until it is ready),
-then every ``/translate`` request is checked, queued for the batcher and awaited without blocking
-the event loop. One process holds one copy of the model.
-"""
+"""The HTTP side of ``nmt serve``: the model service, the FastAPI app and its access log. The
+model loads in the worker thread (``/health`` answers 503 until then); requests are queued for
+the batcher and awaited without blocking the event loop."""
 
 from __future__ import annotations
 
@@ -55,8 +52,6 @@ class Service:
         self._unique = itertools.count()
         self.batcher = Batcher(self._translate, settings.max_batch_sentences,
                                settings.max_wait_ms / 1000.0, self._log_batch)
-
-    # -- in the worker thread ------------------------------------------------------------------
 
     def load(self) -> None:
         """Load the model and warm it up; on a user error, record it and stop the server."""
@@ -117,8 +112,6 @@ class Service:
             "decode": to_dict(self.defaults),
             "limits": limits,
         }
-
-    # -- on the event loop ---------------------------------------------------------------------
 
     async def translate(self, raw: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         assert self.defaults is not None

@@ -1,9 +1,4 @@
-"""Checkpoint averaging: the element-wise mean of several checkpoints' weights.
-
-Averaging the last few checkpoints of a run usually gives a better model than any one of them. The
-result is an ordinary checkpoint (recipe and tokenizer of the newest input), without optimizer
-state, and lists what it was averaged from.
-"""
+"""Checkpoint averaging: the element-wise mean of several checkpoints' weights."""
 
 from __future__ import annotations
 
@@ -16,12 +11,8 @@ from nmt_cli.errors import CheckpointError
 
 
 def run_checkpoints(run_dir: Path, last: int) -> list[Path]:
-    """The newest ``last`` checkpoints (``*.pt``, by modification time) of a run folder.
-
-    Looks in ``RUN/checkpoints/`` (or in the folder itself when it holds the ``*.pt`` files).
-    Files that are copies of the same training step (``best.pt`` is a copy of a ``last.pt``) are
-    counted once.
-    """
+    """The newest ``last`` checkpoints by modification time in ``RUN/checkpoints/`` (or ``RUN``
+    itself); copies of one step (``best.pt``, ``last.pt``) count once."""
     folder = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
     files = sorted(folder.glob("*.pt"), key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
     if not files:
@@ -40,11 +31,8 @@ def run_checkpoints(run_dir: Path, last: int) -> list[Path]:
 
 
 def average_checkpoints(paths: list[Path]) -> dict:
-    """Load ``paths`` and return a checkpoint whose weights are their mean.
-
-    Floating-point tensors are averaged in float64 and cast back; other tensors must be equal.
-    All checkpoints must have the same parameters and shapes and the same tokenizer.
-    """
+    """The newest of ``paths`` without optimizer state, its weights their mean (float64, cast
+    back); other tensors, parameter names, shapes and the tokenizer must be equal."""
     if not paths:
         raise CheckpointError("no checkpoints given to average")
     first = load_checkpoint(paths[0])

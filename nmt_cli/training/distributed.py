@@ -1,9 +1,5 @@
-"""Data-parallel training over torch.distributed, as launched by ``torchrun``.
-
-``torchrun --nproc-per-node N -m nmt_cli train RECIPE`` sets ``RANK``, ``WORLD_SIZE`` and
-``LOCAL_RANK`` in each process; :func:`setup` reads them and joins the process group (NCCL on CUDA,
-gloo on the CPU). Without them everything here is a cheap no-op, so the trainer has one code path.
-"""
+"""Data-parallel training under ``torchrun``, which sets ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK``; without them everything here is a cheap no-op, so the trainer has one code path."""
 
 from __future__ import annotations
 
@@ -47,7 +43,7 @@ def env_info() -> DistInfo:
 
 
 def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
-    """Join the process group when launched by torchrun; return the rank info and this rank's device."""
+    """Join torchrun's process group, if any; return the rank info and this rank's device."""
     info = env_info()
     if not info.enabled:
         return info, device
@@ -102,11 +98,8 @@ def all_gather_objects(obj: Any) -> list[Any]:
 
 
 def rank_share(batches: list[np.ndarray], info: DistInfo) -> list[np.ndarray]:
-    """This rank's batches: every ``world_size``-th one, cut to an equal count on every rank.
-
-    Equal counts matter: a rank with one more batch would wait forever in the gradient all-reduce.
-    The few batches left over at the end of an epoch are skipped for that epoch only.
-    """
+    """This rank's batches: every ``world_size``-th, cut to an equal count on every rank (one more
+    would wait forever in the all-reduce); the few left over are skipped for this epoch."""
     per_rank = len(batches) // info.world_size
     if per_rank == 0:
         raise NmtError(f"the epoch has {len(batches)} batches, fewer than the {info.world_size} "

@@ -11,14 +11,9 @@ CPU_BLOCK_LOGITS = 1 << 20
 
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
-    """Label-smoothed cross-entropy summed over the non-padding rows of (N, V) logits, with the
-    gradient computed in the forward pass: ``softmax - (1 - eps) * onehot - eps / V`` on kept
-    rows, zero on padding. On the CPU the rows go a block at a time, so each block's fp32
-    log-probabilities stay in cache while the loss and the gradient are read off them; no (N, V)
-    fp32 tensor is made, and backward is one scaling of the saved gradient, in the logits' dtype
-    (autograd would take the log-softmax's, the mean's and the gather's backward, each a pass
-    over the (N, V) tensor). Returns (loss, nll); the NLL sum is for reporting and has no
-    gradient."""
+    """Label-smoothed cross-entropy summed over the non-padding rows of (N, V) logits; forward also
+    computes the gradient, a cache-sized block of rows at a time on the CPU, so that no (N, V) fp32
+    tensor is made. Returns (loss, nll); the NLL sum is for reporting and has no gradient."""
 
     @staticmethod
     def forward(ctx, logits, target, eps: float):  # type: ignore[override]
@@ -59,11 +54,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
 
 def sequence_loss(logits: torch.Tensor, target: torch.Tensor,
                   label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed label-smoothed cross-entropy and summed plain NLL over non-padding positions.
-
-    Same value and gradient as ``F.cross_entropy(..., label_smoothing=eps, ignore_index=PAD)``
-    summed, with one fp32 log-softmax shared by both sums: ``(1 - eps) * nll + eps *
-    mean_v(-log p_v)``.
-    """
+    """Summed label-smoothed cross-entropy and plain NLL over non-padding positions: the value and
+    gradient of ``F.cross_entropy(..., label_smoothing=eps, ignore_index=PAD)`` summed."""
     flat = logits.reshape(-1, logits.size(-1))
     return _SmoothedCrossEntropy.apply(flat, target.reshape(-1), float(label_smoothing))

@@ -1,6 +1,5 @@
-"""What a training run records in its folder: ``metrics.jsonl``, optional TensorBoard logs and
-``environment.json`` (library versions, hardware, input-data hashes); and the running sums
-behind each ``train`` line."""
+"""What a run records in its folder (``metrics.jsonl``, TensorBoard logs, ``environment.json``),
+and the running sums behind each ``train`` line."""
 
 from __future__ import annotations
 
@@ -29,11 +28,8 @@ def _summary_writer():
 
 
 class MetricsLog:
-    """One JSON object per line: ``start``, ``train``, ``valid``, ``resume`` and ``end`` events.
-
-    Only the main process writes (``enabled``); other ranks call it as a no-op. With
-    ``tensorboard`` the numeric fields of train and valid events also go to ``RUN_DIR/tensorboard``.
-    """
+    """One JSON object per event, written by the main process only (``enabled``); with
+    ``tensorboard`` the train and valid numbers also go to ``RUN_DIR/tensorboard``."""
 
     def __init__(self, workdir: Path, enabled: bool = True, tensorboard: bool = False):
         self.path = Path(workdir) / METRICS
@@ -75,8 +71,7 @@ class MetricsLog:
 
 @dataclass
 class TrainWindow:
-    """Sums over the updates since the last ``train`` line: its per-token loss and NLL, and its
-    target tokens per second (counted from ``start``, which validation moves on)."""
+    """Sums over the updates since the last ``train`` line; validation moves ``start`` on."""
 
     tokens: int = 0
     loss: float = 0.0

@@ -21,17 +21,11 @@ def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 class LrSchedule:
-    """Sets the optimizer's learning rate before each update.
-
-    ``constant``: the base rate after warmup. ``inverse_sqrt``: base * sqrt(warmup / step) after
-    warmup. ``plateau``: the base rate, multiplied by ``plateau_factor`` each time the dev metric
-    has not improved for ``plateau_patience`` validations, never below ``min_learning_rate``.
-    ``cosine``: from the base rate at the end of warmup down to ``min_learning_rate`` along half
-    a cosine, for short fixed budgets where the rate should end low. The budget is ``max_steps``
-    or ``max_time``, whichever runs out first: with ``max_time`` set, the decay also follows the
-    training time (the clock ``max_time`` counts, summed over resumes) from the end of warmup to
-    the end of the budget, so a time-limited run ends at the floor however fast the machine is.
-    """
+    """Sets the optimizer's learning rate before each update; after warmup, ``inverse_sqrt`` is
+    base * sqrt(warmup / step), ``plateau`` multiplies by ``plateau_factor`` after
+    ``plateau_patience`` validations without a better metric, and ``cosine`` falls along half a
+    cosine to ``min_learning_rate`` by the end of ``max_steps`` or of ``max_time`` (whichever comes
+    first), so a time-limited run ends at the floor however fast the machine is."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig):
         self.optimizer, self.cfg = optimizer, cfg

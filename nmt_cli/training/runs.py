@@ -1,6 +1,4 @@
-"""A run folder's life cycle: start afresh, refuse to overwrite, resume, or start from another
-run's weights; the counters a checkpoint carries to continue exactly, and the summary a training
-session ends with."""
+"""A run folder's life cycle, the counters a checkpoint carries to resume, a session's summary."""
 
 from __future__ import annotations
 
@@ -37,8 +35,7 @@ class TrainState:
 
     @classmethod
     def restore(cls, saved: dict[str, Any], world_size: int) -> "TrainState":
-        """The saved counters; with another process count, the same data seen so far is kept and
-        the rest of the epoch is split the new way."""
+        """The saved counters; under another process count the epoch's rest is split anew."""
         state = cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
         if state.world_size != world_size:
             state.batch = state.batch * state.world_size // world_size
@@ -46,9 +43,8 @@ class TrainState:
         return state
 
     def record_validation(self, metric: float, patience: int) -> tuple[bool, bool]:
-        """Count a validation scoring ``metric`` (higher is better); returns whether it is the
-        best so far and whether early stopping (``patience`` validations without a new best,
-        0 for never) ends training."""
+        """Count a validation (``metric``: higher is better); returns (best so far, early stopping
+        ends training: ``patience`` validations without a new best, 0 for never)."""
         improved = self.best_metric is None or metric > self.best_metric
         if improved:
             self.best_metric, self.best_step = metric, self.step
@@ -123,11 +119,9 @@ def _same_tokenizer(payload: dict, tok: Tokenizers) -> bool:
     return payload["tokenizer"] == {"src": tok.src_bytes, "tgt": tok.tgt_bytes}
 
 
-# Keys a resumed run may change: they extend it (budgets), observe it (logging, validation,
-# checkpoint keeping, decoding and scoring of the dev set) or say where it runs. Every other key
-# defines the run: the model, the tokenizer, the epoch layout (batch_tokens, accum_steps, seed,
-# the preprocessing) or the optimisation, and a saved batch position is only valid under it.
-# The data section is compared by content (data_identity), so a moved file is not a change.
+# Keys a resumed run may change: budgets, what observes it (logging, validation, checkpoints) and
+# where it runs. The others define the model, tokenizer, epoch layout or optimisation, under which
+# alone a saved batch position is valid. data is compared by content (data_identity).
 RESUMABLE_CHANGES = (
     "name", "workdir", "data", "decode", "eval",
     "train.max_steps", "train.max_epochs", "train.max_time", "train.log_every",
@@ -139,9 +133,7 @@ RESUMABLE_CHANGES = (
 
 
 def data_identity(manifest: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
-    """What fixes the data a run trains and validates on: for the train split and (when the
-    recipe has one) the dev split, the SHA-256 of each input file and the number of pairs
-    preprocessing wrote from them."""
+    """The input files' SHA-256 and pairs written, per split the run trains or validates on."""
     used = ("train", "dev") if recipe.data.dev is not None else ("train",)
     return {name: {"sha256": info["sha256"], "written": info["written"]}
             for name, info in manifest["splits"].items() if name in used}
@@ -167,9 +159,8 @@ def _short(value: Any) -> str:
 
 def resume_changes(saved_recipe: dict[str, Any], recipe: Recipe,
                    saved_data: dict[str, Any] | None, data: dict[str, Any]) -> list[str]:
-    """The settings that differ from the saved run and may not change on --resume, as
-    ``key (old -> new)``. Keys only one side knows (the schema grew or shrank) are not compared;
-    nor is the data of a checkpoint that predates data identities."""
+    """The settings that differ from the saved run and may not change on --resume, as ``key (old
+    -> new)``; keys only one side knows, and data a checkpoint does not record, are not compared."""
     old, new = _flatten(saved_recipe), _flatten(to_dict(recipe))
     changed = [f"{key} ({_short(old[key])} -> {_short(new[key])})" for key in new
                if key in old and old[key] != new[key] and not _may_change(key)]
@@ -186,10 +177,8 @@ def resume_changes(saved_recipe: dict[str, Any], recipe: Recipe,
 
 def check_resumable(payload: dict, path: Path, recipe: Recipe, tok: Tokenizers,
                     manifest: dict[str, Any]) -> None:
-    """--resume continues the same run: same tokenizer, same data, and only the settings in
-    RESUMABLE_CHANGES may differ."""
-    # The model section is read back through the config, so a run saved before a model key
-    # existed compares equal to the same run read by today's schema.
+    """--resume continues the same run: same tokenizer and data; only RESUMABLE_CHANGES differ."""
+    # read through today's schema, so that a model key added since compares equal
     saved_model = to_dict(build(ModelConfig, payload["recipe"]["model"], prefix="model"))
     payload = {**payload, "recipe": {**payload["recipe"], "model": saved_model}}
     if not _same_tokenizer(payload, tok):

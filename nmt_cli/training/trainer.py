@@ -1,18 +1,6 @@
-"""The training loop: token-batched teacher forcing, validation with BLEU, resumable checkpoints.
-
-Steps count optimizer updates; a skipped update (non-finite loss or gradient, CUDA out-of-memory)
-is not a step. ``max_steps``, ``max_epochs`` and ``max_time`` end training, whichever comes first,
-and all three count across ``--resume``: the step and epoch counters and the accumulated training
-wall time (``max_time``, minutes, validation and checkpointing included) are stored in every
-checkpoint. Tokens/s counts real target tokens (EOS included, padding excluded) per second of
-training, validation time excluded.
-
-The batch order of epoch ``e`` is a pure function of ``(train.seed, e)``, so a checkpoint only needs
-the epoch and the index of the next batch to continue exactly where it left off.
-
-This module holds the loop and its decisions (when to log, validate, save and stop); one update
-is ``training.update``, its loss ``training.loss``, and the dev scores ``training.validation``.
-"""
+"""The training loop: when to log, validate, save and stop. Steps count applied updates; the limits
+(``max_time``: wall minutes, validation included) count across ``--resume``, since checkpoints hold
+the counters and next batch and an epoch's batch order depends on ``(seed, epoch)`` only."""
 
 from __future__ import annotations
 
@@ -80,14 +68,10 @@ class Trainer:
                               self.train_data, self.cfg, self.device, self.precision, self.dist,
                               seconds=self._seconds, signalled=lambda: self._signal is not None)
 
-    # -- starting points --------------------------------------------------------------------
-
     def _set_up_device(self, device: str | None) -> None:
-        """The device (under torchrun, this rank's, in its process group), precision, threads
-        and seeds."""
+        """The device (this rank's under torchrun), precision, threads and seeds."""
         self.device = pick_device(device or self.cfg.device)
         self.dist, self.device = dist.setup(self.device)
-        # train.precision as run here: auto becomes bf16 or fp32 for this device (and is logged)
         self.precision = resolve_precision(self.cfg.precision, self.device, "train.precision")
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
@@ -103,12 +87,10 @@ class Trainer:
         if len(self.train_data) == 0:
             raise DataError("no training pairs survived preprocessing; check the filters",
                             data_dir(recipe) / "manifest.json")
-        # Without data.dev there is no validation, and best.pt is always the newest checkpoint.
         self.dev = DevSet(recipe, self.manifest, self.device, self.precision)
 
     def _build_model(self, init_from: Path | None) -> None:
-        """The model (with ``init_from``'s weights, when given), its optimizer, learning-rate
-        schedule and grad scaler."""
+        """The model (``init_from``'s weights when given), optimizer, schedule and grad scaler."""
         self.model = build_model(self.recipe.model, self.tok.src_vocab_size,
                                  self.tok.tgt_vocab_size, self.tok.joint).to(self.device)
         self.init_from = init_from
@@ -119,7 +101,7 @@ class Trainer:
         self.scaler = grad_scaler(self.device, self.precision)
 
     def _resume(self) -> None:
-        # Rank 0 reads the checkpoint and sends it to the others, whose nodes may not share its disk.
+        # Rank 0 reads the checkpoint and sends it on: other nodes may not share its disk.
         found = self.store.latest() if self.dist.is_main else None
         if self.dist.is_main and found is None:
             raise CheckpointError(f"{self.ckpt_dir}: no checkpoint to resume from; start the run "
@@ -139,8 +121,6 @@ class Trainer:
         self._say(f"resuming from {path.name}: step {self.state.step}, epoch "
                   f"{self.state.epoch}, batch {self.state.batch}")
 
-    # -- logging ---------------------------------------------------------------------------
-
     def _log(self, record: dict[str, Any]) -> None:
         self.metrics.write(record)
 
@@ -153,8 +133,6 @@ class Trainer:
             raise KeyboardInterrupt
         self._signal = signum
 
-    # -- validation and checkpoints --------------------------------------------------------
-
     def validate(self) -> dict[str, Any]:
         """The dev scores of the model as it stands (``DevSet.score``)."""
         self.model.eval()
@@ -163,8 +141,7 @@ class Trainer:
         return result
 
     def save(self, dev: dict[str, Any] | None = None, is_best: bool = False) -> None:
-        """Every rank calls this (RNG states are gathered); only rank 0 writes. Without a dev set
-        every checkpoint is also best.pt."""
+        """Every rank calls this (their RNG states are gathered); only rank 0 writes."""
         is_best = is_best or not self.dev.enabled
         rngs = dist.all_gather_objects(rng_state())
         if self.dist.is_main:
@@ -182,8 +159,7 @@ class Trainer:
         dist.barrier()
 
     def _validate_and_save(self) -> bool:
-        """Validate on rank 0, save, and return True (on every rank) when early stopping says stop.
-        Without a dev set it only saves."""
+        """Validate on rank 0 and save; True on every rank when early stopping says stop."""
         if not self.dev.enabled:
             self.save()
             return False
@@ -205,8 +181,7 @@ class Trainer:
         return stop
 
     def _average_last(self, n: int) -> None:
-        """Average the newest ``n`` step checkpoints into ``checkpoints/averaged.pt``, validate
-        it, and log its dev scores (the model is left as training ended)."""
+        """Average the newest ``n`` step checkpoints into ``averaged.pt`` and log its dev scores."""
         from nmt_cli.training.average import average_to_file
 
         paths = sorted(self.ckpt_dir.glob("ckpt-*.pt"))[-n:]  # zero-padded step numbers
@@ -218,8 +193,6 @@ class Trainer:
         self._log({"event": "averaged", "checkpoints": [p.name for p in paths], **dev})
         scores = ", ".join(f"{k} {v:.3f}" for k, v in dev.items() if k.startswith("dev_"))
         self._say(f"averaged the last {len(paths)} checkpoints into averaged.pt: {scores}")
-
-    # -- what updates leave to the loop: the clock, skipped updates ---------------------------
 
     def _seconds(self) -> float:
         """Training wall time of the whole run so far, resumed sessions included."""
@@ -243,8 +216,6 @@ class Trainer:
                            "row had a non-finite loss or gradient (train.max_nonfinite); lower "
                            "train.learning_rate, keep train.clip_norm on, or use bf16 instead of "
                            "fp16. The last good checkpoint is in " + str(self.ckpt_dir))
-
-    # -- the loop ---------------------------------------------------------------------------
 
     def _prepare_run_dir(self) -> None:
         resumed = self.resumed_from
@@ -278,8 +249,7 @@ class Trainer:
             self.metrics.close()
 
     def _train(self, progress) -> TrainSummary:
-        """Epochs of updates until a stop: ``max_steps``, ``max_epochs``, ``max_time``, early
-        stopping or a signal. ``progress`` (rank 0 only) follows the steps."""
+        """Epochs of updates until a limit, early stopping or a signal; ``progress``: rank 0's."""
         cfg, st = self.cfg, self.state
         self._announce()
         self.model.train()
@@ -327,8 +297,7 @@ class Trainer:
         return [batches[i:i + cfg.accum_steps] for i in range(0, len(batches), cfg.accum_steps)]
 
     def _step(self, group: list[np.ndarray], window: TrainWindow, progress) -> str:
-        """One update and what follows it: the counters, the log, validation or a checkpoint.
-        Returns why training stops here, or ''."""
+        """One update and its bookkeeping; returns why training stops here, or ''."""
         cfg, st = self.cfg, self.state
         t0 = time.time()
         out = self.update(group, st.step)
@@ -364,8 +333,7 @@ class Trainer:
         return "max_time" if out.time_up else "interrupted" if out.signalled else ""
 
     def _end_session(self, stop: str) -> None:
-        """Interrupted, save where training is; otherwise validate and save the last step (unless
-        that is done) and average the last checkpoints when ``train.average_last`` asks."""
+        """Save if interrupted; else validate and save the last step unless done, then average."""
         st = self.state
         if stop == "interrupted":
             self.save()

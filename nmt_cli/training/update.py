@@ -1,8 +1,5 @@
-"""One optimizer update: forward and backward over a group of batches (gradient accumulation),
-then clipping and one optimizer step. An update whose loss or gradient is not finite is not
-applied; a batch that runs CUDA out of memory is skipped. Under torchrun the model is wrapped in
-DDP, which averages the gradients over the ranks, and the update's statistics are summed over
-them, so that every rank takes the same decisions."""
+"""One optimizer update over a group of batches (gradient accumulation). Under torchrun its
+statistics are summed over the ranks, so that every rank takes the same decisions."""
 
 from __future__ import annotations
 
@@ -38,9 +35,8 @@ class UpdateResult:
 
 
 class Updater:
-    """Updates ``model`` from batches of ``data``. ``seconds`` gives the run's training wall time
-    so far (for ``max_time`` and a schedule that follows it), ``signalled`` whether this process
-    has been asked to stop; both are read during each update and shared with the other ranks."""
+    """Updates ``model`` from batches of ``data``. ``seconds`` (the run's training time so far)
+    and ``signalled`` (asked to stop) are read in each update and shared with the other ranks."""
 
     def __init__(self, model: torch.nn.Module, optimizer, schedule, scaler, data: ParallelData,
                  cfg: TrainConfig, device: torch.device, precision: str, info: dist.DistInfo,
@@ -56,12 +52,8 @@ class Updater:
             self.ddp = DistributedDataParallel(model, device_ids=ids)
 
     def __call__(self, group: list[np.ndarray], step: int) -> UpdateResult:
-        """The update after ``step`` over ``group``, this rank's batches.
-
-        Each rank's loss is scaled by ``world_size / total_tokens`` so that DDP's gradient average
-        equals the single-process gradient of the loss summed over all ranks' tokens divided by
-        their total.
-        """
+        """The update after ``step`` over ``group``, this rank's batches. Each loss is scaled by
+        ``world_size / total_tokens``, so DDP's average is the gradient per token over all ranks."""
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         local_tokens = sum(int(self.data.tgt.lengths[idx].sum()) + len(idx) for idx in group)

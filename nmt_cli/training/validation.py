@@ -36,9 +36,8 @@ def describe(dev: dict[str, Any], improved: bool) -> str:
 
 
 class DevSet:
-    """The recipe's ``data.dev``: its preprocessed pairs for the loss and its raw lines for BLEU,
-    at most ``train.valid_max_sentences`` of them. Without ``data.dev`` it scores nothing
-    (``enabled`` is false)."""
+    """The recipe's ``data.dev``: preprocessed pairs for the loss, raw lines for BLEU (at most
+    ``train.valid_max_sentences``). Without ``data.dev``, ``enabled`` is false."""
 
     def __init__(self, recipe: Recipe, manifest: dict[str, Any], device: torch.device,
                  precision: str):
@@ -63,8 +62,7 @@ class DevSet:
 
     @torch.no_grad()
     def score(self, model, tok: Tokenizers, step: int) -> dict[str, Any]:
-        """``step`` with the dev loss and perplexity (per target token) and the dev BLEU, for a
-        model in eval mode."""
+        """``step``, the dev loss and perplexity per target token, and the BLEU (eval mode)."""
         result: dict[str, Any] = {"step": step}
         if self.data is not None and len(self.data):
             nll = tokens = 0.0
