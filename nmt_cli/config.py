@@ -309,7 +309,7 @@ class DecodeConfig:
     no_repeat_ngram: int = _num(0, ge=0, doc="0 allows repeats")
     max_src_len: int = _num(250, ge=1, doc="longer inputs are cut to this many subwords")
     sample: bool = False
-    temperature: float = _num(1.0, gt=0.0)
+    temperature: float = _num(1.0, ge=0.001, doc="lower is nearer greedy search")
     top_k: int = _num(0, ge=0, doc="0 keeps the whole vocabulary")
     top_p: float = _num(1.0, gt=0.0, le=1.0)
     seed: int = _num(0, ge=0)
@@ -349,6 +349,16 @@ class ServeConfig:
     max_beam_size: int = _num(16, ge=1, doc="largest beam size (and n-best) a request may ask for")
     max_output_len: int = _num(512, ge=1, doc="most output subwords a request's length limits "
                                                 "may allow")
+    max_work: int = _num(262_144, ge=1, doc="work one request may ask for: the sum over its "
+                                              "texts of beam (or samples) x output-length cap")
+    turn_work: int = _num(16_384, ge=1, doc="work of a request's chunk: a larger request takes "
+                                            "turns with the others, one chunk a batch")
+    max_queue: int = _num(1024, ge=1, doc="sentences that may wait; past it, 503 and Retry-After")
+    timeout: float = _num(60.0, gt=0.0, doc="seconds a request may wait and run; then 504")
+    max_connections: int = _num(1000, ge=1, doc="open connections and requests; past it, 503")
+    read_timeout: float = _num(10.0, gt=0.0, doc="seconds a client may take to send its body")
+    drain: float = _num(30.0, ge=0.0, doc="seconds the requests in flight have after SIGTERM")
+    allowed_hosts: list[str] = field(default_factory=list)  # Host headers taken; empty: any
     threads: int = _num(0, ge=0, doc="torch CPU threads; 0 leaves torch's default")
     quiet: bool = False  # no access or batch log lines
 

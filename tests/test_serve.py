@@ -41,8 +41,10 @@ def nmt_translate(checkpoint, lines: list[str], tmp_path, *args: str) -> list[st
 
 def test_health_and_model_describe_the_checkpoint(server, experiment):
     with server.client() as client:
-        assert client.get("/health").json() == {"status": "ready"}
+        health = client.get("/health").json()
         info = client.get("/model").json()
+    assert health["status"] == "ready" and {"waiting", "batches", "sentences"} <= set(health)
+    assert info["checkpoints"] == [experiment.checkpoint.name]  # no folder of the host's
     recipe = experiment.recipe
     assert info["name"] == recipe.name
     assert info["languages"] == {"source": "src", "target": "tgt"}
@@ -209,6 +211,12 @@ BAD = [  # (case, request kwargs, status, field)
     ("number too large", {"content": b'{"text": "a", "length_penalty": 1e999}',
                           "headers": {"content-type": "application/json"}}, 400, "body"),
     ("huge integer", {"json": {"text": "a", "max_len_b": 10 ** 400}}, 422, "max_len_b"),
+    ("integer of 5,000 digits", {"content": b'{"text": "a", "beam_size": 1' + b"0" * 5000 + b"}",
+                                 "headers": {"content-type": "application/json"}}, 400, "body"),
+    ("temperature 0 in float32", {"json": {"text": "a", "sample": True, "temperature": 1e-300}},
+     422, "temperature"),
+    ("work over the budget", {"json": {"texts": ["a" * MAX_CHARS] * MAX_TEXTS,
+                                       "beam_size": 16}}, 422, "texts"),
     ("huge minimum", {"json": {"text": "a", "min_len_b": 10 ** 30}}, 422, "min_len_b"),
     ("huge seed", {"json": {"text": "a", "sample": True, "seed": 2 ** 70}}, 422, "seed"),
     ("lone surrogate", {"content": b'{"texts": ["ok", "\\ud800"]}',
@@ -252,7 +260,10 @@ def test_a_failing_batch_fails_its_requests_only_and_sigterm_finishes_in_flight_
             time.sleep(0.05)
             good = pool.submit(post, client, {"texts": [line], "beam_size": 2})
             bad, good = bad.result(60), good.result(60)
-            assert bad.status_code == 500 and "batch" in bad.json()["error"]
+            # the cause goes to the log, not to the client
+            assert bad.status_code == 500 and bad.json()["error"] == \
+                "server: translating this request failed; the server's log says why"
+            assert "BOOM" in srv.log() and "BOOM" not in bad.text
             assert good.status_code == 200 and good.json()["translations"][0]["text"] == want[0]
             assert client.get("/health").status_code == 200
 
@@ -324,3 +335,101 @@ def test_a_checkpoint_that_does_not_load_stops_the_server_with_one_error_line(tm
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "broken.pt" in errors[0] and "cannot read" in errors[0], proc.stderr
+
+
+def test_work_over_the_budget_is_refused_naming_the_limit(experiment, tmp_path):
+    srv = Server(experiment.checkpoint, tmp_path / "work.log", "--max-work", "2000")
+    try:
+        with srv.client() as client:
+            small = client.post("/translate", json={"text": "ein Hund", "beam_size": 2})
+            large = client.post("/translate", json={"texts": ["ein Hund läuft"] * 40})
+        assert small.status_code == 200
+        assert large.status_code == 422 and large.json()["field"] == "texts"
+        assert "--max-work" in large.json()["error"] and "2,000" in large.json()["error"]
+    finally:
+        assert srv.stop() == 0, srv.log()
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_a_deadline_504(experiment, tmp_path):
+    """The worker is held 1.5 s a batch: with --max-queue 3 a fourth waiting sentence is
+    refused at once, and with --timeout 1 the requests are answered 504 at their deadline,
+    the one that runs as the ones that wait."""
+    srv = Server(experiment.checkpoint, tmp_path / "queue.log", "--max-queue", "3",
+                 "--timeout", "1", "--max-wait-ms", "0", fault="serve-delay:1.5")
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            def send(texts):
+                with srv.client() as client:
+                    return client.post("/translate", json={"texts": texts})
+            first = pool.submit(send, ["a"])  # runs, held in the worker
+            time.sleep(0.5)
+            waiting = pool.submit(send, ["b", "c", "d"])  # fills the queue
+            time.sleep(0.3)
+            refused = send(["e"])
+            assert refused.status_code == 503 and refused.json()["field"] == "server"
+            assert "--max-queue" in refused.json()["error"]
+            assert int(refused.headers["retry-after"]) >= 1
+            late = waiting.result(30)
+            assert late.status_code == 504 and "--timeout" in late.json()["error"]
+            assert first.result(30).status_code == 504
+        with srv.client() as client:
+            assert client.get("/health").status_code == 200
+    finally:
+        assert srv.stop() == 0, srv.log()
+    assert "Traceback" not in srv.log()
+
+
+def test_requests_whose_clients_left_are_not_computed(experiment, tmp_path):
+    """While the worker is held, 6 clients send two lines each and hang up; when the worker is
+    free, none of their sentences is translated (the batch log and /health count them)."""
+    srv = Server(experiment.checkpoint, tmp_path / "gone.log", "--max-wait-ms", "0",
+                 fault="serve-delay:2")
+    try:
+        line = sample_lines("test", "src", 1)[0]
+        with ThreadPoolExecutor(7) as pool:
+            def send(texts, timeout):
+                try:
+                    with srv.client(timeout=timeout) as client:
+                        return client.post("/translate", json={"texts": texts}).status_code
+                except httpx.TimeoutException:
+                    return "gone"
+            held = pool.submit(send, [line], 30)
+            time.sleep(0.5)
+            gone = [pool.submit(send, [f"{line} {i}", line], 0.5) for i in range(6)]
+            assert [g.result(30) for g in gone] == ["gone"] * 6
+            assert held.result(30) == 200
+        with srv.client() as client:
+            assert client.post("/translate", json={"text": line}).status_code == 200
+            health = client.get("/health").json()
+        assert health["sentences"] == 2 and health["waiting"] == 0  # held and the last one
+        assert health["dropped"] == 12
+    finally:
+        assert srv.stop() == 0, srv.log()
+
+
+def test_hosts_paths_and_slow_bodies(experiment, tmp_path):
+    """--allowed-hosts refuses other Host headers with 400; a path holding a newline is logged
+    escaped, on one line; a body that does not arrive in --read-timeout gets 408."""
+    import socket
+
+    srv = Server(experiment.checkpoint, tmp_path / "hosts.log", "--allowed-hosts",
+                 "mt.example.org,127.0.0.1", "--read-timeout", "0.5")
+    try:
+        port = int(srv.url.rsplit(":", 1)[1])
+        with httpx.Client(base_url=srv.url, timeout=10) as client:
+            other = client.get("/health", headers={"host": "evil.example.com"})
+            assert other.status_code == 400 and other.json()["field"] == "host"
+            assert client.get("/health", headers={"host": f"mt.example.org:{port}"}
+                              ).status_code == 200
+            assert client.get("/health", headers={"host": "localhost"}).status_code == 400
+            client.get("/x%0A127.0.0.1:1 \"GET /forged\" 200")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: 100\r\n\r\n{\"te")
+            answer = sock.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and '"field":"body"' in answer
+    finally:
+        assert srv.stop() == 0, srv.log()
+    lines = srv.log().splitlines()
+    assert not any(line.startswith('127.0.0.1:1 "GET /forged"') for line in lines)
+    assert any("/x%0A127.0.0.1:1" in line for line in lines)

@@ -170,3 +170,36 @@ def test_the_page_translates_what_is_typed(experiment, tmp_path):
         if browser is not None:
             browser.close()
         assert srv.stop() == 0
+
+
+def test_the_page_keeps_to_the_servers_limits(experiment, tmp_path):
+    """A server that allows less than the model's recipe: beam 1 at most (the recipe's default
+    is larger) and one text a request. The page caps its beam box, sends no beam it was not
+    asked for, and sends two lines as two requests."""
+    browser_path = find_browser()
+    assert experiment.recipe.decode.beam_size > 1
+    lines = sample_lines("test", "src", 2)
+    srv = Server(experiment.checkpoint, tmp_path / "page.log", "--max-beam-size", "1",
+                 "--max-texts", "1")
+    browser = None
+    try:
+        with srv.client() as client:
+            want = [client.post("/translate", json={"text": line, "beam_size": 1}).json()
+                    ["translations"][0]
+                    ["text"] for line in lines]
+        browser = DevTools(browser_path, str(tmp_path / "profile"))
+        page = Page(browser, srv.url + "/")
+        page.wait_for("document.getElementById('model').textContent")
+        assert page.evaluate("document.getElementById('beam').max") == "1"
+        assert page.evaluate("document.getElementById('beam').value") == "1"
+        page.evaluate("document.getElementById('source').focus()")
+        page.send("Input.insertText", {"text": "\n".join(lines)})
+        page.click("translate")
+        shown = page.wait_for("document.getElementById('output').textContent")
+        assert page.evaluate("document.getElementById('error').textContent") == ""
+        assert shown.split("\n") == want
+        assert srv.log().split("GET /model")[-1].count('"POST /translate" 200 1 sentences') == 2
+    finally:
+        if browser is not None:
+            browser.close()
+        assert srv.stop() == 0

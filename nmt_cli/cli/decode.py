@@ -173,6 +173,31 @@ def serve(
     max_output_len: Optional[int] = typer.Option(
         None, "--max-output-len", help=_serve_help("max_output_len", "Most output subwords a "
                                                    "request's length limits may allow.")),
+    max_work: Optional[int] = typer.Option(
+        None, "--max-work", help=_serve_help("max_work", "Work one request may ask for: over "
+                                             "its texts, beam (or samples) x output-length cap; "
+                                             "past it, 422.")),
+    turn_work: Optional[int] = typer.Option(
+        None, "--turn-work", help=_serve_help("turn_work", "Work of one turn: a larger request "
+                                              "is cut into chunks that take turns with others.")),
+    max_queue: Optional[int] = typer.Option(
+        None, "--max-queue", help=_serve_help("max_queue", "Sentences that may wait; past it, "
+                                              "503 with Retry-After.")),
+    timeout: Optional[float] = typer.Option(
+        None, "--timeout", help=_serve_help("timeout", "Seconds a request may wait and run; "
+                                            "then 504.")),
+    max_connections: Optional[int] = typer.Option(
+        None, "--max-connections", help=_serve_help("max_connections", "Open connections and "
+                                                    "requests; past it, 503.")),
+    read_timeout: Optional[float] = typer.Option(
+        None, "--read-timeout", help=_serve_help("read_timeout", "Seconds a client may take "
+                                                 "to send its body; then 408.")),
+    drain: Optional[float] = typer.Option(
+        None, "--drain", help=_serve_help("drain", "Seconds the requests in flight have to "
+                                          "finish after SIGTERM.")),
+    allowed_hosts: Optional[str] = typer.Option(
+        None, "--allowed-hosts", help="Comma-separated Host header names to answer (others get "
+                                      "400), e.g. localhost,mt.example.org. Default: any."),
     set_: List[str] = typer.Option([], "--set", metavar="decode.KEY=VALUE",
                                    help="Change a decode default of the checkpoint's recipe, "
                                         "e.g. --set decode.beam_size=4; repeatable."),
@@ -199,7 +224,11 @@ def serve(
             "host": host, "port": port, "max_batch_sentences": max_batch_sentences,
             "max_wait_ms": max_wait_ms, "max_texts": max_texts, "max_chars": max_chars,
             "max_beam_size": max_beam_size, "max_output_len": max_output_len,
-            "threads": threads, "quiet": quiet or None})
+            "max_work": max_work, "turn_work": turn_work, "max_queue": max_queue,
+            "timeout": timeout, "max_connections": max_connections, "read_timeout": read_timeout,
+            "drain": drain, "threads": threads, "quiet": quiet or None,
+            "allowed_hosts": None if allowed_hosts is None else
+            [h.strip() for h in allowed_hosts.split(",") if h.strip()]})
         decode = {}
         for text in set_:
             key, value = parse_override(text)

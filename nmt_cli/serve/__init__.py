@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,15 +52,23 @@ def run_server(paths: Sequence[Path], settings: ServeConfig, device: str = "auto
     service = Service([Path(p) for p in paths], settings, device, decode)
     sock = listen(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
+    # past max_connections uvicorn answers 503; an idle keep-alive connection closes after 5 s
     config = uvicorn.Config(make_app(service), log_config=None, log_level="warning",
-                            access_log=False, lifespan="on", timeout_graceful_shutdown=60,
-                            loop="asyncio", http="h11")
+                            access_log=False, lifespan="on", loop="asyncio", http="h11",
+                            timeout_graceful_shutdown=round(settings.drain) + 30,
+                            limit_concurrency=settings.max_connections, timeout_keep_alive=5)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):
             if not self.should_exit:
-                service.log(f"{signal.Signals(sig).name}: no new requests; finishing the ones in "
-                            "flight", always=True)
+                service.batcher.close()
+                # past the drain, what still waits is answered 503 (the batch that runs ends
+                # within uvicorn's margin of 30 s more, so no request is cut off mid-answer)
+                timer = threading.Timer(settings.drain, service.batcher.refuse_waiting)
+                timer.daemon = True
+                timer.start()
+                service.log(f"{signal.Signals(sig).name}: no new requests; the ones in flight "
+                            f"have {settings.drain:g} s to finish (--drain)", always=True)
             super().handle_exit(sig, frame)
 
     server = Server(config)

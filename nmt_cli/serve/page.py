@@ -31,28 +31,46 @@ PAGE = """<!doctype html>
 "use strict";
 const $ = (id) => document.getElementById(id);
 
+// The server's limits: the beam box stops at its largest beam, the model's default beam is sent
+// only when changed (a server may allow less than the model's recipe asks), and long input goes
+// in requests of at most max_texts lines.
+let limits = { max_texts: 128, max_chars: Infinity, max_beam_size: Infinity };
+let defaultBeam = null;
 fetch("/model").then((r) => r.ok ? r.json() : null).then((info) => {
   if (!info) return;
   $("model").textContent = `${info.name}: ${info.languages.source} \\u2192 ${info.languages.target}`;
-  $("beam").value = info.decode.beam_size;
+  limits = info.limits;
+  defaultBeam = info.decode.beam_size;
+  $("beam").max = limits.max_beam_size;
+  $("beam").value = Math.min(defaultBeam, limits.max_beam_size);
 }).catch(() => {});
+
+async function post(body) {
+  const response = await fetch("/translate", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+  const answer = await response.json();
+  if (!response.ok) throw new Error(answer.error || response.statusText);
+  return answer.translations.map((t) => t.text);
+}
 
 async function translate() {
   const texts = $("source").value.split("\\n");
-  const body = { texts };
   const beam = parseInt($("beam").value, 10);
-  if (!Number.isNaN(beam)) body.beam_size = beam;
+  const settings = {};
+  if (!Number.isNaN(beam) && beam !== defaultBeam) settings.beam_size = beam;
   $("error").textContent = "";
   $("status").textContent = "translating\\u2026";
   $("translate").disabled = true;
   try {
-    const response = await fetch("/translate", {
-      method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-    });
-    const answer = await response.json();
-    if (!response.ok) throw new Error(answer.error || response.statusText);
-    $("output").textContent = answer.translations.map((t) => t.text).join("\\n");
+    const long = texts.findIndex((t) => t.length > limits.max_chars);
+    if (long >= 0) throw new Error(`line ${long + 1} has ${texts[long].length} characters; ` +
+                                   `this server takes at most ${limits.max_chars} a line`);
+    const out = [];
+    for (let i = 0; i < texts.length; i += limits.max_texts) {
+      out.push(...await post({ texts: texts.slice(i, i + limits.max_texts), ...settings }));
+    }
+    $("output").textContent = out.join("\\n");
     $("status").textContent = "";
   } catch (err) {
     $("status").textContent = "";

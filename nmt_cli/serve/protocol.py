@@ -22,9 +22,9 @@ TEXT_KEYS = ("text", "texts")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, field: str, message: str):
+    def __init__(self, status: int, field: str, message: str, headers: dict | None = None):
         super().__init__(f"{field}: {message}")
-        self.status, self.field, self.message = status, field, message
+        self.status, self.field, self.message, self.headers = status, field, message, headers
 
     def body(self) -> dict[str, str]:
         return {"error": f"{self.field}: {self.message}", "field": self.field}
@@ -35,6 +35,15 @@ class TranslateRequest:
     texts: list[str]
     decode: DecodeConfig
     options: RequestOptions
+    work: list[int]  # what each text may cost: beam (or samples) x output-length cap
+
+
+def line_work(text: str, decode: DecodeConfig) -> int:
+    """An upper bound on a text's search: rows times the longest output its length allows (a
+    subword holds at least one byte, so the source has at most its bytes plus one)."""
+    rows = decode.n_best if decode.sample else decode.beam_size
+    source = min(decode.max_src_len, len(text.encode("utf-8")) + 1)
+    return rows * max(1, int(decode.max_len_a * source) + decode.max_len_b)
 
 
 def request_settings() -> list[str]:
@@ -55,12 +64,15 @@ def decode_json(body: bytes) -> dict[str, Any]:
         raise ApiError(400, "body", f"is not valid UTF-8 (byte {exc.start}); send UTF-8 "
                                     "JSON") from None
     try:
-        value = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+        value = json.loads(text, parse_float=_finite, parse_int=_integer,
+                           parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ApiError(400, "body", f"malformed JSON at line {exc.lineno} column {exc.colno}: "
                                     f"{exc.msg}") from None
     except RecursionError:
         raise ApiError(400, "body", "nested too deeply") from None
+    except ValueError as exc:  # anything else json or int() may refuse
+        raise ApiError(400, "body", f"not JSON this server can read ({exc})") from None
     if not isinstance(value, dict):
         raise ApiError(422, "body", 'must be a JSON object, such as {"texts": ["..."]}')
     return value
@@ -71,6 +83,14 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise ApiError(400, "body", f"the number {text[:20]} is too large")
     return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # Python refuses to convert more than 4,300 digits
+        raise ApiError(400, "body", f"the integer {text[:20]}... has {len(text):,} digits; "
+                                    "that is too long") from None
 
 
 def _no_constant(name: str):
@@ -102,7 +122,13 @@ def parse_request(raw: dict[str, Any], defaults: DecodeConfig,
         raise ApiError(422, key.removeprefix("decode."),
                        str(exc).removeprefix(f"{key}: ")) from None
     _check_work(decode, options, decode_raw, limits)
-    return TranslateRequest(texts, decode, options)
+    work = [line_work(text, decode) for text in texts]
+    if sum(work) > limits.max_work:
+        raise ApiError(422, "texts", f"this request may cost {sum(work):,} units of work (per "
+                                     "text, beam or samples x its output-length cap); this "
+                                     f"server takes {limits.max_work:,} at most (--max-work): "
+                                     "send fewer or shorter texts, or a smaller beam")
+    return TranslateRequest(texts, decode, options, work)
 
 
 def _texts(raw: dict[str, Any], limits: ServeConfig) -> list[str]:
