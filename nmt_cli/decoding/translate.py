@@ -169,8 +169,7 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
         from nmt_cli.decoding.alignment import require_matplotlib
 
         require_matplotlib()
-    engine = open_engine(paths, EngineSettings(device, opts.threads, opts.inter_threads,
-                                               decode))
+    engine = open_engine(paths, EngineSettings(device, opts.threads, opts.inter_threads, decode))
     try:
         cfg = engine.defaults
         _check_options(engine, opts, cfg)
