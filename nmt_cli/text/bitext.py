@@ -153,9 +153,7 @@ class LineReader:
     def __init__(self, fh: IO[bytes], block: int = 1 << 20):
         self.fh, self.block = fh, block
         self.lines: list[bytes] = []
-        self.pos = 0
-        self.rest = b""
-        self.eof = False
+        self.pos, self.rest, self.eof = 0, b"", False
 
     def take(self, n: int) -> list[bytes]:
         out: list[bytes] = []
@@ -248,7 +246,6 @@ def read_split(split: Corpus, errors: str = "strict") -> Iterator[tuple[str, str
             blocks = split_tsv(chunk) if chunk.tgt is None else (chunk.src, chunk.tgt)
             sides = []
             for block, path in zip(blocks, (chunk.src_path, chunk.tgt_path)):
-                lines = [decode_line(raw, Path(path), chunk.first + i, errors)
-                         for i, raw in enumerate(block.split(b"\n"))] if chunk.n else []
-                sides.append(lines)
+                sides.append([decode_line(raw, Path(path), chunk.first + i, errors)
+                              for i, raw in enumerate(block.split(b"\n"))] if chunk.n else [])
             yield from zip(*sides)
