@@ -61,8 +61,7 @@ class Utf8Lines:
     SHOWN = 5  # line numbers quoted in the warning
 
     def __init__(self, name: str, policy: str):
-        self.name, self.policy = name, policy
-        self.bad_lines = 0
+        self.name, self.policy, self.bad_lines = name, policy, 0
         self.first_bad: list[int] = []
 
     def __call__(self, raw: bytes, lineno: int) -> str:
