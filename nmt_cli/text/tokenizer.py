@@ -65,7 +65,7 @@ def _sample_lines(split: Split, sides: tuple[str, ...], limit: int, seed: int,
     return sample
 
 
-def train_model(lines: list[str], cfg: TokenizerConfig, seed: int = 0) -> bytes:
+def train_model(lines: list[str], cfg: TokenizerConfig) -> bytes:
     """Train one SentencePiece model on ``lines`` and return its serialized bytes."""
     if not lines:
         raise DataError("no non-empty lines to train the tokenizer on; check data.train in the recipe")
@@ -170,7 +170,7 @@ def train_tokenizers(recipe: Recipe) -> dict[str, Path]:
     trained_on = {"src": ("src", "tgt")} if cfg.joint else {"src": ("src",), "tgt": ("tgt",)}
     for model, sides in trained_on.items():
         lines = _sample_lines(train, sides, cfg.input_sentence_size, seed, norm)
-        atomic_write_bytes(paths[model], train_model(lines, cfg, seed))
+        atomic_write_bytes(paths[model], train_model(lines, cfg))
     return paths
 
 
