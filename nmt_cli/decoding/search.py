@@ -165,9 +165,8 @@ class Beams:
         self.prefix = torch.cat([self.prefix.index_select(0, origin), tokens.view(-1, 1)], 1)
         self.state = self.state.select(origin)
         if self.beams == 1:
-            n_act = self.active.numel()
-            self.memory = self.memory.select(
-                torch.arange(n_act, device=origin.device).repeat_interleave(k))
+            rows = torch.arange(self.active.numel(), device=origin.device)
+            self.memory = self.memory.select(rows.repeat_interleave(k))
             self.beams = k
         if self.attention is not None:
             self.attention = torch.cat([self.attention.index_select(0, origin),

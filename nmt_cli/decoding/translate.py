@@ -94,8 +94,7 @@ class Utf8Lines:
 def read_chunks(stream: IO[bytes], decode: Utf8Lines, max_lines: int) -> Iterator[list[str]]:
     """Lists of at most ``max_lines`` decoded lines, as soon as they arrive: ``read1`` returns what
     is available, so on a pipe nothing waits for the writer to finish."""
-    pending = b""
-    lineno = 0
+    pending, lineno = b"", 0
     while True:
         data = stream.read1(1 << 20)  # type: ignore[attr-defined]
         if not data:
