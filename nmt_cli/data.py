@@ -98,8 +98,7 @@ def token_batches(src_lengths: np.ndarray, tgt_lengths: np.ndarray, batch_tokens
         width = new_width
     batches.append(order[start:])
     if rng is not None:
-        perm = rng.permutation(len(batches))
-        batches = [batches[i] for i in perm]
+        batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
 
 

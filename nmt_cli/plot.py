@@ -44,8 +44,7 @@ def draw_curves(run_dir: Path):
         raise NmtError(f"{run_dir / 'metrics.jsonl'}: no training or validation records to plot yet")
     plt = _pyplot()
     fig, (ax_loss, ax_bleu, ax_lr) = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
-    name = run_dir.resolve().name
-    fig.suptitle(f"{name}: training curves")
+    fig.suptitle(f"{run_dir.resolve().name}: training curves")
 
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss",
                  color="tab:blue")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, get_args
 
 import yaml
 
@@ -49,8 +50,6 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], cwd: Path) -> dict[str, Any]:
     """Set each dotted key in a copy of ``raw``. Relative paths given here resolve against ``cwd``."""
-    import copy
-
     out = copy.deepcopy(raw)
     for text in overrides:
         key, value = parse_override(text)
@@ -71,9 +70,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], cwd: Path) ->
 
 
 def _is_path_type(tp: Any) -> bool:
-    import typing
-
-    return tp is Path or Path in typing.get_args(tp)
+    return tp is Path or Path in get_args(tp)
 
 
 def load_recipe(path: str | os.PathLike[str], overrides: Iterable[str] = (),
@@ -117,9 +114,7 @@ def load_recipe(path: str | os.PathLike[str], overrides: Iterable[str] = (),
 
 
 def _yaml_kind(value: Any) -> str:
-    if isinstance(value, list):
-        return "a list"
-    return f"a single value ({str(value)[:40]!r})"
+    return "a list" if isinstance(value, list) else f"a single value ({str(value)[:40]!r})"
 
 
 def recipe_from_dict(raw: dict[str, Any], base_dir: Path | None = None) -> Recipe:

@@ -3,6 +3,7 @@ preprocessing and training. Plain rendering over the results the library returns
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -25,15 +26,11 @@ class PreprocessProgress:
         self.task = None
 
     def start(self, split: str, total: int) -> None:
-        import time
-
         self.bar.start()
         self.task = self.bar.add_task(split, total=total, rate="-")
         self.t0, self.done = time.perf_counter(), 0
 
     def advance(self, pairs: int) -> None:
-        import time
-
         self.done += pairs
         rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
         self.bar.update(self.task, advance=pairs, rate=f"{rate:,.0f}")

@@ -33,11 +33,9 @@ def _coerce(value: Any, tp: Any, key: str, base_dir: Path | None) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it converted; raise ConfigError."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        if value is None and type(None) in typing.get_args(tp):
             return None
-        non_none = [a for a in args if a is not type(None)]
-        return _coerce(value, non_none[0], key, base_dir)
+        return _coerce(value, _strip_optional(tp), key, base_dir)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -169,7 +167,7 @@ def field_type(cls: type, dotted: str) -> Any:
 
 
 def _strip_optional(tp: Any) -> Any:
+    """``X`` for ``X | None`` (the first non-None member of a union); any other ``tp`` itself."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0]
+        return [a for a in typing.get_args(tp) if a is not type(None)][0]
     return tp

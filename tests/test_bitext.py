@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from nmt_cli.errors import DataError
-from nmt_cli.text.bitext import count_lines, normalize, read_bitext, read_lines
+from nmt_cli.text.bitext import read_bitext, read_lines, scan_file
+from nmt_cli.text.normalize import normalize_text as normalize
 
 LINES = ["Der Hund läuft.", "", "  spaces  inside  ", "naïve café – ☃", "last line"]
 
@@ -34,7 +35,7 @@ def test_compressed_and_plain_read_the_same(tmp_path, suffix):
     path = tmp_path / f"text.txt{suffix}"
     writer(path, data)
     assert list(read_lines(path)) == LINES
-    assert count_lines(path) == len(LINES)
+    assert scan_file(path)[0] == len(LINES)
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz", ".xz", ".bz2"])
@@ -58,7 +59,7 @@ def test_crlf_and_bom_are_handled(tmp_path):
     assert list(read_lines(plain)) == expected
     assert list(read_lines(windows)) == expected
     assert list(read_lines(windows_gz)) == expected
-    assert count_lines(windows) == 4
+    assert scan_file(windows)[0] == 4
     assert list(read_bitext(plain, windows)) == list(zip(expected, expected))
 
 
@@ -70,13 +71,13 @@ def test_bom_only_stripped_at_start(tmp_path):
 def test_missing_final_newline_still_counts(tmp_path):
     src = write(tmp_path / "a.src", b"one\ntwo")
     tgt = write(tmp_path / "a.tgt", b"eins\nzwei\n")
-    assert count_lines(src) == 2
+    assert scan_file(src)[0] == 2
     assert list(read_bitext(src, tgt)) == [("one", "eins"), ("two", "zwei")]
 
 
 def test_empty_file_has_no_lines(tmp_path):
     path = write(tmp_path / "e.txt", b"")
-    assert count_lines(path) == 0 and list(read_lines(path)) == []
+    assert scan_file(path)[0] == 0 and list(read_lines(path)) == []
 
 
 def test_misaligned_bitext_names_both_files_and_counts(tmp_path):

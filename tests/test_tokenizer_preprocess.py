@@ -11,7 +11,8 @@ from nmt_cli.data import ParallelData
 from nmt_cli.errors import DataError
 from nmt_cli.ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from nmt_cli.recipes import load_recipe
-from nmt_cli.text.bitext import normalize, read_bitext
+from nmt_cli.text.bitext import read_bitext
+from nmt_cli.text.normalize import normalize_text as normalize
 from nmt_cli.text.preprocess import MANIFEST, data_dir, load_manifest, preprocess
 from nmt_cli.text.tokenizer import Tokenizers, model_paths, train_tokenizers
 

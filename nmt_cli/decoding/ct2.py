@@ -114,10 +114,8 @@ def thread_split(device: str, threads: int, inter_threads: int) -> tuple[int, in
     across batches than within one. On a GPU, one translation at a time."""
     if device != "cpu":
         return threads, inter_threads or 1
-    if hasattr(os, "sched_getaffinity"):
-        total = threads or len(os.sched_getaffinity(0))
-    else:
-        total = threads or os.cpu_count() or 1
+    total = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                        else os.cpu_count() or 1)
     inter = min(inter_threads or total, total)
     return max(1, total // inter), inter
 

@@ -93,8 +93,7 @@ class Ct2Engine:
         self.versions = _versions(ctranslate2=ct2.require_ctranslate2().__version__)
 
     def translate_lines(self, lines: list[str], cfg: DecodeConfig, *,
-                        return_attention: bool = False,
-                        first_index: int = 0) -> list[Translation]:
+                        return_attention: bool = False, first_index: int = 0) -> list[Translation]:
         return ct2.translate_lines(self.model, lines, cfg, normalize=self.recipe.preprocess.normalize,
                                    first_index=first_index)
 
@@ -144,8 +143,7 @@ class TorchEngine:
         self.versions = _versions(torch=str(torch.__version__))
 
     def translate_lines(self, lines: list[str], cfg: DecodeConfig, *,
-                        return_attention: bool = False,
-                        first_index: int = 0) -> list[Translation]:
+                        return_attention: bool = False, first_index: int = 0) -> list[Translation]:
         import torch
 
         from nmt_cli.decoding.inference import translate_lines

@@ -14,19 +14,11 @@ from nmt_cli.errors import NmtError
 
 
 @dataclass
-class EnsembleMemory:
-    parts: list[Any]  # one Memory per member
+class EnsembleParts:
+    parts: list[Any]  # one Memory (or one DecoderState) per member
 
-    def select(self, index: Tensor) -> "EnsembleMemory":
-        return EnsembleMemory([m.select(index) for m in self.parts])
-
-
-@dataclass
-class EnsembleState:
-    parts: list[Any]  # one DecoderState per member
-
-    def select(self, index: Tensor) -> "EnsembleState":
-        return EnsembleState([s.select(index) for s in self.parts])
+    def select(self, index: Tensor) -> "EnsembleParts":
+        return EnsembleParts([p.select(index) for p in self.parts])
 
 
 class Ensemble(nn.Module):
@@ -36,19 +28,19 @@ class Ensemble(nn.Module):
             raise NmtError("an ensemble needs at least one model; give -m CHECKPOINT")
         self.members = nn.ModuleList(models)
 
-    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[EnsembleMemory, EnsembleState]:
+    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[EnsembleParts, EnsembleParts]:
         encoded = [m.encode(src, src_lengths) for m in self.members]
-        return EnsembleMemory([e[0] for e in encoded]), EnsembleState([e[1] for e in encoded])
+        return EnsembleParts([e[0] for e in encoded]), EnsembleParts([e[1] for e in encoded])
 
-    def step(self, prev_tokens: Tensor, state: EnsembleState, memory: EnsembleMemory,
-             need_attention: bool = False) -> tuple[Tensor, EnsembleState, Tensor | None]:
+    def step(self, prev_tokens: Tensor, state: EnsembleParts, memory: EnsembleParts,
+             need_attention: bool = False) -> tuple[Tensor, EnsembleParts, Tensor | None]:
         """Mean log-probabilities (N, V) and, when asked, attention (N, S) of any mix of members."""
         outs = [m.step(prev_tokens, s, mem, need_attention)
                 for m, s, mem in zip(self.members, state.parts, memory.parts)]
         if len(outs) == 1:
             lp, st, att = outs[0]
-            return lp, EnsembleState([st]), att
+            return lp, EnsembleParts([st]), att
         log_probs = torch.stack([o[0] for o in outs]).mean(dim=0)
         attention = torch.stack([o[2].float() for o in outs]).mean(dim=0) \
             if need_attention else None
-        return log_probs, EnsembleState([o[1] for o in outs]), attention
+        return log_probs, EnsembleParts([o[1] for o in outs]), attention

@@ -165,9 +165,8 @@ class Beams:
         self.prefix = torch.cat([self.prefix.index_select(0, origin), tokens.view(-1, 1)], 1)
         self.state = self.state.select(origin)
         if self.beams == 1:
-            n_act = self.active.numel()
-            self.memory = self.memory.select(
-                torch.arange(n_act, device=origin.device).repeat_interleave(k))
+            rows = torch.arange(self.active.numel(), device=origin.device)
+            self.memory = self.memory.select(rows.repeat_interleave(k))
             self.beams = k
         if self.attention is not None:
             self.attention = torch.cat([self.attention.index_select(0, origin),
@@ -217,8 +216,7 @@ def batched_beam_search(model, src: Tensor, src_lengths: Tensor, cfg: DecodeConf
     the normalizer is largest at the limit). A sentence's beams share one encoder memory, which is
     never reordered, only expanded and compacted.
     """
-    device = src.device
-    batch, k = src.size(0), cfg.beam_size
+    batch, k, device = src.size(0), cfg.beam_size, src.device
     norm = LengthNorm.of(cfg)
     memory, state = model.encode(src, src_lengths)
     min_len, max_len = (t.to(device) for t in output_lengths(cfg, src_lengths))
@@ -252,7 +250,7 @@ def batched_beam_search(model, src: Tensor, src_lengths: Tensor, cfg: DecodeConf
         if bool(done.any()):  # drop done sentences from every tensor
             live.keep((~done).nonzero().view(-1))
         step += 1
-    return _beam_result(finished, src_lengths, cfg.n_best, return_attention)
+    return _beam_result(finished, src_lengths, cfg.n_best)
 
 
 def _constrain(lp: Tensor, live: Beams, cfg: DecodeConfig, step: int, act_min: Tensor,
@@ -295,16 +293,14 @@ def _store_finished(live: Beams, ends: Tensor, top_scores: Tensor, beam_origin: 
     finished.add(live.active.index_select(0, row).tolist(), hyps)
 
 
-def _beam_result(finished: Finished, src_lengths: Tensor, n_best: int,
-                 return_attention: bool) -> SearchResult:
+def _beam_result(finished: Finished, src_lengths: Tensor, n_best: int) -> SearchResult:
     n_src = src_lengths.tolist()
     result = []
     for sent, found in enumerate(finished.hypotheses):
         hyps = found[:n_best] or [Hypothesis([], NEG_INF, NEG_INF)]
-        if return_attention:
-            for h in hyps:
-                if h.attention is not None:
-                    h.attention = h.attention[:, : n_src[sent]]
+        for h in hyps:
+            if h.attention is not None:
+                h.attention = h.attention[:, : n_src[sent]]
         result.append(hyps)
     return SearchResult(result)
 

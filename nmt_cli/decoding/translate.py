@@ -61,8 +61,7 @@ class Utf8Lines:
     SHOWN = 5  # line numbers quoted in the warning
 
     def __init__(self, name: str, policy: str):
-        self.name, self.policy = name, policy
-        self.bad_lines = 0
+        self.name, self.policy, self.bad_lines = name, policy, 0
         self.first_bad: list[int] = []
 
     def __call__(self, raw: bytes, lineno: int) -> str:
@@ -95,8 +94,7 @@ class Utf8Lines:
 def read_chunks(stream: IO[bytes], decode: Utf8Lines, max_lines: int) -> Iterator[list[str]]:
     """Lists of at most ``max_lines`` decoded lines, as soon as they arrive: ``read1`` returns what
     is available, so on a pipe nothing waits for the writer to finish."""
-    pending = b""
-    lineno = 0
+    pending, lineno = b"", 0
     while True:
         data = stream.read1(1 << 20)  # type: ignore[attr-defined]
         if not data:
@@ -169,8 +167,7 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
         from nmt_cli.decoding.alignment import require_matplotlib
 
         require_matplotlib()
-    engine = open_engine(paths, EngineSettings(device, opts.threads, opts.inter_threads,
-                                               decode))
+    engine = open_engine(paths, EngineSettings(device, opts.threads, opts.inter_threads, decode))
     try:
         cfg = engine.defaults
         _check_options(engine, opts, cfg)

@@ -15,9 +15,7 @@ _INT16_MIN = -(1 << 15)
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> Tensor:
     """A bool tensor of ``shape``, each element independently False with probability ``p``."""
-    numel = 1
-    for size in shape:
-        numel *= size
+    numel = torch.Size(shape).numel()
     words = torch.empty((numel + _LANES - 1) // _LANES, dtype=torch.int64, device=device)
     # the whole signed range: random_() without bounds leaves the top bit at 0, which would
     # make every fourth lane non-negative

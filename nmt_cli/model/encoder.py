@@ -27,8 +27,7 @@ class RecurrentEncoder(nn.Module):
         packed = pack_padded_sequence(embedded, src_lengths.cpu(), batch_first=True,
                                       enforce_sorted=False)
         outputs, hidden = self.rnn(packed)
-        outputs, _ = pad_packed_sequence(outputs, batch_first=True,
-                                         total_length=embedded.size(1))
+        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=embedded.size(1))
         if isinstance(hidden, tuple):  # LSTM: (h, c); the bridge starts from h
             hidden = hidden[0]
         return self.dropout(outputs), self._final(hidden)

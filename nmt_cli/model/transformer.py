@@ -81,8 +81,7 @@ class MultiHeadAttention(nn.Module):
             n, heads, _, dh = q.shape
             grouped = q.reshape(n // group, group, heads, dh).transpose(1, 2)
             out, weights = self.attend(grouped, k, v, mask, need_weights=need_weights)
-            return (out.reshape(n, 1, -1),
-                    None if weights is None else weights.reshape(n, 1, -1))
+            return out.reshape(n, 1, -1), None if weights is None else weights.reshape(n, 1, -1)
         p = self.dropout if self.training else 0.0
         weights = None
         # The explicit path can keep its weights, and is faster for one query (a decoding step)
@@ -161,8 +160,7 @@ class DecoderLayer(nn.Module):
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, False)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, True)
         self.ff = FeedForward(cfg)
-        self.self_block, self.cross_block = Sublayer(cfg), Sublayer(cfg)
-        self.ff_block = Sublayer(cfg)
+        self.self_block, self.cross_block, self.ff_block = (Sublayer(cfg) for _ in range(3))
 
     def forward(self, x: Tensor, cache: Optional[tuple[Tensor, Tensor]], cross_k: Tensor,
                 cross_v: Tensor, mask: Tensor, need_weights: bool = False,
@@ -174,8 +172,7 @@ class DecoderLayer(nn.Module):
         and values (cache included), cross weights."""
         q, k, v = self.self_attn.self_projections(self.self_block.inputs(x))
         if cache is not None:
-            k, v = (extend_cache(cache[0], cache_order, k),
-                    extend_cache(cache[1], cache_order, v))
+            k, v = extend_cache(cache[0], cache_order, k), extend_cache(cache[1], cache_order, v)
         causal = cache is None and x.size(1) > 1
         x = self.self_block.residual(x, self.self_attn.attend(q, k, v, causal=causal)[0])
         q = self.cross_attn.cross_query(self.cross_block.inputs(x))

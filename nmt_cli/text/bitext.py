@@ -88,10 +88,6 @@ def _first_bad(text: bytes, lines_before: int) -> int:
     return lines_before + body.count(b"\n", 0, found.start()) + 1 if found else 0
 
 
-def count_lines(path: Path) -> int:
-    return scan_file(path)[0]
-
-
 def count_pairs(corpus: Corpus, scans: dict[Path, tuple[int, int]] | None = None) -> int:
     """Pairs in a corpus, alignment checked first (equal line counts, one tab per TSV line) with a
     DataError naming the files. ``scans`` may hold ``scan_file`` results already computed."""
@@ -113,14 +109,6 @@ def count_pairs(corpus: Corpus, scans: dict[Path, tuple[int, int]] | None = None
         raise DataError(f"the bitext is misaligned: {src} has {n_src} lines but {tgt} has {n_tgt}; "
                         "both files must have one sentence per line, in the same order")
     return n_src
-
-
-def normalize(text: str) -> str:
-    """One line through the default clean-up (NFC, control and zero-width characters removed,
-    whitespace collapsed), as ``nmt preprocess`` applies it."""
-    from nmt_cli.text.normalize import normalize_text
-
-    return normalize_text(text)
 
 
 def read_bitext(src: Path, tgt: Path, errors: str = "strict") -> Iterator[tuple[str, str]]:
@@ -153,9 +141,7 @@ class LineReader:
     def __init__(self, fh: IO[bytes], block: int = 1 << 20):
         self.fh, self.block = fh, block
         self.lines: list[bytes] = []
-        self.pos = 0
-        self.rest = b""
-        self.eof = False
+        self.pos, self.rest, self.eof = 0, b"", False
 
     def take(self, n: int) -> list[bytes]:
         out: list[bytes] = []
@@ -248,7 +234,6 @@ def read_split(split: Corpus, errors: str = "strict") -> Iterator[tuple[str, str
             blocks = split_tsv(chunk) if chunk.tgt is None else (chunk.src, chunk.tgt)
             sides = []
             for block, path in zip(blocks, (chunk.src_path, chunk.tgt_path)):
-                lines = [decode_line(raw, Path(path), chunk.first + i, errors)
-                         for i, raw in enumerate(block.split(b"\n"))] if chunk.n else []
-                sides.append(lines)
+                sides.append([decode_line(raw, Path(path), chunk.first + i, errors)
+                              for i, raw in enumerate(block.split(b"\n"))] if chunk.n else [])
             yield from zip(*sides)

@@ -48,9 +48,8 @@ def filter_params(cfg: PreprocessConfig, full: bool = True) -> dict[str, dict[st
 def example(src: str, tgt: str) -> list[str]:
     """A dropped pair as the report shows it, each side cut to ``EXAMPLE_CHARS``."""
     def cut(text: str) -> str:
-        if len(text) <= EXAMPLE_CHARS:
-            return text
-        return text[:EXAMPLE_CHARS] + f"... ({len(text)} chars)"
+        return (text if len(text) <= EXAMPLE_CHARS
+                else text[:EXAMPLE_CHARS] + f"... ({len(text)} chars)")
     return [cut(src), cut(tgt)]
 
 
@@ -136,12 +135,10 @@ class DedupTable:
     def add(self, digests: np.ndarray) -> np.ndarray:
         """Insert a chunk of digests; return a mask that is true for the duplicates."""
         digests = np.where(digests == 0, np.uint64(1), digests).astype(np.uint64)
-        dup = np.zeros(len(digests), dtype=bool)
         # Repeats inside the chunk: only each digest's first occurrence goes on to the table.
         _, first = np.unique(digests, return_index=True)
-        inside = np.ones(len(digests), dtype=bool)
-        inside[first] = False
-        dup |= inside
+        dup = np.ones(len(digests), dtype=bool)
+        dup[first] = False
         todo = np.sort(first)
         slot = digests[todo] & self.mask
         while len(todo):
@@ -150,13 +147,11 @@ class DedupTable:
             dup[todo[seen]] = True
             empty = np.flatnonzero(found == 0)
             room = max(self.limit - self.size, 0)
+            overflow = np.zeros(len(todo), dtype=bool)
             if len(empty) > room:  # full: new pairs are kept unchecked, old ones still found
                 self.unchecked += len(empty) - room
-                overflow = np.zeros(len(todo), dtype=bool)
                 overflow[empty[room:]] = True
                 empty = empty[:room]
-            else:
-                overflow = np.zeros(len(todo), dtype=bool)
             self.table[slot[empty]] = digests[todo[empty]]  # rivals for one slot: one wins
             won = np.zeros(len(todo), dtype=bool)
             won[empty] = self.table[slot[empty]] == digests[todo[empty]]

@@ -19,10 +19,8 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
 _ZERO_WIDTH_RE = re.compile(f"[{ZERO_WIDTH_CHARS}]")
 STEPS = ("crlf", "bom", "control", "zero_width", "unicode", "whitespace")
 
-
 _FIELD = 21  # bits per count in the packed per-line sums below
 _LONG = 1 << (_FIELD - 1)  # lines at least this long are counted exactly, one by one
-
 
 _BLOCK = 1 << 12  # code points per block of the table, filled on first use
 _TABLE = np.zeros(0x110000, dtype=np.uint8)
@@ -105,13 +103,8 @@ class Normalizer:
     def __init__(self, cfg: NormalizeConfig):
         self.cfg = cfg
         self.form = cfg.unicode.upper() if cfg.unicode != "none" else None
-        mask = 0
-        if cfg.remove_control:
-            mask |= CONTROL
-        if cfg.remove_zero_width:
-            mask |= ZERO_WIDTH
-        if cfg.collapse_whitespace:
-            mask |= ODD_SPACE
+        mask = (CONTROL * cfg.remove_control | ZERO_WIDTH * cfg.remove_zero_width
+                | ODD_SPACE * cfg.collapse_whitespace)
         # One int64 per flag combination packing three counters, so one cumulative sum counts
         # letters, spaces and characters some step would change, for every line of a chunk.
         flags = np.arange(256)
@@ -163,16 +156,13 @@ class Normalizer:
     def clean_line(self, line: str, counts: Counter) -> str:
         """Every enabled step on one line, in order, counting the steps that changed it."""
         cfg = self.cfg
-        if cfg.remove_control:
-            new = _CONTROL_RE.sub("", line)
-            if len(new) != len(line):
-                counts["control"] += 1
-            line = new
-        if cfg.remove_zero_width:
-            new = _ZERO_WIDTH_RE.sub("", line)
-            if len(new) != len(line):
-                counts["zero_width"] += 1
-            line = new
+        for step, pattern, enabled in (("control", _CONTROL_RE, cfg.remove_control),
+                                       ("zero_width", _ZERO_WIDTH_RE, cfg.remove_zero_width)):
+            if enabled:
+                new = pattern.sub("", line)
+                if len(new) != len(line):
+                    counts[step] += 1
+                line = new
         if self.form and not unicodedata.is_normalized(self.form, line):
             line = unicodedata.normalize(self.form, line)
             counts["unicode"] += 1

@@ -93,8 +93,7 @@ def encode_chunk(chunk: RawChunk, full: bool) -> EncodedChunk:
     counts = FilterCounts(cfg.examples)
     bad = set(bad_src) | set(bad_tgt) if policy == "drop" else set()
     keep = text_filter(cfg, full, src, tgt, bad, src_nonletter, tgt_nonletter, counts)
-    src = [src[i] for i in keep]
-    tgt = [tgt[i] for i in keep]
+    src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
     src_ids, src_len = _encode(_WORKER["src"], src, _WORKER["dtypes"][0])
     tgt_ids, tgt_len = _encode(_WORKER["tgt"], tgt, _WORKER["dtypes"][1])
     ok = np.ones(len(src), dtype=bool)
@@ -160,10 +159,7 @@ class Encoder:
 
     def close(self, failed: bool = False) -> None:
         if self.pool is not None:
-            if failed:
-                self.pool.terminate()
-            else:
-                self.pool.close()
+            (self.pool.terminate if failed else self.pool.close)()
             self.pool.join()
 
 
@@ -174,7 +170,7 @@ def _copies(weight: float, n: int, rng: np.random.Generator) -> np.ndarray:
     return base + extra.astype(np.int64)
 
 
-def _split_report(name: str, split: Split, cfg: PreprocessConfig, full: bool) -> dict[str, Any]:
+def _split_report(split: Split, cfg: PreprocessConfig, full: bool) -> dict[str, Any]:
     return {"corpora": [{"files": [str(p) for p in c.files()], "weight": c.weight, "pairs_in": 0,
                          "kept": 0, "written": 0} for c in split.sources()],
             "pairs_in": 0, "kept": 0, "written": 0, "params": filter_params(cfg, full),
@@ -186,7 +182,7 @@ def preprocess_split(name: str, split: Split, tok: Tokenizers, encoder: Encoder,
     """Encode one split (train is filtered in full; dev and test lose only unusable pairs)."""
     cfg, full = recipe.preprocess, name == "train"
     sources = split.sources()
-    report = _split_report(name, split, cfg, full)
+    report = _split_report(split, cfg, full)
     counts = FilterCounts(cfg.examples)
     dedup = DedupTable(cfg.dedup_memory_mb) if full and cfg.dedup else None
     rng = np.random.default_rng(recipe.train.seed)

@@ -66,8 +66,7 @@ class Lengths:
     def add(self, lengths: np.ndarray, ids: np.ndarray) -> None:
         hist = np.bincount(lengths, minlength=len(self.counts))
         if len(hist) > len(self.counts):
-            self.counts = np.concatenate([self.counts, np.zeros(len(hist) - len(self.counts),
-                                                                dtype=np.int64)])
+            self.counts = np.pad(self.counts, (0, len(hist) - len(self.counts)))
         self.counts += hist
         self.unk += int(np.count_nonzero(ids == UNK_ID))
 

@@ -19,7 +19,6 @@ from nmt_cli.text.bitext import LineReader, open_binary, read_chunks, split_tsv
 from nmt_cli.text.normalize import Normalizer
 
 
-
 def tokenizer_dir(recipe: Recipe) -> Path:
     return recipe.workdir / "tokenizer"
 
@@ -66,7 +65,7 @@ def _sample_lines(split: Split, sides: tuple[str, ...], limit: int, seed: int,
     return sample
 
 
-def train_model(lines: list[str], cfg: TokenizerConfig, seed: int = 0) -> bytes:
+def train_model(lines: list[str], cfg: TokenizerConfig) -> bytes:
     """Train one SentencePiece model on ``lines`` and return its serialized bytes."""
     if not lines:
         raise DataError("no non-empty lines to train the tokenizer on; check data.train in the recipe")
@@ -168,13 +167,10 @@ def train_tokenizers(recipe: Recipe) -> dict[str, Path]:
     cfg, seed = recipe.tokenizer, recipe.train.seed
     norm = recipe.preprocess.normalize
     paths = model_paths(recipe)
-    if cfg.joint:
-        lines = _sample_lines(train, ("src", "tgt"), cfg.input_sentence_size, seed, norm)
-        atomic_write_bytes(paths["src"], train_model(lines, cfg, seed))
-    else:
-        for side in ("src", "tgt"):
-            lines = _sample_lines(train, (side,), cfg.input_sentence_size, seed, norm)
-            atomic_write_bytes(paths[side], train_model(lines, cfg, seed))
+    trained_on = {"src": ("src", "tgt")} if cfg.joint else {"src": ("src",), "tgt": ("tgt",)}
+    for model, sides in trained_on.items():
+        lines = _sample_lines(train, sides, cfg.input_sentence_size, seed, norm)
+        atomic_write_bytes(paths[model], train_model(lines, cfg))
     return paths
 
 

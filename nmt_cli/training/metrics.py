@@ -58,10 +58,9 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         if self._tb is not None and record.get("event") in ("train", "valid"):
-            prefix = "train" if record["event"] == "train" else "valid"
-            for key in _TB_SCALARS:
+            for key in _TB_SCALARS:  # under train/ or valid/, the record's event
                 if isinstance(record.get(key), (int, float)):
-                    self._tb.add_scalar(f"{prefix}/{key}", record[key], record["step"])
+                    self._tb.add_scalar(f"{record['event']}/{key}", record[key], record["step"])
 
     def close(self) -> None:
         if self._tb is not None:
@@ -133,9 +132,8 @@ def write_environment(workdir: Path, versions: dict[str, str], manifest: dict[st
     sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **session,
                      "versions": versions, "host": platform.node(),
                      "cuda": torch.version.cuda, "gpu": gpu})
-    splits = manifest.get("splits", {})
     data = {name: {"files": info["files"], "sha256": info["sha256"]}
-            for name, info in splits.items()}
+            for name, info in manifest.get("splits", {}).items()}
     record = {"versions": versions, "data": data,
               "tokenizer_sha256": manifest.get("tokenizer_sha256"), "sessions": sessions}
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")

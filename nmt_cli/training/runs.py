@@ -167,10 +167,8 @@ def resume_changes(saved_recipe: dict[str, Any], recipe: Recipe,
     if saved_data is not None:
         for split in sorted(set(saved_data) | set(data)):
             if saved_data.get(split) != data.get(split):
-                if split not in data or split not in saved_data:
-                    what = "added" if split in data else "removed"
-                else:
-                    what = "other contents"
+                what = ("other contents" if split in data and split in saved_data
+                        else "added" if split in data else "removed")
                 changed.append(f"data.{split} ({what})")
     return changed
 

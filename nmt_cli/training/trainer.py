@@ -169,8 +169,7 @@ class Trainer:
             self._log({"event": "valid", **dev, "lr": self.schedule.lr})
             metric = dev_metric(dev)
             self.schedule.on_validation(metric)
-            improved, stop = self.state.record_validation(metric,
-                                                          self.cfg.early_stopping_patience)
+            improved, stop = self.state.record_validation(metric, self.cfg.early_stopping_patience)
             self._say(describe(dev, improved))
         if self.dist.enabled:  # every rank follows rank 0's result, schedule and decisions
             dev, improved, stop, sched = dist.broadcast_object(

@@ -55,9 +55,7 @@ class DevSet:
         if dev is None:
             return [], []
         pairs = list(read_split(dev))  # files or TSV, one corpus or several
-        limit = self.recipe.train.valid_max_sentences
-        if limit:
-            pairs = pairs[:limit]
+        pairs = pairs[: self.recipe.train.valid_max_sentences or None]
         return [s for s, _ in pairs], [t for _, t in pairs]
 
     @torch.no_grad()
