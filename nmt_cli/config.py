@@ -351,7 +351,7 @@ class ServeConfig:
                                                 "may allow")
     max_work: int = _num(262_144, ge=1, doc="work one request may ask for: the sum over its "
                                               "texts of beam (or samples) x output-length cap")
-    turn_work: int = _num(16_384, ge=1, doc="work of a request's chunk: a larger request takes "
+    turn_work: int = _num(8192, ge=1, doc="work of a request's chunk: a larger request takes "
                                             "turns with the others, one chunk a batch")
     max_queue: int = _num(1024, ge=1, doc="sentences that may wait; past it, 503 and Retry-After")
     timeout: float = _num(60.0, gt=0.0, doc="seconds a request may wait and run; then 504")

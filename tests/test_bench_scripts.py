@@ -67,6 +67,18 @@ def test_serve_bench_reports_latency_and_agreement(sample_checkpoint, lines):
     assert "server / nmt translate's own figure" in out and "exit status 0" in out, out
 
 
+def test_serve_load_bench_runs_every_scenario(sample_checkpoint, lines):
+    out = bench("serve_load.py", "-m", sample_checkpoint, "-i", lines[0], "--lines", "40",
+                "--seconds", "2")
+    assert re.search(r"heavy: second client's one-line requests: \d+, p50 \d+ ms", out), out
+    flood = re.search(r"flood: 500 requests at once: \{(.*)\}; /health ready (\d+) of (\d+)", out)
+    assert flood and set(re.findall(r"(\d+): \d+", flood.group(1))) <= {"200", "503"}, out
+    assert flood.group(2) == flood.group(3), out  # /health answered every poll
+    cancel = re.search(r"-> (\d+) \(0.5 s after\) -> (\d+) \(5 s later\)", out)
+    assert cancel and cancel.group(1) == cancel.group(2), out  # nothing computed after they left
+    assert "sigterm: exit 0" in out and "traceback in the log: False" in out, out
+
+
 def test_startup_bench_reports_the_ratio_to_the_torch_import(sample_checkpoint):
     out = bench("startup.py", "-m", sample_checkpoint, "--runs", "1")
     assert re.search(r"ratio first line / import torch: \d+\.\d+x", out), out

@@ -325,7 +325,7 @@ def test_vocabulary_mismatch_checkpoint_is_one_line(experiment, trained_model, t
 @pytest.mark.parametrize("option, value, needles", [
     ("--beam-size", "0", ("decode.beam_size", ">= 1")),
     ("--length-norm", "gnm", ("decode.length_norm", "did you mean 'gnmt'")),
-    ("--temperature", "0", ("decode.temperature", "> 0")),
+    ("--temperature", "0", ("decode.temperature", ">= 0.001")),
     ("--batch-type", "lines", ("decode.batch_type", "'sentences', 'tokens'")),
 ])
 def test_bad_translate_option_is_one_line_naming_the_key(experiment, option, value, needles):
