@@ -1,9 +1,6 @@
-"""Typed, frozen recipe sections and the checks that build them from plain dicts.
-
-Every recipe key is a dataclass field. Choices are ``Literal`` types and ranges live in the field's
-metadata, so a typo or an out-of-range value is rejected with its full key path instead of silently
-changing the experiment.
-"""
+"""Typed, frozen recipe sections and the checks that build them from plain dicts. Every recipe
+key is a dataclass field; choices are ``Literal`` types and ranges live in the field's metadata,
+so a typo or an out-of-range value is rejected with its full key path."""
 
 from __future__ import annotations
 
@@ -337,8 +334,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """``nmt serve``: where it listens, how it batches, and the limits that keep one request from
-    holding up the others. Not part of a recipe: the decode defaults come from the checkpoint."""
+    """``nmt serve``: listening, batching and limits; decode defaults come from the checkpoint."""
 
     host: str = "127.0.0.1"
     port: int = _num(8000, ge=0, le=65535, doc="0 picks a free port")
@@ -347,12 +343,9 @@ class ServeConfig:
     max_texts: int = _num(128, ge=1, doc="texts per request")
     max_chars: int = _num(1000, ge=1, doc="characters per text")
     max_beam_size: int = _num(16, ge=1, doc="largest beam size (and n-best) a request may ask for")
-    max_output_len: int = _num(512, ge=1, doc="most output subwords a request's length limits "
-                                                "may allow")
-    max_work: int = _num(262_144, ge=1, doc="work one request may ask for: the sum over its "
-                                              "texts of beam (or samples) x output-length cap")
-    turn_work: int = _num(8192, ge=1, doc="work of a request's chunk: a larger request takes "
-                                            "turns with the others, one chunk a batch")
+    max_output_len: int = _num(512, ge=1, doc="output subwords a request's length limits allow")
+    max_work: int = _num(262_144, ge=1, doc="per request, over its texts: beam x output cap")
+    turn_work: int = _num(8192, ge=1, doc="work of a chunk, a large request's turn in a batch")
     max_queue: int = _num(1024, ge=1, doc="sentences that may wait; past it, 503 and Retry-After")
     timeout: float = _num(60.0, gt=0.0, doc="seconds a request may wait and run; then 504")
     max_connections: int = _num(1000, ge=1, doc="open connections and requests; past it, 503")
