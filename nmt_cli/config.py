@@ -4,6 +4,7 @@ so a typo or an out-of-range value is rejected with its full key path."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -79,6 +80,10 @@ class Split(Corpus):
         return super().problem()
 
 
+# a language code names tokenizer files (tokenizer/de.model), so it must stay one plain name
+LANG_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,15}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     src_lang: str = "src"
@@ -88,6 +93,11 @@ class DataConfig:
     test: Optional[Split] = None
 
     def __post_init__(self) -> None:
+        for key in ("src_lang", "tgt_lang"):
+            if not LANG_CODE.fullmatch(getattr(self, key)):
+                raise ConfigError(f"{getattr(self, key)!r} is not a language code; use a letter "
+                                  "and up to 15 letters, digits, '_' or '-' (such as de or pt_BR)",
+                                  f"data.{key}")
         for name in ("train", "dev", "test"):
             split = getattr(self, name)
             found = split.problem() if split is not None else None
@@ -385,6 +395,11 @@ def check_training(recipe: Recipe) -> None:
     Checked for every recipe file that is loaded and by the trainer, but not when a checkpoint's
     recipe is rebuilt, so a model trained before a rule existed still translates.
     """
+    data = recipe.data
+    if not recipe.tokenizer.joint and data.src_lang == data.tgt_lang:
+        raise ConfigError(f"equals data.src_lang ({data.src_lang!r}), so with tokenizer.joint: "
+                          f"false the target tokenizer would overwrite the source one; use "
+                          "different language codes or tokenizer.joint: true", "data.tgt_lang")
     cfg = recipe.train
     if cfg.schedule == "inverse_sqrt" and cfg.warmup_steps == 0:
         raise ConfigError("schedule 'inverse_sqrt' needs a warmup, or it decays from the first "

@@ -55,6 +55,17 @@ def test_inverse_sqrt_without_warmup(recipe):
     assert not (recipe.parent / "work").exists()
 
 
+@pytest.mark.parametrize("overrides, needles", [
+    (["data.src_lang=../../x"], ["data.src_lang: '../../x' is not a language code"]),
+    (["tokenizer.joint=false", "data.tgt_lang=src"],
+     ["data.tgt_lang: equals data.src_lang", "tokenizer.joint: true"]),
+], ids=["path-in-a-code", "one-code-for-two-tokenizers"])
+def test_a_language_code_that_would_misplace_a_tokenizer(recipe, overrides, needles):
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert_one_line_error(run_cli("tokenizer", recipe, *sets), str(recipe), *needles)
+    assert not (recipe.parent / "work").exists() and not (recipe.parent / "x.model").exists()
+
+
 @pytest.mark.parametrize("override, key", [("train.early_stopping_patience=3",
                                             "train.early_stopping_patience"),
                                            ("train.schedule=plateau", "train.schedule")])

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
-from nmt_cli.config import (DecoderConfig, EncoderConfig, ModelConfig, Recipe, TrainConfig, build,
-                            field_type, to_dict)
+from nmt_cli.config import (DecoderConfig, EncoderConfig, ModelConfig, Recipe, TrainConfig,
+                            TransformerConfig, build, field_type, to_dict, with_overrides)
 from nmt_cli.errors import ConfigError
+from nmt_cli.recipes import load_recipe
 
 
 def build_recipe(raw: dict) -> Recipe:
@@ -132,17 +132,53 @@ def test_bad_choice_is_never_a_silent_fallback():
 # -- the built objects ---------------------------------------------------------------------------
 
 
-def test_defaults_fill_missing_sections():
-    recipe = build_recipe({})
-    assert recipe == Recipe()
-    assert recipe.model.decoder == DecoderConfig()
-    assert recipe.data.train is None
+def test_missing_keys_take_their_architectures_defaults():
+    rnn = build_recipe({"model": {"encoder": {"cell": "lstm"}}}).model
+    assert rnn.encoder == EncoderConfig(cell="lstm") and rnn.decoder == DecoderConfig()
+    assert rnn.emb_size == 256 and rnn.transformer is None
+    transformer = build_recipe({"model": {"arch": "transformer"}}).model
+    assert transformer.transformer == TransformerConfig()
+    assert transformer.encoder is None and transformer.emb_size is None
+    assert build_recipe({}).data.train is None
 
 
-def test_sections_are_frozen():
-    recipe = build_recipe({"train": {"max_steps": 3}})
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        recipe.train.max_steps = 4  # type: ignore[misc]
+def test_a_change_to_a_built_section_is_checked_and_leaves_the_original():
+    train = build_recipe({"train": {"max_steps": 3}}).train
+    changed = with_overrides(train, {"max_steps": 4}, "train")
+    assert (train.max_steps, changed.max_steps) == (3, 4)
+    with pytest.raises(ConfigError, match=r"^train\.max_steps: -1 is out of range"):
+        with_overrides(train, {"max_steps": -1}, "train")
+    with pytest.raises(ConfigError, match=r"^train\.max_stesp: unknown key; did you mean"):
+        with_overrides(train, {"max_stesp": 4}, "train")
+
+
+# -- language codes name tokenizer files ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["src_lang", "tgt_lang"])
+@pytest.mark.parametrize("code", ["../x", "a/b", "", "1de", "de.x", "x" * 17])
+def test_a_language_code_that_is_not_a_plain_name_is_refused(key, code):
+    with pytest.raises(ConfigError) as info:
+        build_recipe({"data": {key: code}})
+    assert str(info.value).startswith(f"data.{key}: {code!r} is not a language code")
+    assert info.value.key == f"data.{key}"
+
+
+def test_plain_language_codes_are_accepted():
+    data = build_recipe({"data": {"src_lang": "pt_BR", "tgt_lang": "zh-Hant"}}).data
+    assert (data.src_lang, data.tgt_lang) == ("pt_BR", "zh-Hant")
+
+
+def test_separate_tokenizers_need_two_language_codes(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {src_lang: de, tgt_lang: de}\ntokenizer: {joint: false}\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(recipe)
+    msg = str(info.value)
+    assert msg.startswith(f"{recipe}: data.tgt_lang: equals data.src_lang ('de')"), msg
+    assert "different language codes or tokenizer.joint: true" in msg
+    load_recipe(recipe, ["tokenizer.joint=true"])  # one joint model: nothing is overwritten
+    assert load_recipe(recipe, ["data.tgt_lang=en"]).data.tgt_lang == "en"
 
 
 def test_relative_paths_resolve_against_base_dir(tmp_path):
