@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import pickle
 import platform
 import random
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +88,34 @@ _STEP_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
 INDEX = "index.json"
 
 
+def step_files(folder: Path) -> list[Path]:
+    """The trainer's ``ckpt-STEP.pt`` files in ``folder``, oldest step first."""
+    found = [(int(m.group(1)), p) for p in Path(folder).glob("ckpt-*.pt")
+             if (m := _STEP_NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """Why an ``index.json`` entry cannot be used, or None: it must name a step file of this
+    folder, its step, and a finite metric or null."""
+    if not isinstance(entry, dict):
+        return "is not a mapping"
+    name, step, metric = entry.get("file"), entry.get("step"), entry.get("metric")
+    match = _STEP_NAME.match(name) if isinstance(name, str) else None
+    if match is None:
+        return "has no 'file' named like ckpt-00000100.pt"
+    if isinstance(step, bool) or not isinstance(step, int) or step != int(match.group(1)):
+        return f"has no 'step' that matches its file ({match.group(1).lstrip('0') or 0})"
+    if metric is not None and (isinstance(metric, bool) or not isinstance(metric, (int, float))
+                               or not math.isfinite(metric)):
+        return "has a 'metric' that is not a number or null"
+    return None
+
+
 class CheckpointStore:
     """``ckpt-STEP.pt`` files (in ``index.json`` with their metric; the newest ``keep_last`` and
     the ``keep_best`` best are kept), plus ``last.pt`` and ``best.pt``, hard links that pruning
@@ -94,11 +125,31 @@ class CheckpointStore:
         self.folder, self.keep_last, self.keep_best = Path(folder), keep_last, keep_best
 
     def _index(self) -> list[dict[str, Any]]:
+        """The entries of ``index.json`` whose files exist; a malformed one is skipped with a
+        warning, so that pruning never removes a file it cannot vouch for."""
+        path = self.folder / INDEX
         try:
-            entries = json.loads((self.folder / INDEX).read_text(encoding="utf-8"))["checkpoints"]
-        except (OSError, ValueError, KeyError):
-            entries = []
-        return [e for e in entries if (self.folder / e["file"]).is_file()]
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            _warn(f"{path}: unreadable ({getattr(exc, 'strerror', None) or exc}); starting a new "
+                  "index, no checkpoint is pruned by it")
+            return []
+        entries = raw.get("checkpoints") if isinstance(raw, dict) else None
+        if not isinstance(entries, list):
+            _warn(f"{path}: has no 'checkpoints' list; starting a new index")
+            return []
+        kept = []
+        for i, entry in enumerate(entries):
+            problem = _entry_problem(entry)
+            if problem:
+                _warn(f"{path}: checkpoints[{i}] {str(entry)[:80]} {problem}; skipped, its file "
+                      "is left alone")
+            elif (self.folder / entry["file"]).is_file():
+                kept.append({"file": entry["file"], "step": entry["step"],
+                             "metric": entry.get("metric")})
+        return kept
 
     def _write_index(self, entries: list[dict[str, Any]]) -> None:
         from nmt_cli.files import atomic_write_text
@@ -145,13 +196,13 @@ class CheckpointStore:
     def latest(self) -> tuple[Path, dict] | None:
         """The newest training checkpoint that loads: step files newest first (a crash before
         relinking ``last.pt`` leaves the step file the newer), then ``last.pt``."""
-        steps = sorted((p for p in self.folder.glob("ckpt-*.pt") if _STEP_NAME.match(p.name)),
-                       key=lambda p: int(_STEP_NAME.match(p.name).group(1)), reverse=True)
-        for path in steps + [self.folder / "last.pt"]:
+        for path in step_files(self.folder)[::-1] + [self.folder / "last.pt"]:
             if not path.is_file():
                 continue
             try:
                 payload = load_checkpoint(path)
+            except UnreadableCheckpoint:
+                raise  # not left behind by a crash: resuming from an older one would lose steps
             except CheckpointError:
                 continue
             if "train_state" in payload:
@@ -169,6 +220,14 @@ class CheckpointStore:
             (self.folder / name).unlink(missing_ok=True)
 
 
+class UnreadableCheckpoint(CheckpointError):
+    """The file may be whole, but the system will not read it (permissions, I/O errors)."""
+
+
+_DAMAGED = (RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError,
+            pickle.UnpicklingError)
+
+
 def load_checkpoint(path: Path | str, mmap: bool = False) -> dict:
     """The checkpoint's payload; ``mmap`` maps the file, so what is never used is never read."""
     path = Path(path)
@@ -181,9 +240,13 @@ def load_checkpoint(path: Path | str, mmap: bool = False) -> dict:
                               "(checkpoints are written to WORKDIR/checkpoints/)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as exc:  # truncated, corrupt or not a checkpoint at all
+    except OSError as exc:  # permissions, a file gone, an I/O error: its cause, not "truncated"
+        raise UnreadableCheckpoint(f"{path}: cannot read the checkpoint: {exc.strerror or exc} "
+                                   f"({exc.__class__.__name__}); check the path and its "
+                                   "permissions") from None
+    except _DAMAGED as exc:  # what torch's zip reader and unpickler raise on a damaged file
         raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.__class__.__name__}); it is "
-                              "truncated or not an nmt checkpoint") from None
+                              "truncated, corrupt or not an nmt checkpoint") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an nmt checkpoint (expected format {FORMAT!r})")
     return payload

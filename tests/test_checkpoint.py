@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -92,6 +93,29 @@ def test_truncated_checkpoint(experiment, tmp_path):
             load_checkpoint(bad)
         assert str(bad) in str(info.value)
         assert "truncated" in str(info.value)
+
+
+@pytest.mark.parametrize("error", [
+    PermissionError(errno.EACCES, "Permission denied"),
+    FileNotFoundError(errno.ENOENT, "No such file or directory"),
+    IsADirectoryError(errno.EISDIR, "Is a directory"),
+    OSError(errno.EIO, "Input/output error"),
+], ids=lambda e: type(e).__name__ if type(e) is not OSError else "EIO")
+@pytest.mark.parametrize("mmap", [False, True])
+def test_an_unreadable_checkpoint_is_reported_as_its_cause(tmp_path, monkeypatch, error, mmap):
+    path = tmp_path / "whole.pt"
+    save_checkpoint(path, {"format": FORMAT, "w": torch.ones(3)})
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "load", refuse)  # as open() fails inside torch.load
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path, mmap=mmap)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: cannot read the checkpoint: {error.strerror} "
+                          f"({type(error).__name__})"), msg
+    assert "truncated" not in msg and "corrupt" not in msg
 
 
 def test_not_a_checkpoint(tmp_path):

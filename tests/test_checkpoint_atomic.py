@@ -3,6 +3,8 @@ retention keeps the last N and best K; RNG states load under weights_only=True."
 
 from __future__ import annotations
 
+import errno
+import json
 import random
 import signal
 
@@ -27,8 +29,9 @@ def test_kill_during_save_resumes_from_the_previous_good_checkpoint(prepared):  
     partial = list(ckpts.glob(".ckpt-00000015.pt.*.tmp"))
     assert partial and partial[0].stat().st_size > 0  # it died mid-write...
     assert not (ckpts / "ckpt-00000015.pt").exists()  # ...and the real name never appeared
-    with pytest.raises(Exception):
-        torch.load(partial[0], weights_only=True)
+    with pytest.raises(CheckpointError, match=r"it is truncated, corrupt or not an nmt"):
+        load_checkpoint(partial[0])
+    assert all(load_checkpoint(p) for p in ckpts.glob("*.pt"))  # no partial file by a real name
     assert load_checkpoint(ckpts / "last.pt")["train_state"]["step"] == 10
     assert logged_train_steps(workdir)[-1] == 15  # steps 11-15 were logged before it died
 
@@ -71,6 +74,64 @@ def test_latest_skips_a_truncated_checkpoint(tmp_path):
     assert path.name == "ckpt-00000001.pt" and payload["train_state"]["step"] == 1
     with pytest.raises(CheckpointError, match="truncated"):
         load_checkpoint(tmp_path / "ckpt-00000002.pt")
+
+
+def test_latest_refuses_an_unreadable_checkpoint_instead_of_skipping_it(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path, keep_last=3)
+    store.save(_payload(1), 1, None, False)
+    store.save(_payload(2), 2, None, False)
+    real = torch.load
+
+    def load(path, *args, **kwargs):
+        if path.name == "ckpt-00000002.pt":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    with pytest.raises(CheckpointError, match=r"ckpt-00000002\.pt: cannot read the checkpoint: "
+                                              r"Permission denied \(PermissionError\)"):
+        store.latest()  # resuming from step 1 would silently lose step 2
+
+
+BAD_ENTRIES = [
+    ({"file": "../victim.pt", "step": 1, "metric": 1.0}, "has no 'file' named like"),
+    ({"file": "ckpt-00000002.pt", "metric": None}, "has no 'step' that matches its file (2)"),
+    ({"file": "ckpt-00000003.pt", "step": 4, "metric": None}, "has no 'step' that matches"),
+    ({"file": "ckpt-00000004.pt", "step": 4, "metric": "high"}, "has a 'metric' that is not"),
+    ("ckpt-00000005.pt", "is not a mapping"),
+]
+
+
+def test_a_malformed_index_entry_is_skipped_and_its_file_left_alone(tmp_path, capsys):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (tmp_path / "victim.pt").write_bytes(b"keep me")
+    for step in (2, 3, 4, 5):
+        save_checkpoint(folder / f"ckpt-{step:08d}.pt", _payload(step))
+    (folder / "index.json").write_text(json.dumps({"checkpoints": [e for e, _ in BAD_ENTRIES]}))
+    store = CheckpointStore(folder, keep_last=1, keep_best=0)
+    store.save(_payload(6), 6, None, False)
+    store.save(_payload(7), 7, None, False)
+    assert (tmp_path / "victim.pt").read_bytes() == b"keep me"
+    assert sorted(p.name for p in folder.glob("ckpt-*.pt")) == [f"ckpt-{s:08d}.pt"
+                                                              for s in (2, 3, 4, 5, 7)]
+    index = json.loads((folder / "index.json").read_text())["checkpoints"]
+    assert index == [{"file": "ckpt-00000007.pt", "step": 7, "metric": None}]
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == len(BAD_ENTRIES)  # once each: the rewritten index drops them
+    for i, (line, (_, problem)) in enumerate(zip(warnings, BAD_ENTRIES)):
+        assert line.startswith(f"warning: {folder / 'index.json'}: checkpoints[{i}] "), line
+        assert problem in line and line.endswith("skipped, its file is left alone"), line
+
+
+@pytest.mark.parametrize("text", ["[]", "{not json", '{"checkpoints": 3}'])
+def test_an_unusable_index_is_replaced_with_a_warning(tmp_path, capsys, text):
+    (tmp_path / "index.json").write_text(text)
+    CheckpointStore(tmp_path).save(_payload(1), 1, 2.0, True)
+    assert json.loads((tmp_path / "index.json").read_text())["checkpoints"] == [
+        {"file": "ckpt-00000001.pt", "step": 1, "metric": 2.0}]
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {tmp_path / 'index.json'}: ") and err.count("\n") == 1, err
 
 
 def test_rng_states_round_trip_under_weights_only(tmp_path):
