@@ -136,7 +136,7 @@ def average(
                 raise NmtError("--last N takes one run folder (the recipe's workdir)")
             paths = run_checkpoints(checkpoints[0], last)
             if len(paths) < last:
-                print(f"note: {checkpoints[0]} holds {len(paths)} distinct checkpoint(s), not "
+                print(f"note: {checkpoints[0]} holds {len(paths)} step checkpoint(s), not "
                       f"{last}; averaging those", file=sys.stderr)
         else:
             dirs = [p for p in checkpoints if p.is_dir()]

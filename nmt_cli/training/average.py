@@ -6,33 +6,30 @@ from pathlib import Path
 
 import torch
 
-from nmt_cli.checkpoint import load_checkpoint, save_checkpoint
+from nmt_cli.checkpoint import load_checkpoint, save_checkpoint, step_files
 from nmt_cli.errors import CheckpointError
 
 
 def run_checkpoints(run_dir: Path, last: int) -> list[Path]:
-    """The newest ``last`` checkpoints by modification time in ``RUN/checkpoints/`` (or ``RUN``
-    itself); copies of one step (``best.pt``, ``last.pt``) count once."""
+    """The newest ``last`` step checkpoints (``ckpt-STEP.pt``, as the trainer writes them) in
+    ``RUN/checkpoints/`` (or ``RUN`` itself), oldest first: never ``last.pt``, ``best.pt`` (copies
+    of a step) or an earlier ``averaged.pt``."""
     folder = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
-    files = sorted(folder.glob("*.pt"), key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+    files = step_files(folder)
     if not files:
-        raise CheckpointError(f"{folder}: no checkpoints (*.pt) to average")
-    chosen: list[Path] = []
-    steps: set[object] = set()
-    for path in files:
-        step = load_checkpoint(path).get("step")
-        if step is not None and step in steps:
-            continue
-        steps.add(step)
-        chosen.append(path)
-        if len(chosen) == last:
-            break
-    return list(reversed(chosen))  # oldest first
+        raise CheckpointError(f"{folder}: no training checkpoints (ckpt-STEP.pt) to average; "
+                              "give the checkpoint files instead of --last")
+    return files[-last:]
+
+
+# what an averaged file keeps of the newest checkpoint: no optimizer, schedule, scaler, RNG
+# states or train_state, so that nothing can mistake it for a point to resume from
+KEPT = ("format", "recipe", "tokenizer", "versions", "step", "epoch")
 
 
 def average_checkpoints(paths: list[Path]) -> dict:
-    """The newest of ``paths`` without optimizer state, its weights their mean (float64, cast
-    back); other tensors, parameter names, shapes and the tokenizer must be equal."""
+    """The newest of ``paths`` without training state (only ``KEPT``), its weights their mean
+    (float64, cast back); other tensors, parameter names, shapes and the tokenizer must be equal."""
     if not paths:
         raise CheckpointError("no checkpoints given to average")
     first = load_checkpoint(paths[0])
@@ -61,7 +58,7 @@ def average_checkpoints(paths: list[Path]) -> dict:
         newest = payload
     averaged = {n: (sums[n] / len(paths)).to(first["model"][n].dtype)
                 if sums[n].is_floating_point() else sums[n] for n in names}
-    result = {k: v for k, v in newest.items() if k not in ("optimizer", "schedule", "model")}
+    result = {k: newest[k] for k in KEPT if k in newest}
     result["model"] = averaged
     result["averaged_from"] = [str(p) for p in paths]
     return result

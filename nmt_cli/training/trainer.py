@@ -18,7 +18,7 @@ import torch
 
 from nmt_cli import faults
 from nmt_cli.checkpoint import (CheckpointStore, library_versions, make_checkpoint, rng_state,
-                                set_rng_state)
+                                set_rng_state, step_files)
 from nmt_cli.config import Recipe, check_training
 from nmt_cli.data import ParallelData
 from nmt_cli.errors import CheckpointError, DataError, NmtError
@@ -183,7 +183,7 @@ class Trainer:
         """Average the newest ``n`` step checkpoints into ``averaged.pt`` and log its dev scores."""
         from nmt_cli.training.average import average_to_file
 
-        paths = sorted(self.ckpt_dir.glob("ckpt-*.pt"))[-n:]  # zero-padded step numbers
+        paths = step_files(self.ckpt_dir)[-n:]
         payload = average_to_file(paths, self.ckpt_dir / "averaged.pt")
         trained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(payload["model"])
