@@ -57,10 +57,36 @@ def test_old_checkpoint_recipe_reads_as_an_rnn(old_checkpoint):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")) + [
     FIXTURES / "rnn-v1.yaml"], ids=lambda p: p.name)
-def test_every_bundled_recipe_loads(path):
-    from nmt_cli.recipes import load_recipe
+def test_every_bundled_recipe_loads_with_every_key_it_sets(path):
+    """Each value the file writes is the recipe's (paths against the file's folder): no key is
+    dropped, renamed away or overridden by a default."""
+    from nmt_cli.config import to_dict
+    from nmt_cli.recipes import _yaml_load, load_recipe
 
-    load_recipe(path)
+    def leaves(node, key=""):
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for name, value in items:
+            sub = f"{key}.{name}" if isinstance(node, dict) else f"{key}[{name}]"
+            if isinstance(value, dict) or (isinstance(value, list) and value
+                                           and isinstance(value[0], dict)):
+                yield from leaves(value, sub.lstrip("."))
+            else:
+                yield sub.lstrip("."), value
+
+    def at(node, key):
+        for part in key.replace("[", ".[").split("."):
+            node = node[int(part[1:-1])] if part.startswith("[") else node[part]
+        return node
+
+    written = list(leaves(_yaml_load(path.read_text(encoding="utf-8"))))
+    loaded = to_dict(load_recipe(path))
+    assert len(written) > 5, path
+    for key, value in written:
+        got = at(loaded, key)
+        if isinstance(value, str) and got != value:  # a path, resolved against the recipe
+            assert Path(got) == (path.parent / Path(value).expanduser()).resolve(), key
+        else:
+            assert got == value, key
 
 
 def test_an_old_run_can_still_be_resumed(old_checkpoint):
