@@ -171,3 +171,9 @@ def _strip_optional(tp: Any) -> Any:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return [a for a in typing.get_args(tp) if a is not type(None)][0]
     return tp
+
+
+def number(default: Any, *, ge: float | None = None, gt: float | None = None,
+           le: float | None = None, lt: float | None = None, doc: str = "") -> Any:
+    """A numeric dataclass field with an allowed range, which ``build`` checks."""
+    return dataclasses.field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc})

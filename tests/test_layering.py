@@ -117,6 +117,7 @@ RANKS = {
     # the two ends, which must not know each other
     "nmt_cli.training.trainer": 15, "nmt_cli.decoding.translate": 15,
     # the server over decoding (and exporters beside it)
+    "nmt_cli.serve.settings": 1,
     "nmt_cli.serve.batcher": 16, "nmt_cli.serve.page": 16, "nmt_cli.serve.protocol": 16,
     "nmt_cli.serve.app": 17, "nmt_cli.serve": 18,
     "nmt_cli.export.ct2": 16, "nmt_cli.export": 16,

@@ -60,7 +60,7 @@ def test_the_server_refuses_bf16_on_the_cpu_as_nmt_translate_does(experiment):
     """decode.precision is a server setting (a request cannot change it, see the bad-input
     cases) and follows nmt translate: bf16 on the CPU stops the server with one error naming the
     key and pointing to nmt export."""
-    from nmt_cli.config import ServeConfig
+    from nmt_cli.serve.settings import ServeConfig
     from nmt_cli.errors import ConfigError
     from nmt_cli.serve.app import Service
 
@@ -80,7 +80,7 @@ def test_the_server_casts_the_model_once_when_its_engine_picks_bf16(experiment, 
     import torch
 
     import nmt_cli.decoding.engine as engine
-    from nmt_cli.config import ServeConfig
+    from nmt_cli.serve.settings import ServeConfig
     from nmt_cli.serve.app import Service
 
     monkeypatch.setattr(engine, "decoding_precision", lambda cfg, device: "bf16")

@@ -131,7 +131,8 @@ DECODE_OPTIONS = ("beam_size", "batch_size", "batch_type", "length_penalty", "le
 
 def _serve_settings(given: dict) -> "object":
     """ServeConfig with the options that were given; a bad value names its option."""
-    from nmt_cli.config import ServeConfig, with_overrides
+    from nmt_cli.config import with_overrides
+    from nmt_cli.serve.settings import ServeConfig
     from nmt_cli.errors import ConfigError
 
     try:
@@ -142,7 +143,7 @@ def _serve_settings(given: dict) -> "object":
 
 
 def _serve_help(name: str, text: str) -> str:
-    from nmt_cli.config import ServeConfig
+    from nmt_cli.serve.settings import ServeConfig
 
     return f"{text} Default {getattr(ServeConfig, name)}."
 

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from nmt_cli.config import ServeConfig
+from nmt_cli.serve.settings import ServeConfig
 from nmt_cli.errors import NmtError
 
 

@@ -18,7 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from nmt_cli import faults
-from nmt_cli.config import DecodeConfig, ServeConfig, to_dict
+from nmt_cli.config import DecodeConfig, to_dict
+from nmt_cli.serve.settings import ServeConfig
 from nmt_cli.errors import NmtError
 from nmt_cli.serve.batcher import BatchFailed, Batcher, BatchReport, QueueFull
 from nmt_cli.serve.page import PAGE

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from nmt_cli.config import DecodeConfig, RequestOptions, ServeConfig, with_overrides
+from nmt_cli.config import DecodeConfig, with_overrides
+from nmt_cli.serve.settings import RequestOptions, ServeConfig
 from nmt_cli.errors import ConfigError
 
 # Decode settings that belong to the server (how it batches and bounds work), not to a request.
