@@ -171,3 +171,39 @@ def test_after_stop_new_requests_are_refused_and_waiting_ones_answered_503():
     stopper.join(10)
     assert "shutting down" in str(outcome(waiting))
     assert batcher.first.result(10) == ["a:warm"]  # the batch that ran finished
+
+
+def test_a_lone_client_is_served_without_waiting_for_others():
+    """Nobody else has been seen, so a request starts at once, not after max_wait (30 s)."""
+    recorder = Recorder()
+    recorder.release.set()
+    batcher = Batcher(recorder, 100, max_wait=30.0)
+    batcher.start()
+    try:
+        for line in ("one", "two", "three"):  # each after the last answer, as one client sends
+            assert batcher.submit([line], "a").result(5) == [f"a:{line}"]
+    finally:
+        batcher.stop(10)
+    assert [lines for _, lines in recorder.calls] == [["one"], ["two"], ["three"]]
+
+
+def test_the_requests_of_the_last_batch_are_awaited_for_the_next():
+    """After a batch of three requests, the next batch waits (up to max_wait) until three have
+    come back, so clients whose answers just went out share a batch again."""
+    recorder = Recorder()
+    batcher = Batcher(recorder, 100, max_wait=20.0)
+    batcher.start()
+    try:
+        first = batcher.submit(["warm"], "a")
+        while not recorder.calls:
+            threading.Event().wait(0.01)
+        held = [batcher.submit([line], "a") for line in ("x", "y", "z")]
+        recorder.release.set()
+        assert first.result(10) == ["a:warm"] and [f.result(10) for f in held]
+        late = [batcher.submit(["p"], "a")]
+        threading.Event().wait(0.3)  # the others come back later
+        late += [batcher.submit([line], "a") for line in ("q", "r")]
+        assert [f.result(10) for f in late] == [["a:p"], ["a:q"], ["a:r"]]
+    finally:
+        batcher.stop(10)
+    assert [lines for _, lines in recorder.calls][2:] == [["p", "q", "r"]]

@@ -86,6 +86,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = self._stopping = False
         self._last_end = 0.0  # when the last batch finished
+        self._last_requests = 0  # requests in it: how many may come back for the next one
         self._rate = 0.0  # sentences a second over the last batch
         self._thread: threading.Thread | None = None
         self.batches = self.sentences = 0  # computed so far
@@ -159,10 +160,12 @@ class Batcher:
                 self._cond.wait()
             if not self._queue:
                 return None
-            # the oldest waits no longer than max_wait, counted from when it could first run,
-            # so that the answers of the last batch have time to come back as new requests
+            # wait for the requests of the last batch to come back (its answers' clients send
+            # again), no longer than max_wait from when the oldest could first run; a lone client
+            # is served at once, since nobody else has been seen to come
             start = max(self._queue[0].arrived, self._last_end)
-            while self._waiting < self.max_sentences and not self._stopping:
+            while (len(self._queue) < self._last_requests and self._waiting < self.max_sentences
+                   and not self._stopping):
                 left = start + self.max_wait - time.monotonic()
                 if left <= 0:
                     break
@@ -178,6 +181,7 @@ class Batcher:
                     again.append(job)  # its next turn comes after the requests not served yet
             self._queue.extend(again)
             self._waiting -= count
+            self._last_requests = len(chunks)
             return chunks, dropped
 
     def _run(self, setup: Callable[[], None] | None) -> None:
