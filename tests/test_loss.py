@@ -102,7 +102,8 @@ def test_blocks_of_rows_on_the_cpu_equal_one_block(eps, monkeypatch):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     want_loss, want_grad = reference(logits, target, eps, scale=0.5)
     torch.testing.assert_close(one_block[0], want_loss, atol=1e-3, rtol=1e-6)
-    torch.testing.assert_close(one_block[2], want_grad, atol=1e-6, rtol=1e-4)
+    # against torch: sums over 131,072 logits round differently from one CPU to another
+    torch.testing.assert_close(one_block[2], want_grad, atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
