@@ -162,8 +162,8 @@ def serve(
         None, "--max-batch-sentences", help=_serve_help("max_batch_sentences", "Most sentences "
                                                         "of waiting requests batched together.")),
     max_wait_ms: Optional[float] = typer.Option(
-        None, "--max-wait-ms", help=_serve_help("max_wait_ms", "How long a batch waits for more "
-                                                "requests.")),
+        None, "--max-wait-ms", help=_serve_help("max_wait_ms", "How long a batch waits for the "
+                                                "last batch's requests to come back.")),
     max_texts: Optional[int] = typer.Option(None, "--max-texts",
                                             help=_serve_help("max_texts", "Texts per request.")),
     max_chars: Optional[int] = typer.Option(None, "--max-chars",
