@@ -191,7 +191,7 @@ def test_the_requests_of_the_last_batch_are_awaited_for_the_next():
     """After a batch of three requests, the next batch waits (up to max_wait) until three have
     come back, so clients whose answers just went out share a batch again."""
     recorder = Recorder()
-    batcher = Batcher(recorder, 100, max_wait=20.0)
+    batcher = Batcher(recorder, 100, max_wait=2.0)
     batcher.start()
     try:
         first = batcher.submit(["warm"], "a")

@@ -364,6 +364,41 @@ def test_batches_searched_side_by_side_give_the_same_lines(arch_checkpoint, tmp_
     assert _read(two) == _read(one) and len(_read(one)) == 48 and _read(one)[40] == ""
 
 
+def test_one_batch_is_spread_over_the_workers_when_each_gets_enough_sentences(arch_checkpoint,
+                                                                               monkeypatch):
+    """A call that fits one batch (a server's batch): 8 sentences on 2 workers become two
+    searches of 4 side by side, one thread each; 3 sentences stay one search on both threads.
+    The lines are the same as one worker's."""
+    import threading
+
+    import nmt_cli.decoding.inference as inference
+    from nmt_cli.decoding.engine import EngineSettings, open_engine
+
+    seen: list[tuple[str, int, int]] = []
+    search = inference.beam_search
+
+    def recording_search(model, src, *args, **kwargs):
+        seen.append((threading.current_thread().name, src.shape[0], torch.get_num_threads()))
+        return search(model, src, *args, **kwargs)
+
+    lines = source_lines(11)
+    alone = open_engine([arch_checkpoint], EngineSettings("cpu", 2, 1))
+    want = [t.text for t in alone.translate_lines(lines, alone.defaults)]
+    alone.close()
+    monkeypatch.setattr(inference, "beam_search", recording_search)
+    engine = open_engine([arch_checkpoint], EngineSettings("cpu", 2, 2))
+    try:
+        cfg = engine.defaults
+        assert [t.text for t in engine.translate_lines(lines[:8], cfg)] == want[:8]
+        assert sorted(n for _, n, _ in seen) == [4, 4] and {t for *_, t in seen} == {1}
+        assert all(name.startswith("nmt-search") for name, *_ in seen)
+        seen.clear()
+        assert [t.text for t in engine.translate_lines(lines[8:], cfg)] == want[8:]
+        assert seen == [(threading.current_thread().name, 3, 2)]
+    finally:
+        engine.close()
+
+
 # -- outputs, settings, input text ---------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ decided here, once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     import torch
 
     from nmt_cli.text.tokenizer import Tokenizers
+
+
+# On the CPU, a call of one batch is split over the workers when each gets this many sentences
+SPREAD_MIN = 4
 
 
 @dataclass(frozen=True)
@@ -121,12 +125,11 @@ class TorchEngine:
         self._device = pick_device(settings.device)
         self.device = str(self._device)
         self._threads_before = torch.get_num_threads()
-        self.workers = 1
+        self.workers, self._intra = 1, 0  # 0: torch's thread count is left alone
         if self._device.type == "cpu":  # batches side by side, as CTranslate2 runs them
-            intra, self.workers = ct2.thread_split("cpu", settings.threads or self._threads_before,
-                                                   settings.inter_threads)
-            if intra != self._threads_before:
-                torch.set_num_threads(intra)
+            self._intra, self.workers = ct2.thread_split(
+                "cpu", settings.threads or self._threads_before, settings.inter_threads)
+            self._set_threads(self._intra)
         elif settings.threads:
             torch.set_num_threads(settings.threads)
         try:
@@ -148,11 +151,29 @@ class TorchEngine:
 
         from nmt_cli.decoding.inference import translate_lines
 
+        workers = self.workers
+        if workers > 1 and cfg.batch_type == "sentences" and len(lines) <= cfg.batch_size:
+            # one batch's worth (a server's batch, a short input): spread it over the workers
+            # when each gets enough sentences, else one search on every thread; each sentence
+            # is searched as alone, so the output is the same either way
+            if len(lines) >= SPREAD_MIN * workers:
+                cfg = replace(cfg, batch_size=-(-len(lines) // workers))
+            else:
+                workers = 1
+        if self._intra:
+            self._set_threads(self._intra if workers > 1 else self._intra * self.workers)
         with torch.inference_mode():
             return translate_lines(self.model, self.tok, lines, cfg,
                                    normalize=self.recipe.preprocess.normalize, device=self._device,
                                    return_attention=return_attention, first_index=first_index,
-                                   workers=self.workers)
+                                   workers=workers)
+
+    @staticmethod
+    def _set_threads(count: int) -> None:
+        import torch
+
+        if torch.get_num_threads() != count:
+            torch.set_num_threads(count)
 
     def score_references(self, lines: list[str], references: list[str],
                          cfg: DecodeConfig) -> list[float]:

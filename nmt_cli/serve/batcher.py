@@ -86,7 +86,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = self._stopping = False
         self._last_end = 0.0  # when the last batch finished
-        self._last_requests = 0  # requests in it: how many may come back for the next one
+        self._expected = 0  # requests the next batch may hold: the last one's, back, and the
+        # ones that queued while it ran
         self._rate = 0.0  # sentences a second over the last batch
         self._thread: threading.Thread | None = None
         self.batches = self.sentences = 0  # computed so far
@@ -160,11 +161,11 @@ class Batcher:
                 self._cond.wait()
             if not self._queue:
                 return None
-            # wait for the requests of the last batch to come back (its answers' clients send
-            # again), no longer than max_wait from when the oldest could first run; a lone client
-            # is served at once, since nobody else has been seen to come
+            # wait for the clients of the last batch to send again, no longer than max_wait from
+            # when the oldest request could first run; a lone client is served at once, since
+            # nobody else has been seen
             start = max(self._queue[0].arrived, self._last_end)
-            while (len(self._queue) < self._last_requests and self._waiting < self.max_sentences
+            while (len(self._queue) < self._expected and self._waiting < self.max_sentences
                    and not self._stopping):
                 left = start + self.max_wait - time.monotonic()
                 if left <= 0:
@@ -181,7 +182,6 @@ class Batcher:
                     again.append(job)  # its next turn comes after the requests not served yet
             self._queue.extend(again)
             self._waiting -= count
-            self._last_requests = len(chunks)
             return chunks, dropped
 
     def _run(self, setup: Callable[[], None] | None) -> None:
@@ -194,6 +194,8 @@ class Batcher:
                 self.on_batch(BatchReport(0, 0, 0, 0.0, 0, taken[1]))
             with self._cond:
                 self._last_end = time.monotonic()
+                answered = sum(end == len(job.lines) for job, _, end in taken[0])
+                self._expected = len(self._queue) + answered
 
     def _process(self, chunks: list[tuple[Job, int, int]], dropped: int = 0) -> None:
         start = time.perf_counter()

@@ -15,7 +15,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = _num(8000, ge=0, le=65535, doc="0 picks a free port")
     max_batch_sentences: int = _num(64, ge=1, doc="sentences the model worker gathers at most")
-    max_wait_ms: float = _num(5.0, ge=0.0, doc="how long a batch waits for the last one's requests")
+    max_wait_ms: float = _num(30.0, ge=0.0, doc="how long a batch waits for the last one's requests")
     max_texts: int = _num(128, ge=1, doc="texts per request")
     max_chars: int = _num(1000, ge=1, doc="characters per text")
     max_beam_size: int = _num(16, ge=1, doc="largest beam size (and n-best) a request may ask for")
