@@ -302,6 +302,17 @@ def test_sampling_on_several_workers_moves_to_one_worker_once(exported, nmt_mode
     assert sampled(nmt_model, one, 5) == first
 
 
+def test_the_server_opens_an_exported_model_as_one_worker_on_every_thread(exported):
+    """The server sends one batch a call, which CTranslate2 runs on one worker: so it gets one
+    worker of both threads, where translate (many batches a call) gets two of one thread."""
+    from nmt_cli.decoding.engine import EngineSettings, open_engine
+
+    served = open_engine([exported.folder], EngineSettings("cpu", 2, 0, one_call_at_a_time=True))
+    batch = open_engine([exported.folder], EngineSettings("cpu", 2, 0))
+    assert (served.model.options["inter_threads"], served.model.options["intra_threads"]) == (1, 2)
+    assert (batch.model.options["inter_threads"], batch.model.options["intra_threads"]) == (2, 1)
+
+
 def test_int8_export_still_translates(nmt_model, tmp_path):
     """An int8 export scores nmt's own greedy outputs within a few percent of the fp32 model.
 

@@ -36,6 +36,9 @@ class EngineSettings:
     threads: int = 0  # CPU threads in all (0: one per core this process may use)
     inter_threads: int = 0  # on the CPU, batches searched side by side; 0: one per thread
     decode: dict[str, Any] = field(default_factory=dict)  # decode.* keys over the recipe's
+    # the caller sends one call at a time (the server's batcher): an engine that cannot split a
+    # call over its workers (CTranslate2 runs each batch on one) keeps one worker on every thread
+    one_call_at_a_time: bool = False
 
 
 class Engine(Protocol):
@@ -88,7 +91,7 @@ class Ct2Engine:
 
     def __init__(self, folder: Path, settings: EngineSettings):
         self.model = ct2.load_exported(folder, settings.device, settings.threads,
-                                       settings.inter_threads)
+                                       1 if settings.one_call_at_a_time else settings.inter_threads)
         self.tok, self.recipe = self.model.tok, self.model.recipe
         self.defaults = with_overrides(self.recipe.decode, settings.decode, "decode")
         self.precision = f"ctranslate2 {self.model.metadata.get('quantization', '')}".strip()
