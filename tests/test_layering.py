@@ -86,7 +86,7 @@ RANKS = {
     "nmt_cli": 0, "nmt_cli.errors": 0, "nmt_cli.ids": 0, "nmt_cli.files": 0, "nmt_cli.faults": 0,
     "nmt_cli.text": 0, "nmt_cli.training": 0, "nmt_cli.decoding": 0,
     # settings, and small helpers over torch and the file system
-    "nmt_cli.schema": 0.5,
+    "nmt_cli.schema": 0.5, "nmt_cli.model_settings": 0.7,
     "nmt_cli.config": 1, "nmt_cli.runtime": 1, "nmt_cli.training.distributed": 1,
     "nmt_cli.reports": 1, "nmt_cli.training.loss": 1,
     "nmt_cli.recipes": 2, "nmt_cli.training.metrics": 2,
@@ -100,6 +100,7 @@ RANKS = {
     "nmt_cli.data": 7, "nmt_cli.model.attention": 7, "nmt_cli.model.encoder": 7,
     "nmt_cli.model.contract": 7,
     "nmt_cli.model.decoder": 8, "nmt_cli.model.transformer_state": 7, "nmt_cli.model.rnn": 9, "nmt_cli.model.transformer": 9,
+    "nmt_cli.model.lm": 9.5,
     "nmt_cli.model": 10,
     "nmt_cli.checkpoint": 11,
     # decoding pieces, and the training helpers beside them

@@ -14,7 +14,7 @@ import json
 import multiprocessing
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol
@@ -81,6 +81,8 @@ def _init_worker(src_model: bytes, tgt_model: bytes, cfg: PreprocessConfig) -> N
 def encode_chunk(chunk: RawChunk, full: bool) -> EncodedChunk:
     """Decode, clean, filter and encode one chunk (runs in a worker process)."""
     cfg: PreprocessConfig = _WORKER["cfg"]
+    if chunk.mono:  # both sides are the one text: every line would be a "copy"
+        cfg = replace(cfg, drop_copies=False)
     policy = cfg.normalize.invalid_utf8
     norm = {"src": Counter(), "tgt": Counter()}
     tsv = chunk.tgt is None
@@ -297,7 +299,8 @@ def preprocess(recipe: Recipe, dry_run: bool = False,
         files, hashes = [], []
         for corpus, info in zip(split.sources(), reports[name]["corpora"]):
             info["sha256"] = [sha256_file(p) for p in corpus.files()]
-            keys = ("tsv",) if corpus.tsv is not None else ("src", "tgt")
+            keys = (("text",) if corpus.text is not None else ("tsv",) if corpus.tsv is not None
+                    else ("src", "tgt"))
             files.append(dict(zip(keys, info["files"])))
             hashes.append(dict(zip(keys, info["sha256"])))
         # One corpus: {"src": ..., "tgt": ...} (or {"tsv": ...}); several: a list of those.
