@@ -105,6 +105,7 @@ RANKS = {
     "nmt_cli.checkpoint": 11,
     # decoding pieces, and the training helpers beside them
     "nmt_cli.decoding.penalties": 12, "nmt_cli.decoding.ensemble": 12,
+    "nmt_cli.decoding.fusion": 12, "nmt_cli.decoding.lm": 12.5,
     "nmt_cli.decoding.alignment": 12,
     "nmt_cli.training.optim": 12, "nmt_cli.training.runs": 12, "nmt_cli.training.average": 12,
     "nmt_cli.training.update": 12,
@@ -117,6 +118,7 @@ RANKS = {
     "nmt_cli.decoding.engine": 14.7,
     # the two ends, which must not know each other
     "nmt_cli.training.trainer": 15, "nmt_cli.decoding.translate": 15,
+    "nmt_cli.decoding.score": 15,
     # the server over decoding (and exporters beside it)
     "nmt_cli.serve.settings": 1,
     "nmt_cli.serve.batcher": 16, "nmt_cli.serve.page": 16, "nmt_cli.serve.protocol": 16,
@@ -241,7 +243,7 @@ def test_only_the_cli_imports_typer():
 
 # The modules that implement a command. None of them imports another: what two commands share
 # lives below them (the engine seam, in decoding/), and the CLI package sits above them all.
-COMMANDS = {"translate": {"nmt_cli.decoding.translate"},
+COMMANDS = {"translate": {"nmt_cli.decoding.translate"}, "score": {"nmt_cli.decoding.score"},
             "serve": {n for n in MODULES if n == "nmt_cli.serve" or n.startswith("nmt_cli.serve.")},
             "cli": {n for n in MODULES if n == "nmt_cli.cli" or n.startswith("nmt_cli.cli.")}}
 
