@@ -141,6 +141,10 @@ def test_an_lm_trains_from_the_cli_and_resumes_exactly(tmp_path):
         raws[name].write_text(yaml.safe_dump(raw))
         for command in ("tokenizer", "preprocess"):
             assert run_cli(command, raws[name]).returncode == 0
+    manifest = json.loads((tmp_path / "straight" / "run" / "data" / "manifest.json").read_text())
+    train = manifest["splits"]["train"]
+    assert "copy" not in train["filters"]  # one side is never a copy of the other
+    assert train["written"] == train["kept"] > 0.9 * train["pairs_in"] == 0.9 * 3000
     assert run_cli("train", raws["straight"]).returncode == 0
     first = run_cli("train", raws["resumed"], "--set", "train.max_steps=20")
     assert first.returncode == 0, first.stderr

@@ -173,6 +173,8 @@ def _copies(weight: float, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _split_report(split: Split, cfg: PreprocessConfig, full: bool) -> dict[str, Any]:
+    if all(c.text is not None for c in split.sources()):  # one side: no copies to drop
+        cfg = replace(cfg, drop_copies=False)
     return {"corpora": [{"files": [str(p) for p in c.files()], "weight": c.weight, "pairs_in": 0,
                          "kept": 0, "written": 0} for c in split.sources()],
             "pairs_in": 0, "kept": 0, "written": 0, "params": filter_params(cfg, full),
