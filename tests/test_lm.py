@@ -153,6 +153,8 @@ def test_an_lm_trains_from_the_cli_and_resumes_exactly(tmp_path):
     weights = [torch.load(tmp_path / n / "run" / "checkpoints" / "last.pt",
                           weights_only=True)["model"] for n in ("straight", "resumed")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    plotted = run_cli("plot", tmp_path / "straight" / "run")  # dev perplexity, no BLEU
+    assert plotted.returncode == 0 and (tmp_path / "straight" / "run" / "curves.png").is_file()
 
 
 def test_an_lm_given_to_translate_is_one_error(tmp_path):
