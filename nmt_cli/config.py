@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from nmt_cli.errors import ConfigError
+from nmt_cli.model_settings import (DecoderConfig, EncoderConfig, LMConfig, RnnLMConfig,
+                                    TransformerConfig)
 from nmt_cli.schema import build, field_type, to_dict, with_overrides
 from nmt_cli.schema import number as _num
 
-__all__ = ["build", "field_type", "to_dict", "with_overrides"]  # with the sections below
+__all__ = ["build", "field_type", "to_dict", "with_overrides", "EncoderConfig", "DecoderConfig",
+           "TransformerConfig", "LMConfig", "RnnLMConfig"]  # with the sections below
 
 
 # ----------------------------------------------------------------------------------------------
@@ -22,7 +25,8 @@ __all__ = ["build", "field_type", "to_dict", "with_overrides"]  # with the secti
 
 @dataclass(frozen=True)
 class Corpus:
-    """One line-aligned bitext: a source and a target file, or one two-column TSV file.
+    """One line-aligned bitext: a source and a target file, or one two-column TSV file; or, for
+    a language model (``model.arch: lm``), one ``text`` file of target-language sentences.
 
     Files may be plain text or .gz/.xz/.bz2. ``weight`` resamples the corpus after filtering:
     2.0 writes every kept pair twice, 0.5 keeps each with probability one half.
@@ -32,12 +36,15 @@ class Corpus:
     tgt: Optional[Path] = None
     tsv: Optional[Path] = None
     weight: float = _num(1.0, gt=0.0, le=100.0)
+    text: Optional[Path] = None
 
     def problem(self) -> tuple[str, str] | None:
         """Why this corpus is not usable, as (key, message), or None."""
+        if self.text is not None and (self.src or self.tgt or self.tsv):
+            return "text", "give either text (one side) or src and tgt (or tsv), not both"
         if self.tsv is not None and (self.src is not None or self.tgt is not None):
             return "tsv", "give either tsv or src and tgt, not both"
-        if self.tsv is None:
+        if self.tsv is None and self.text is None:
             for key in ("src", "tgt"):
                 if getattr(self, key) is None:
                     return key, "this key is required (or give one tsv file with two " \
@@ -45,7 +52,8 @@ class Corpus:
         return None
 
     def files(self) -> list[Path]:
-        return [self.tsv] if self.tsv is not None else [self.src, self.tgt]  # type: ignore[list-item]
+        one = self.text if self.text is not None else self.tsv
+        return [one] if one is not None else [self.src, self.tgt]  # type: ignore[list-item]
 
     def sources(self) -> list["Corpus"]:
         return [self]
@@ -61,12 +69,12 @@ class Split(Corpus):
         """The corpora of this split, in order."""
         if self.corpora:
             return list(self.corpora)
-        return [Corpus(self.src, self.tgt, self.tsv, self.weight)]
+        return [Corpus(self.src, self.tgt, self.tsv, self.weight, self.text)]
 
     def problem(self) -> tuple[str, str] | None:
         if self.corpora:
-            if self.src is not None or self.tgt is not None or self.tsv is not None:
-                return "corpora", "give either corpora or src/tgt/tsv, not both"
+            if self.src or self.tgt or self.tsv or self.text:
+                return "corpora", "give either corpora or src/tgt/tsv/text, not both"
             for i, corpus in enumerate(self.corpora):
                 found = corpus.problem()
                 if found:
@@ -111,7 +119,7 @@ class DataConfig:
             corpora = [(f"data.{name}.corpora[{i}]", c) for i, c in enumerate(split.corpora)] \
                 or [(f"data.{name}", split)]
             for prefix, corpus in corpora:
-                found += [(f"{prefix}.{key}", path) for key in ("src", "tgt", "tsv")
+                found += [(f"{prefix}.{key}", path) for key in ("src", "tgt", "tsv", "text")
                           if (path := getattr(corpus, key)) is not None]
         return found
 
@@ -126,6 +134,9 @@ class TokenizerConfig:
     byte_fallback: bool = False
     user_defined_symbols: list[str] = field(default_factory=list)
     num_threads: int = _num(2, ge=1)
+    # an existing SentencePiece model used for both sides instead of training one, such as a
+    # translation model's target tokenizer for a language model that will be fused with it
+    model: Optional[Path] = None
 
 
 @dataclass(frozen=True)
@@ -156,60 +167,13 @@ class PreprocessConfig:
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
 
 
-@dataclass(frozen=True)
-class EncoderConfig:
-    cell: Literal["gru", "lstm"] = "gru"
-    hidden_size: int = _num(256, ge=1)
-    layers: int = _num(1, ge=1, le=4)
-    bidirectional: bool = True
-    dropout: float = _num(0.2, ge=0.0, lt=1.0)
-
-
-@dataclass(frozen=True)
-class DecoderConfig:
-    cell: Literal["gru", "lstm"] = "gru"
-    hidden_size: int = _num(256, ge=1)
-    layers: int = _num(1, ge=1, le=4)
-    attention: Literal["bahdanau", "luong_dot", "luong_general"] = "bahdanau"
-    input_feeding: bool = True
-    init: Literal["bridge", "zeros"] = "bridge"
-    dropout: float = _num(0.2, ge=0.0, lt=1.0)
-
-
-@dataclass(frozen=True)
-class TransformerConfig:
-    """The Transformer (``model.arch: transformer``). Every option maps one to one onto
-    CTranslate2's ``TransformerSpec``: ``norm`` is its ``pre_norm``, ``positions`` fills its
-    position table, ``activation`` its ``activation``, ``scale_embeddings`` its
-    ``multiply_by_sqrt_depth``; the embeddings are ``d_model`` wide."""
-
-    d_model: int = _num(512, ge=8)
-    ff_size: int = _num(2048, ge=1)
-    heads: int = _num(8, ge=1)
-    encoder_layers: int = _num(6, ge=1, le=24)
-    decoder_layers: int = _num(6, ge=1, le=24)
-    norm: Literal["pre", "post"] = "pre"
-    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
-    activation: Literal["relu", "gelu"] = "relu"
-    dropout: float = _num(0.1, ge=0.0, lt=1.0, doc="on embeddings and every residual branch")
-    attention_dropout: float = _num(0.0, ge=0.0, lt=1.0, doc="on the attention weights")
-    activation_dropout: float = _num(0.0, ge=0.0, lt=1.0, doc="inside the feed-forward block")
-    scale_embeddings: bool = True  # multiply embeddings by sqrt(d_model) before adding positions
-    max_positions: int = _num(1024, ge=1, doc="longest source or target, in subwords + EOS")
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.heads:
-            raise ConfigError(f"{self.heads} heads do not divide model.transformer.d_model "
-                              f"({self.d_model}); choose heads that divide d_model",
-                              "model.transformer.heads")
-
-
 # Keys of ``model`` that belong to one architecture, and their defaults when a recipe for that
 # architecture leaves them out. A key of the other architecture is a recipe error.
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "rnn": {"emb_size": 256, "emb_dropout": 0.2, "encoder": EncoderConfig(),
             "decoder": DecoderConfig()},
     "transformer": {"transformer": TransformerConfig()},
+    "lm": {"lm": LMConfig()},
 }
 
 
@@ -223,10 +187,11 @@ class ModelConfig:
     ``emb_size``, ``emb_dropout``, ``encoder`` and ``decoder`` are the RNN's: they stay at this
     level so that recipes and checkpoints written before the Transformer load unchanged, and the
     Transformer's embeddings are ``transformer.d_model`` wide and use ``transformer.dropout``.
+    ``arch: lm`` is a language model over the target side alone (``lm``, ``tie_embeddings``).
     A key left out is ``None`` until ``__post_init__`` fills in its architecture's default.
     """
 
-    arch: Literal["rnn", "transformer"] = "rnn"
+    arch: Literal["rnn", "transformer", "lm"] = "rnn"
     emb_size: Optional[int] = _num(None, ge=1, doc="rnn; default 256")
     emb_dropout: Optional[float] = _num(None, ge=0.0, lt=1.0, doc="rnn; default 0.2")
     tie_embeddings: bool = False
@@ -234,8 +199,12 @@ class ModelConfig:
     encoder: Optional[EncoderConfig] = None  # rnn
     decoder: Optional[DecoderConfig] = None  # rnn
     transformer: Optional[TransformerConfig] = None  # transformer
+    lm: Optional[LMConfig] = None  # lm
 
     def __post_init__(self) -> None:
+        if self.arch == "lm" and self.share_embeddings:
+            raise ConfigError("a language model has one embedding table; remove it (or use "
+                              "model.tie_embeddings)", "model.share_embeddings")
         own = ARCH_DEFAULTS[self.arch]
         for arch, keys in ARCH_DEFAULTS.items():
             for name in keys:
@@ -321,6 +290,8 @@ class DecodeConfig:
     # weights and activations while translating (decoding/engine.py): auto is bf16 on a GPU that
     # supports it, else fp32; the CPU decodes in fp32 only (nmt export is its fast path)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    lm: Optional[Path] = None  # a language model checkpoint for shallow fusion
+    lm_weight: float = _num(0.2, ge=0.0, doc="weight of log p_LM added to every step's scores")
 
     def __post_init__(self) -> None:
         if not self.sample and self.n_best > self.beam_size:
@@ -363,6 +334,10 @@ def check_training(recipe: Recipe) -> None:
         raise ConfigError(f"equals data.src_lang ({data.src_lang!r}), so with tokenizer.joint: "
                           f"false the target tokenizer would overwrite the source one; use "
                           "different language codes or tokenizer.joint: true", "data.tgt_lang")
+    if recipe.tokenizer.model is not None and not recipe.tokenizer.joint:
+        raise ConfigError("tokenizer.model serves both sides; remove tokenizer.joint: false",
+                          "tokenizer.joint")
+    _check_sides(recipe)
     cfg = recipe.train
     if cfg.schedule == "inverse_sqrt" and cfg.warmup_steps == 0:
         raise ConfigError("schedule 'inverse_sqrt' needs a warmup, or it decays from the first "
@@ -375,3 +350,14 @@ def check_training(recipe: Recipe) -> None:
         if cfg.schedule == "plateau":
             raise ConfigError("the plateau schedule needs a dev set; add data.dev or choose "
                               "'constant' or 'inverse_sqrt'", "train.schedule")
+
+
+def _check_sides(recipe: Recipe) -> None:
+    """A language model trains on ``text`` corpora, a translation model on bitexts."""
+    lm = recipe.model.arch == "lm"
+    for key, _ in recipe.data.files_by_key():
+        if key.endswith(".text") != lm:
+            fix = ("give one text file per corpus (data.train.text)" if lm else
+                   "give src and tgt, or set model.arch: lm to train a language model")
+            raise ConfigError(f"model.arch '{recipe.model.arch}' does not train on "
+                              f"{'bitexts' if lm else 'monolingual text'}; {fix}", key)

@@ -3,6 +3,7 @@ preprocessing and training. Plain rendering over the results the library returns
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -115,6 +116,9 @@ def print_train_summary(summary: Any, has_dev: bool, con) -> None:
     best = (f"best dev BLEU {summary.best_bleu:.2f} at step {summary.best_step}"
             if summary.best_bleu is not None else "best dev BLEU n/a" if has_dev
             else "no dev set, best.pt is last.pt")
+    if summary.best_bleu is not None and "dev_bleu" not in summary.last_dev:  # a language model
+        best = (f"best dev perplexity {math.exp(min(-summary.best_bleu, 50.0)):.2f} at step "
+                f"{summary.best_step}")
     con.print(f"done: {summary.steps} steps in {summary.seconds:.0f} s "
               f"({summary.tokens_per_second:,.0f} target tok/s), stopped by "
               f"{summary.stopped_by}; {best}; "

@@ -86,7 +86,7 @@ RANKS = {
     "nmt_cli": 0, "nmt_cli.errors": 0, "nmt_cli.ids": 0, "nmt_cli.files": 0, "nmt_cli.faults": 0,
     "nmt_cli.text": 0, "nmt_cli.training": 0, "nmt_cli.decoding": 0,
     # settings, and small helpers over torch and the file system
-    "nmt_cli.schema": 0.5,
+    "nmt_cli.schema": 0.5, "nmt_cli.model_settings": 0.7,
     "nmt_cli.config": 1, "nmt_cli.runtime": 1, "nmt_cli.training.distributed": 1,
     "nmt_cli.reports": 1, "nmt_cli.training.loss": 1,
     "nmt_cli.recipes": 2, "nmt_cli.training.metrics": 2,
@@ -100,10 +100,12 @@ RANKS = {
     "nmt_cli.data": 7, "nmt_cli.model.attention": 7, "nmt_cli.model.encoder": 7,
     "nmt_cli.model.contract": 7,
     "nmt_cli.model.decoder": 8, "nmt_cli.model.transformer_state": 7, "nmt_cli.model.rnn": 9, "nmt_cli.model.transformer": 9,
+    "nmt_cli.model.lm": 9.5,
     "nmt_cli.model": 10,
     "nmt_cli.checkpoint": 11,
     # decoding pieces, and the training helpers beside them
     "nmt_cli.decoding.penalties": 12, "nmt_cli.decoding.ensemble": 12,
+    "nmt_cli.decoding.fusion": 12, "nmt_cli.decoding.lm": 12.5,
     "nmt_cli.decoding.alignment": 12,
     "nmt_cli.training.optim": 12, "nmt_cli.training.runs": 12, "nmt_cli.training.average": 12,
     "nmt_cli.training.update": 12,
@@ -116,6 +118,7 @@ RANKS = {
     "nmt_cli.decoding.engine": 14.7,
     # the two ends, which must not know each other
     "nmt_cli.training.trainer": 15, "nmt_cli.decoding.translate": 15,
+    "nmt_cli.decoding.score": 15,
     # the server over decoding (and exporters beside it)
     "nmt_cli.serve.settings": 1,
     "nmt_cli.serve.batcher": 16, "nmt_cli.serve.page": 16, "nmt_cli.serve.protocol": 16,
@@ -240,7 +243,7 @@ def test_only_the_cli_imports_typer():
 
 # The modules that implement a command. None of them imports another: what two commands share
 # lives below them (the engine seam, in decoding/), and the CLI package sits above them all.
-COMMANDS = {"translate": {"nmt_cli.decoding.translate"},
+COMMANDS = {"translate": {"nmt_cli.decoding.translate"}, "score": {"nmt_cli.decoding.score"},
             "serve": {n for n in MODULES if n == "nmt_cli.serve" or n.startswith("nmt_cli.serve.")},
             "cli": {n for n in MODULES if n == "nmt_cli.cli" or n.startswith("nmt_cli.cli.")}}
 

@@ -37,7 +37,11 @@ def test_recipe_loads_and_names_its_languages_in_its_files(path):
     assert recipe.name == path.stem
     splits = _data_files(recipe)
     assert {"data.train", "data.dev", "data.test"} <= set(splits), path
-    for key, (src, tgt) in splits.items():  # a swapped or mistyped side shows in the file name
+    for key, files in splits.items():  # a swapped or mistyped side shows in the file name
+        if recipe.model.arch == "lm":  # one text file per split, in the target language
+            assert [f".{recipe.data.tgt_lang}" in f.name for f in files] == [True], (key, files)
+            continue
+        src, tgt = files
         assert f".{recipe.data.src_lang}" in src.name, (key, src)
         assert f".{recipe.data.tgt_lang}" in tgt.name, (key, tgt)
     if not _uses_multi30k(recipe):  # the bundled sample: always there
@@ -50,7 +54,8 @@ MULTI30K_RECIPES = [p for p in RECIPES if _uses_multi30k(load_recipe(p))]
 def test_the_multi30k_recipes_are_found():
     assert {p.name for p in MULTI30K_RECIPES} == {
         "multi30k-de-en.yaml", "multi30k-en-de.yaml", "multi30k-de-en-cpu.yaml",
-        "multi30k-de-en-transformer.yaml", "multi30k-de-en-transformer-cpu.yaml"}
+        "multi30k-de-en-transformer.yaml", "multi30k-de-en-transformer-cpu.yaml",
+        "multi30k-en-lm-rnn-cpu.yaml", "multi30k-en-lm-transformer-cpu.yaml"}
 
 
 @pytest.mark.parametrize("path", MULTI30K_RECIPES, ids=[p.stem for p in MULTI30K_RECIPES])

@@ -71,6 +71,12 @@ def translate(
     invalid_utf8: Optional[str] = typer.Option(
         None, "--invalid-utf8", help="Bad bytes in the input: replace (warn once, translate every "
                                      "line) or error (stop)."),
+    lm: Optional[Path] = typer.Option(None, "--lm", help="Language model checkpoint (model.arch: "
+                                                          "lm) for shallow fusion; it must share "
+                                                          "the model's target tokenizer."),
+    lm_weight: Optional[float] = typer.Option(None, "--lm-weight",
+                                              help="Weight of log p_LM added to each step's "
+                                                   "scores (with --lm); 0 changes nothing."),
     score_reference: Optional[Path] = typer.Option(
         None, "--score-reference", help="Print log P(reference line | input line) per line "
                                         "instead of translating."),
@@ -104,6 +110,8 @@ def translate(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     given = locals()
     decode = {key: given[key] for key in DECODE_OPTIONS if given[key] is not None}
+    if lm is not None:
+        decode["lm"] = str(lm)  # a recipe value: checked as decode.lm
     with user_errors():
         _no_quantize(quantize)
         from nmt_cli.decoding.translate import TranslateOptions, translate_file
@@ -126,7 +134,7 @@ def translate(
 DECODE_OPTIONS = ("beam_size", "batch_size", "batch_type", "length_penalty", "length_norm",
                   "min_len_a", "min_len_b", "max_len_a", "max_len_b", "no_repeat_ngram",
                   "max_src_len", "n_best", "sample", "temperature", "top_k", "top_p", "seed",
-                  "allow_unk", "invalid_utf8", "precision")
+                  "allow_unk", "invalid_utf8", "precision", "lm", "lm_weight")
 
 
 def _serve_settings(given: dict) -> "object":
@@ -307,3 +315,32 @@ def eval_(
         else:
             for s in scores:
                 print(f"{s.text}\n  signature: {s.signature}")
+
+
+@app.command()
+def score(
+    model: Path = typer.Option(..., "-m", "--model",
+                               help="Language model checkpoint (model.arch: lm), or a "
+                                    "translation model with -r."),
+    input: Path = typer.Option(..., "-i", "--input",
+                               help="Text to score (for a translation model: its sources)."),
+    reference: Optional[Path] = typer.Option(
+        None, "-r", "--reference", help="With a translation model: the targets to score, one "
+                                        "per input line (forced decoding)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Default stdout."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document: every line's figures "
+                                                       "and the corpus perplexities."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Sentences per batch."),
+    device: Device = typer.Option(Device.auto, help="Where to run the model."),
+) -> None:
+    """Score text: per line the log-probability (natural log, EOS included), the token count
+    (subwords + EOS) and the perplexity, as TSV; the corpus perplexity per subword and per word
+    (words + one EOS per line) on stderr, or all of it as JSON with --json.
+    """
+    with user_errors():
+        from nmt_cli.decoding.score import score_file
+
+        report = score_file(model, input, reference, output, as_json=as_json,
+                            batch_size=batch_size, device=device.value)
+        if not as_json:
+            print(report.line(), file=sys.stderr)

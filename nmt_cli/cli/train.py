@@ -25,8 +25,9 @@ def tokenizer(recipe: Path = RECIPE, set_: List[str] = SET) -> None:
         rcp = _load(recipe, set_)
         paths = train_tokenizers(rcp)
         tok = Tokenizers.load(rcp)
+        verb = "wrote" if rcp.tokenizer.model is None else "uses (tokenizer.model, not trained)"
         for side in sorted(set(paths.values())):
-            print(f"wrote {side}")
+            print(f"{verb} {side}")
         print(f"vocabulary: {tok.src_vocab_size} source / {tok.tgt_vocab_size} target pieces"
               f"{' (joint)' if tok.joint else ''}")
         where = "dev" if rcp.data.dev is not None else "train"

@@ -94,6 +94,9 @@ class Ct2Engine:
                                        1 if settings.one_call_at_a_time else settings.inter_threads)
         self.tok, self.recipe = self.model.tok, self.model.recipe
         self.defaults = with_overrides(self.recipe.decode, settings.decode, "decode")
+        if self.defaults.lm is not None:
+            raise NmtError(f"{folder}: an exported CTranslate2 model cannot decode with a language "
+                           "model (--lm, decode.lm); shallow fusion runs on the .pt checkpoint")
         self.precision = f"ctranslate2 {self.model.metadata.get('quantization', '')}".strip()
         self.device = str(self.model.translator.device)
         self.parameters = int(self.model.metadata.get("parameters", 0))
@@ -139,14 +142,33 @@ class TorchEngine:
             model, self.tok, self.recipe = load_models(paths, self._device)
             self.defaults = with_overrides(self.recipe.decode, settings.decode, "decode")
             self.precision = decoding_precision(self.defaults, self._device)
+            self.lm = None if self.defaults.lm is None else self._open_lm(self.defaults.lm)
             if self.precision != "fp32":
                 model = model.to(DTYPES[self.precision])
+                self.lm = None if self.lm is None else self.lm.to(DTYPES[self.precision])
         except BaseException:
             self.close()
             raise
         self.model = model
         self.parameters = count_parameters(model)
         self.versions = _versions(torch=str(torch.__version__))
+
+    def _open_lm(self, path: Path):
+        """The language model for shallow fusion, sharing the translation model's target
+        vocabulary (``decode.lm``, opened once; ``decode.lm_weight`` is read per call)."""
+        from nmt_cli.decoding.lm import check_shared_vocabulary, open_lm
+
+        lm, lm_tok, lm_recipe = open_lm(path, self._device)
+        check_shared_vocabulary(path, lm_tok, lm_recipe, self.tok, self.recipe)
+        return lm
+
+    def _decoder(self, cfg: DecodeConfig):
+        """The model search runs: the translation model, fused with the LM when there is one."""
+        if self.lm is None:
+            return self.model
+        from nmt_cli.decoding.fusion import ShallowFusion
+
+        return ShallowFusion(self.model, self.lm, cfg.lm_weight)
 
     def translate_lines(self, lines: list[str], cfg: DecodeConfig, *,
                         return_attention: bool = False, first_index: int = 0) -> list[Translation]:
@@ -166,7 +188,7 @@ class TorchEngine:
         if self._intra:
             self._set_threads(self._intra if workers > 1 else self._intra * self.workers)
         with torch.inference_mode():
-            return translate_lines(self.model, self.tok, lines, cfg,
+            return translate_lines(self._decoder(cfg), self.tok, lines, cfg,
                                    normalize=self.recipe.preprocess.normalize, device=self._device,
                                    return_attention=return_attention, first_index=first_index,
                                    workers=workers)
@@ -236,6 +258,10 @@ def load_models(paths: Sequence[Path], device: torch.device):
     models, first_tok, recipe = [], None, None
     for path in paths:
         model, tok, rcp = model_from_checkpoint(load_checkpoint(path, mmap=True), path, device)
+        if rcp.model.arch == "lm":
+            raise CheckpointError(f"{path}: a language model (model.arch: lm), not a translation "
+                                  "model; give it as --lm CKPT (shallow fusion) or score text "
+                                  "with it: nmt score -m CKPT -i FILE")
         if first_tok is None:
             first_tok, recipe = tok, rcp
         elif (tok.src_bytes, tok.tgt_bytes) != (first_tok.src_bytes, first_tok.tgt_bytes):

@@ -11,6 +11,10 @@
 
 A row's results never depend on the other rows (batch invariance). Training's teacher-forced
 ``forward(src, src_lengths, tgt_in) -> logits (B, T, V)`` equals ``step`` run position by position.
+
+A language model (``LanguageModel``, ``nmt_cli.model.lm``) has no source: ``start(batch_size)``
+gives its state before BOS, and ``step(prev_tokens, state) -> (log_probs, state)``; its state
+is ``Selectable`` too, so shallow fusion reorders it with the beam.
 """
 
 from __future__ import annotations
@@ -44,3 +48,12 @@ class TrainableModel(DecodingModel, Protocol):
     """A decoding model that training can also run with teacher forcing."""
 
     def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """What shallow fusion and scoring need from a language model."""
+
+    def start(self, batch_size: int) -> Any: ...
+
+    def step(self, prev_tokens: Tensor, state: Any) -> tuple[Tensor, Any]: ...

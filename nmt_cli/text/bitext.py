@@ -96,6 +96,8 @@ def count_pairs(corpus: Corpus, scans: dict[Path, tuple[int, int]] | None = None
     def scan(path: Path, tsv: bool = False) -> tuple[int, int]:
         return scans[path] if path in scans else scan_file(path, tsv)
 
+    if corpus.text is not None:  # one side: nothing to align
+        return scan(corpus.text)[0]
     if corpus.tsv is not None:
         n, bad = scan(corpus.tsv, True)
         if bad:
@@ -121,7 +123,8 @@ def read_bitext(src: Path, tgt: Path, errors: str = "strict") -> Iterator[tuple[
 @dataclass
 class RawChunk:
     """``n`` raw lines of one corpus joined by ``\\n``, from line ``first``; for a TSV corpus
-    ``tgt`` is None and ``src`` holds whole lines (see ``split_tsv``)."""
+    ``tgt`` is None and ``src`` holds whole lines (see ``split_tsv``); for a ``text`` corpus
+    (``mono``) both sides hold the same lines, the text a language model learns to predict."""
 
     corpus: int
     first: int
@@ -130,6 +133,7 @@ class RawChunk:
     tgt: bytes | None
     src_path: str
     tgt_path: str
+    mono: bool = False
 
     def __len__(self) -> int:
         return self.n
@@ -170,12 +174,15 @@ class LineReader:
 
 def read_chunks(corpus: Corpus, index: int, size: int) -> Iterator[RawChunk]:
     """Yield a corpus as chunks of ``size`` raw line pairs. Call ``count_pairs`` first."""
-    if corpus.tsv is not None:
-        path = str(corpus.tsv)
-        with open_binary(corpus.tsv) as fh:
+    one = corpus.text if corpus.text is not None else corpus.tsv
+    if one is not None:
+        path, mono = str(one), corpus.text is not None
+        with open_binary(one) as fh:
             reader, first = LineReader(fh), 1
             while lines := reader.take(size):
-                yield RawChunk(index, first, len(lines), b"\n".join(lines), None, path, path)
+                block = b"\n".join(lines)
+                yield RawChunk(index, first, len(lines), block, block if mono else None, path,
+                               path, mono)
                 first += len(lines)
         return
     assert corpus.src is not None and corpus.tgt is not None

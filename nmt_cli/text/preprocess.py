@@ -14,7 +14,7 @@ import json
 import multiprocessing
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol
@@ -81,6 +81,8 @@ def _init_worker(src_model: bytes, tgt_model: bytes, cfg: PreprocessConfig) -> N
 def encode_chunk(chunk: RawChunk, full: bool) -> EncodedChunk:
     """Decode, clean, filter and encode one chunk (runs in a worker process)."""
     cfg: PreprocessConfig = _WORKER["cfg"]
+    if chunk.mono:  # both sides are the one text: every line would be a "copy"
+        cfg = replace(cfg, drop_copies=False)
     policy = cfg.normalize.invalid_utf8
     norm = {"src": Counter(), "tgt": Counter()}
     tsv = chunk.tgt is None
@@ -171,6 +173,8 @@ def _copies(weight: float, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _split_report(split: Split, cfg: PreprocessConfig, full: bool) -> dict[str, Any]:
+    if all(c.text is not None for c in split.sources()):  # one side: no copies to drop
+        cfg = replace(cfg, drop_copies=False)
     return {"corpora": [{"files": [str(p) for p in c.files()], "weight": c.weight, "pairs_in": 0,
                          "kept": 0, "written": 0} for c in split.sources()],
             "pairs_in": 0, "kept": 0, "written": 0, "params": filter_params(cfg, full),
@@ -297,7 +301,8 @@ def preprocess(recipe: Recipe, dry_run: bool = False,
         files, hashes = [], []
         for corpus, info in zip(split.sources(), reports[name]["corpora"]):
             info["sha256"] = [sha256_file(p) for p in corpus.files()]
-            keys = ("tsv",) if corpus.tsv is not None else ("src", "tgt")
+            keys = (("text",) if corpus.text is not None else ("tsv",) if corpus.tsv is not None
+                    else ("src", "tgt"))
             files.append(dict(zip(keys, info["files"])))
             hashes.append(dict(zip(keys, info["sha256"])))
         # One corpus: {"src": ..., "tgt": ...} (or {"tsv": ...}); several: a list of those.

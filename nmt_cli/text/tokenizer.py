@@ -33,8 +33,9 @@ def _side_blocks(split: Split, sides: tuple[str, ...]) -> Iterator[tuple[bytes, 
                 for side in sides:
                     yield blocks[0 if side == "src" else 1], chunk.n, chunk.first == 1
             continue
-        for side in sides:
-            with open_binary(corpus.src if side == "src" else corpus.tgt) as fh:
+        for side in sides[:1] if corpus.text is not None else sides:  # one side, read once
+            path = corpus.text or (corpus.src if side == "src" else corpus.tgt)
+            with open_binary(path) as fh:
                 reader, first = LineReader(fh), True
                 while lines := reader.take(10_000):
                     yield b"\n".join(lines), len(lines), first
@@ -107,6 +108,9 @@ class Tokenizers:
         folder = tokenizer_dir(recipe)
         paths = model_paths(recipe)
         for p in paths.values():
+            if not p.is_file() and recipe.tokenizer.model is not None:
+                raise DataError("tokenizer model not found; check tokenizer.model in the recipe "
+                                "(train that tokenizer first)", p)
             if not p.is_file():
                 raise DataError(f"tokenizer model not found; run 'nmt tokenizer' on this recipe first"
                                 f" (looked in {folder})", p)
@@ -149,6 +153,8 @@ def processor(model: bytes) -> spm.SentencePieceProcessor:
 
 def model_paths(recipe: Recipe) -> dict[str, Path]:
     folder = tokenizer_dir(recipe)
+    if recipe.tokenizer.model is not None:  # given, not trained: one model for both sides
+        return {"src": recipe.tokenizer.model, "tgt": recipe.tokenizer.model}
     if recipe.tokenizer.joint:
         joint = folder / "joint.model"
         return {"src": joint, "tgt": joint}
@@ -167,6 +173,9 @@ def train_tokenizers(recipe: Recipe) -> dict[str, Path]:
     cfg, seed = recipe.tokenizer, recipe.train.seed
     norm = recipe.preprocess.normalize
     paths = model_paths(recipe)
+    if cfg.model is not None:  # nothing to train: the recipe names its model
+        Tokenizers.load(recipe)  # which must exist and read
+        return paths
     trained_on = {"src": ("src", "tgt")} if cfg.joint else {"src": ("src",), "tgt": ("tgt",)}
     for model, sides in trained_on.items():
         lines = _sample_lines(train, sides, cfg.input_sentence_size, seed, norm)

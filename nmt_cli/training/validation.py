@@ -1,5 +1,6 @@
 """Validation during training: the dev set's loss and perplexity, and the BLEU of the model's
-translations of it, decoded as ``nmt translate`` would with the run's decode settings."""
+translations of it, decoded as ``nmt translate`` would with the run's decode settings (a
+language model has no BLEU: its dev perplexity chooses ``best.pt``)."""
 
 from __future__ import annotations
 
@@ -46,13 +47,15 @@ class DevSet:
         self.data = (ParallelData(data_dir(recipe), "dev", manifest["dtype"])
                      if self.enabled and "dev" in manifest["splits"] else None)
         self.src, self.ref = self._lines()
-        if self.enabled and not self.src:
+        translates = recipe.model.arch != "lm"  # a language model is chosen by its perplexity
+        has_lines = self.src if translates else self.data is not None and len(self.data)
+        if self.enabled and not has_lines:
             raise DataError("the dev set is empty; give it lines, or leave data.dev out to train "
                             "without validation", recipe.data.dev.sources()[0].files()[0])
 
     def _lines(self) -> tuple[list[str], list[str]]:
         dev = self.recipe.data.dev
-        if dev is None:
+        if dev is None or self.recipe.model.arch == "lm":
             return [], []
         pairs = list(read_split(dev))  # files or TSV, one corpus or several
         pairs = pairs[: self.recipe.train.valid_max_sentences or None]
