@@ -302,15 +302,28 @@ def test_sampling_on_several_workers_moves_to_one_worker_once(exported, nmt_mode
     assert sampled(nmt_model, one, 5) == first
 
 
-def test_the_server_opens_an_exported_model_as_one_worker_on_every_thread(exported):
-    """The server sends one batch a call, which CTranslate2 runs on one worker: so it gets one
-    worker of both threads, where translate (many batches a call) gets two of one thread."""
+def test_one_batch_is_spread_over_the_engine_workers(exported, monkeypatch):
+    """A server's batch of 8 sentences runs as two batches of 4 on the two CTranslate2 workers
+    (one batch runs on one worker), 3 sentences as one; the lines equal one worker's."""
+    import nmt_cli.decoding.ct2 as ct2_module
     from nmt_cli.decoding.engine import EngineSettings, open_engine
 
-    served = open_engine([exported.folder], EngineSettings("cpu", 2, 0, one_call_at_a_time=True))
-    batch = open_engine([exported.folder], EngineSettings("cpu", 2, 0))
-    assert (served.model.options["inter_threads"], served.model.options["intra_threads"]) == (1, 2)
-    assert (batch.model.options["inter_threads"], batch.model.options["intra_threads"]) == (2, 1)
+    lines = source_lines(11)
+    one = open_engine([exported.folder], EngineSettings("cpu", 2, 1))
+    want = [t.text for t in one.translate_lines(lines, one.defaults)]
+    sizes: list[int] = []
+    translate = ct2_module.translate_lines
+
+    def recording(model, lines, cfg, **kwargs):
+        sizes.append(cfg.batch_size)
+        return translate(model, lines, cfg, **kwargs)
+
+    monkeypatch.setattr(ct2_module, "translate_lines", recording)
+    two = open_engine([exported.folder], EngineSettings("cpu", 2, 0))
+    assert two.model.options["inter_threads"] == 2
+    assert [t.text for t in two.translate_lines(lines[:8], two.defaults)] == want[:8]
+    assert [t.text for t in two.translate_lines(lines[8:], two.defaults)] == want[8:]
+    assert sizes == [4, two.defaults.batch_size]
 
 
 def test_int8_export_still_translates(nmt_model, tmp_path):

@@ -36,9 +36,19 @@ class EngineSettings:
     threads: int = 0  # CPU threads in all (0: one per core this process may use)
     inter_threads: int = 0  # on the CPU, batches searched side by side; 0: one per thread
     decode: dict[str, Any] = field(default_factory=dict)  # decode.* keys over the recipe's
-    # the caller sends one call at a time (the server's batcher): an engine that cannot split a
-    # call over its workers (CTranslate2 runs each batch on one) keeps one worker on every thread
-    one_call_at_a_time: bool = False
+
+
+def spread(cfg: DecodeConfig, lines: int, workers: int) -> tuple[DecodeConfig, int]:
+    """A call that fits one batch (a server's batch, a short input) is split into one batch per
+    worker when each gets ``SPREAD_MIN`` sentences, so that every worker runs; else it stays one
+    batch on one worker (on the CPU one thread beats two at a few sentences, where the threads
+    wait on each other at every small product). Each sentence is searched as alone, so the
+    output is the same either way. Returns the workers to use."""
+    if workers > 1 and cfg.batch_type == "sentences" and lines <= cfg.batch_size:
+        if lines < SPREAD_MIN * workers:
+            return cfg, 1
+        cfg = replace(cfg, batch_size=-(-lines // workers))
+    return cfg, workers
 
 
 class Engine(Protocol):
@@ -91,7 +101,7 @@ class Ct2Engine:
 
     def __init__(self, folder: Path, settings: EngineSettings):
         self.model = ct2.load_exported(folder, settings.device, settings.threads,
-                                       1 if settings.one_call_at_a_time else settings.inter_threads)
+                                       settings.inter_threads)
         self.tok, self.recipe = self.model.tok, self.model.recipe
         self.defaults = with_overrides(self.recipe.decode, settings.decode, "decode")
         if self.defaults.lm is not None:
@@ -104,6 +114,7 @@ class Ct2Engine:
 
     def translate_lines(self, lines: list[str], cfg: DecodeConfig, *,
                         return_attention: bool = False, first_index: int = 0) -> list[Translation]:
+        cfg, _ = spread(cfg, len(lines), self.model.options.get("inter_threads", 1))
         return ct2.translate_lines(self.model, lines, cfg, normalize=self.recipe.preprocess.normalize,
                                    first_index=first_index)
 
@@ -131,11 +142,12 @@ class TorchEngine:
         self._device = pick_device(settings.device)
         self.device = str(self._device)
         self._threads_before = torch.get_num_threads()
-        self.workers, self._intra = 1, 0  # 0: torch's thread count is left alone
+        self.workers = 1
         if self._device.type == "cpu":  # batches side by side, as CTranslate2 runs them
-            self._intra, self.workers = ct2.thread_split(
-                "cpu", settings.threads or self._threads_before, settings.inter_threads)
-            self._set_threads(self._intra)
+            intra, self.workers = ct2.thread_split("cpu", settings.threads or self._threads_before,
+                                                   settings.inter_threads)
+            if intra != self._threads_before:
+                torch.set_num_threads(intra)
         elif settings.threads:
             torch.set_num_threads(settings.threads)
         try:
@@ -176,29 +188,13 @@ class TorchEngine:
 
         from nmt_cli.decoding.inference import translate_lines
 
-        workers = self.workers
-        if workers > 1 and cfg.batch_type == "sentences" and len(lines) <= cfg.batch_size:
-            # one batch's worth (a server's batch, a short input): spread it over the workers
-            # when each gets enough sentences, else one search on every thread; each sentence
-            # is searched as alone, so the output is the same either way
-            if len(lines) >= SPREAD_MIN * workers:
-                cfg = replace(cfg, batch_size=-(-len(lines) // workers))
-            else:
-                workers = 1
-        if self._intra:
-            self._set_threads(self._intra if workers > 1 else self._intra * self.workers)
+        cfg, workers = spread(cfg, len(lines), self.workers)
         with torch.inference_mode():
             return translate_lines(self._decoder(cfg), self.tok, lines, cfg,
                                    normalize=self.recipe.preprocess.normalize, device=self._device,
                                    return_attention=return_attention, first_index=first_index,
                                    workers=workers)
 
-    @staticmethod
-    def _set_threads(count: int) -> None:
-        import torch
-
-        if torch.get_num_threads() != count:
-            torch.set_num_threads(count)
 
     def score_references(self, lines: list[str], references: list[str],
                          cfg: DecodeConfig) -> list[float]:

@@ -62,11 +62,10 @@ class Service:
         try:
             from nmt_cli.decoding.engine import EngineSettings, open_engine
 
-            # the batcher is the one caller; on the CPU nmt's engine spreads a batch of enough
-            # sentences over one worker per thread, and runs a small one on every thread
+            # the batcher is the one caller; on the CPU the engine spreads a batch of enough
+            # sentences over its workers, one per thread, and runs a small one on one worker
             self.engine = open_engine(self.paths, EngineSettings(
-                self.device_name, self.settings.threads, 0, self.decode_overrides,
-                one_call_at_a_time=True))
+                self.device_name, self.settings.threads, 0, self.decode_overrides))
             self.defaults, self.precision = self.engine.defaults, self.engine.precision
             self._run(self.defaults, False, ["warm up"])
             self.info = self._model_info(self.engine.recipe, self.engine.versions)
