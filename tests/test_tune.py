@@ -9,6 +9,8 @@ import json
 import numpy as np
 import pytest
 
+from _decode_fixtures import SAMPLE, sample_checkpoint, sample_model, trained_checkpoint  # noqa: F401
+from _decode_fixtures import translate
 from conftest import assert_one_line_error, run_cli
 from nmt_cli.decoding.features import FeatureTable, chosen_lines, format_weights, write_table
 from nmt_cli.decoding.tune import DevSet, tune_weights
@@ -121,3 +123,34 @@ def test_tune_mistakes_are_one_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(features.read_text().replace('"index": 3', '"index": "x"', 1))
     assert_one_line_error(run_cli("tune", "--cached", bad, "-r", ref), f"{bad}:", "features row")
+
+
+def test_a_grid_of_decode_runs_scores_each_value_and_keeps_the_best(tmp_path, sample_model):
+    """Each value's score is that of translating the dev set with it; the best is printed."""
+    from sacrebleu.metrics import BLEU
+
+    from nmt_cli.decoding.tune import grid_file
+
+    src, ref = tmp_path / "dev.src", tmp_path / "dev.ref"
+    src.write_text("".join(open(SAMPLE / "dev.src").readlines()[:30]), encoding="utf-8")
+    ref.write_text("".join(open(SAMPLE / "dev.tgt").readlines()[:30]), encoding="utf-8")
+    lines, refs = src.read_text().splitlines(), ref.read_text().splitlines()
+    result = grid_file([trained_checkpoint("rnn")], src, [ref], "decode.max_len_a=0,0.5,1.5")
+    assert result.key == "max_len_a" and result.values == [0, 0.5, 1.5]
+    for value, score in zip(result.values, result.scores):
+        hyps = [t.text for t in translate(sample_model, lines, max_len_a=value)]
+        assert score == pytest.approx(BLEU().corpus_score(hyps, [refs]).score)
+    # 0.5 and 1.5 give the same lines here (the outputs are short): the first of equals is kept
+    assert result.scores[0] < result.scores[1] == result.scores[2] and result.best == 0.5
+    assert result.report().splitlines()[-1].startswith("--set decode.max_len_a=0.5 ")
+
+
+def test_a_grid_with_a_bad_key_or_value_is_one_line(tmp_path):
+    ref = tmp_path / "r"
+    ref.write_text("x\n")
+    for grid, needle in (("beam_sise=1,2", "did you mean 'decode.beam_size'"),
+                         ("length_penalty=0,-1", "decode.length_penalty: -1.0 is out of range"),
+                         ("length_penalty", "give a decode key and its values")):
+        assert_one_line_error(run_cli("tune", "-r", ref, "--grid", grid, "-m", "m.pt", "-i",
+                                      ref), needle)
+    assert_one_line_error(run_cli("tune", "-r", ref, "--grid", "beam_size=1"), "-m MODEL")

@@ -45,7 +45,7 @@ def main() -> None:
 
 
 # Commands that leave nothing to tidy once they return (files closed, threads joined).
-QUICK_EXIT_COMMANDS = frozenset({"translate", "eval"})
+QUICK_EXIT_COMMANDS = frozenset({"translate", "eval", "rerank", "tune"})
 
 
 def run() -> None:

@@ -21,7 +21,8 @@ REVERSE = typer.Option([], "--reverse", help="A model trained the other way (tar
                                              "checkpoints for an ensemble. Adds the reverse "
                                              "feature.")
 DEVICE = typer.Option(Device.auto, help="Where to run the models.")
-THREADS = typer.Option(0, "--threads", min=0, help="CPU threads for the models; 0: one per core.")
+THREADS = typer.Option(0, "--threads", min=0,
+                       help="CPU threads for the models; 0: one per core.")
 BATCH = typer.Option(None, "--batch-size", min=1, help="Sentences per batch when a model scores "
                                                        "(decode.batch_size of its recipe).")
 
@@ -76,8 +77,8 @@ def rerank(
         _inputs(nbest, source, cached, reverse)
         from nmt_cli.decoding.rerank import rerank_file
 
-        stats = rerank_file(nbest, source, output, weights=weights, reverse=reverse,
-                            features_out=features, features_in=cached,
+        stats = rerank_file(nbest, source, output, weights=weights,
+                            models={"reverse": reverse}, features_out=features, features_in=cached,
                             settings=_settings(device, threads, batch_size))
         if not quiet:
             print(stats.line(), file=sys.stderr)
@@ -105,6 +106,14 @@ def tune(
                                      help="Each weight is searched in [-W, W]."),
     output: Optional[Path] = typer.Option(None, "-o", "--output",
                                           help="Write the weights here (JSON) for --weights."),
+    grid: Optional[str] = typer.Option(
+        None, "--grid", metavar="KEY=V1,V2,...",
+        help="Instead: translate -i with -m once per value of a decode setting (e.g. "
+             "lm_weight=0,0.1,0.2 or length_penalty=0.6,1.0) and keep the best."),
+    model: List[Path] = typer.Option([], "-m", "--model", help="With --grid: the model(s), as "
+                                                               "in nmt translate."),
+    input: Optional[Path] = typer.Option(None, "-i", "--input", help="With --grid: the dev "
+                                                                     "source."),
     batch_size: Optional[int] = BATCH,
     device: Device = DEVICE,
     threads: int = THREADS,
@@ -112,10 +121,13 @@ def tune(
     """Find the reranking weights that maximise BLEU (or chrF) on a dev set.
 
     Prints the weights, the dev score with forward only and with them, and the --weights
-    argument for nmt rerank.
+    argument for nmt rerank. With --grid, the best value of a decode setting instead.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with user_errors():
+        if grid is not None or model or input is not None:
+            _grid(grid, model, input, reference, metric, _settings(device, threads, batch_size))
+            return
         _inputs(nbest, source, cached, reverse)
         from nmt_cli.decoding.features import format_weights
         from nmt_cli.decoding.tune import tune_file
@@ -123,7 +135,8 @@ def tune(
         names = None if tune_features is None else [
             n.strip() for n in tune_features.split(",") if n.strip()]
         result = tune_file(reference, features_in=cached, nbest=nbest, source=source,
-                           reverse=reverse, settings=_settings(device, threads, batch_size),
+                           models={"reverse": reverse},
+                           settings=_settings(device, threads, batch_size),
                            features_out=features, metric=metric.lower(), names=names, seed=seed,
                            restarts=restarts, max_weight=max_weight)
         if output is not None:
@@ -133,3 +146,14 @@ def tune(
 
             atomic_write_text(output, json.dumps(result.weights, indent=2) + "\n")
         print(result.report(format_weights))
+
+
+def _grid(grid: Optional[str], model: List[Path], input: Optional[Path], reference: List[Path],
+          metric: str, settings) -> None:
+    if grid is None or not model or input is None:
+        raise NmtError("a grid of decode runs needs --grid KEY=V1,V2,..., -m MODEL and -i SOURCE "
+                       "(with -r REF)")
+    from nmt_cli.decoding.tune import grid_file
+
+    print(grid_file(model, input, reference, grid, metric=metric.lower(),
+                    settings=settings).report())

@@ -6,7 +6,7 @@ number per pair: ``length`` counts the hypothesis' words, a model feature is a s
 log-probability divided by the source's length in words (Yee et al., 2019; within one source the
 divisor is a constant, across sources it keeps one weight meaning the same). ``forward`` is the
 n-best's own score. A new model plugs in as ``ModelScore(name, scorer)``, its scorer any callable
-``(sources, hypotheses) -> log-probabilities``, and a name in ``FEATURES``.
+``(sources, hypotheses) -> log-probabilities``, opened through ``MODEL_FEATURES``.
 """
 
 from __future__ import annotations
@@ -107,16 +107,40 @@ def compute_table(groups: list[list[NbestEntry]], sources: list[str],
     return FeatureTable(names, [[e.text for e in g] for g in groups], rows, seconds)
 
 
-def open_features(reverse: Sequence[Path], settings: EngineSettings) -> tuple[list[Feature],
-                                                                           list[Engine]]:
-    """The features a run computes besides ``forward``: the reverse model's when given, and
-    ``length``. (A language model's joins here: ``ModelScore("lm", scorer)``.)"""
-    engines: list[Engine] = []
+def open_reverse(paths: Sequence[Path], settings: EngineSettings) -> tuple[Feature, Engine]:
+    check_model_paths(paths)
+    engine = open_engine(list(paths), settings)
+    return reverse_score(engine), engine
+
+
+# The model features, in table order: name -> what opens its model(s) and gives the feature and
+# the engine to close. A language model's joins as "lm" (``ModelScore("lm", scorer)``).
+MODEL_FEATURES: dict[str, Callable[[Sequence[Path], EngineSettings], tuple[Feature, Any]]] = {
+    "reverse": open_reverse}
+MODEL_OPTIONS = {"reverse": "--reverse CKPT", "lm": "--lm CKPT"}  # how each is asked for
+
+
+def feature_names(models: dict[str, Sequence[Path]]) -> list[str]:
+    """The table's columns for a run given ``models`` (feature name -> model paths)."""
+    return ["forward"] + [n for n in MODEL_FEATURES if models.get(n)] + ["length"]
+
+
+def open_features(models: dict[str, Sequence[Path]], settings: EngineSettings
+                  ) -> tuple[list[Feature], list[Any]]:
+    """The features a run computes besides ``forward``, in ``feature_names`` order, and the
+    engines to close afterwards."""
+    engines: list[Any] = []
     features: list[Feature] = []
-    if reverse:
-        check_model_paths(reverse)
-        engines.append(open_engine(list(reverse), settings))
-        features.append(reverse_score(engines[-1]))
+    try:
+        for name, opener in MODEL_FEATURES.items():
+            if models.get(name):
+                feature, engine = opener(models[name], settings)
+                features.append(feature)
+                engines.append(engine)
+    except BaseException:
+        for engine in engines:
+            engine.close()
+        raise
     features.append(Length())
     return features, engines
 
@@ -126,17 +150,20 @@ def read_sources(path: Path) -> list[str]:
     return list(read_lines(path, errors="replace"))
 
 
-def table_from_nbest(nbest: Path, source: Path, reverse: Sequence[Path],
+def table_from_nbest(nbest: Path, source: Path, models: dict[str, Sequence[Path]],
                      settings: EngineSettings, weights: dict[str, float] | None = None,
                      keep: Path | None = None) -> FeatureTable:
     """Read the source and its n-best list, check the weights' names, open the models, compute;
     the table is written to ``keep`` when given."""
     sources = read_sources(source)
     groups = group_nbest(nbest, len(sources))
-    names = ["forward"] + (["reverse"] if reverse else []) + ["length"]
+    unknown = [n for n in models if n not in MODEL_FEATURES]
+    if unknown:
+        raise NmtError(f"no model feature {unknown[0]!r}; the model features are "
+                       f"{', '.join(MODEL_FEATURES)}")
     if weights is not None:
-        check_weight_names(weights, names)
-    features, engines = open_features(reverse, settings)
+        check_weight_names(weights, feature_names(models))
+    features, engines = open_features(models, settings)
     try:
         table = compute_table(groups, sources, features)
     finally:
@@ -144,7 +171,7 @@ def table_from_nbest(nbest: Path, source: Path, reverse: Sequence[Path],
             engine.close()
     if keep is not None:
         write_table(table, keep, {"nbest": str(nbest), "source": str(source),
-                                  "reverse": [str(p) for p in reverse]})
+                                  **{n: [str(p) for p in paths] for n, paths in models.items()}})
     return table
 
 
@@ -203,12 +230,12 @@ def _known(weights: dict[str, float], where: str) -> dict[str, float]:
 
 def check_weight_names(weights: dict[str, float], names: Sequence[str]) -> None:
     """Every weighted feature is computed by this run, or one error saying how to compute it."""
-    how = {"reverse": "give the reverse model with --reverse CKPT",
-           "lm": "give a language model"}
     for name, value in weights.items():
         if value != 0 and name not in names:
+            how = (f"give its model with {MODEL_OPTIONS[name]}" if name in MODEL_FEATURES
+                   else "drop it")
             raise NmtError(f"--weights gives {name} a weight, but this run does not compute it "
-                           f"(it computes {', '.join(names)}); {how.get(name, 'drop it')}")
+                           f"(it computes {', '.join(names)}); {how}")
 
 
 def format_weights(weights: dict[str, float]) -> str:

@@ -33,7 +33,8 @@ class RerankStats:
 
 
 def rerank_file(nbest: Path | None, source: Path | None, output: Path | None, *,
-                weights: str | None = None, reverse: Sequence[Path] = (),
+                weights: str | None = None,
+                models: dict[str, Sequence[Path]] | None = None,
                 features_out: Path | None = None, features_in: Path | None = None,
                 settings: EngineSettings | None = None) -> RerankStats:
     """Rerank ``nbest`` (rows of ``nmt translate --n-best K`` for ``source``), or the cached
@@ -45,7 +46,7 @@ def rerank_file(nbest: Path | None, source: Path | None, output: Path | None, *,
         check_weight_names(chosen_weights, table.names)
     else:
         assert nbest is not None and source is not None  # the CLI asks for both
-        table = table_from_nbest(nbest, source, reverse, settings or EngineSettings(),
+        table = table_from_nbest(nbest, source, models or {}, settings or EngineSettings(),
                                  chosen_weights, keep=features_out)
     best = choose(table, chosen_weights)
     write_lines(output, [texts[j] for texts, j in zip(table.hypotheses, best)])

@@ -1,5 +1,6 @@
 """``nmt tune``: the reranking weights that maximise a dev set's corpus BLEU (or chrF), found on
-cached features (``decoding.features``) without running a model again.
+cached features (``decoding.features``) without running a model again; or the best value of a
+decode setting (a fusion weight, a length penalty) on a grid of decode runs (``grid_file``).
 
 The search is Och's MERT line search inside coordinate ascent, from the forward-only weights and
 from ``restarts`` random points (``seed``): along one weight, each source line's choice changes
@@ -18,8 +19,10 @@ from typing import Sequence
 
 import numpy as np
 
-from nmt_cli.decoding.engine import EngineSettings
-from nmt_cli.decoding.features import FeatureTable, chosen_lines, read_table, table_from_nbest
+from nmt_cli.decoding.engine import EngineSettings, check_model_paths, open_engine
+from nmt_cli.decoding.features import (FeatureTable, chosen_lines, read_sources, read_table,
+                                       table_from_nbest)
+from nmt_cli.config import DecodeConfig, with_overrides
 from nmt_cli.errors import DataError, NmtError
 from nmt_cli.text.bitext import read_lines
 
@@ -201,7 +204,7 @@ def tune_weights(table: FeatureTable, references: Sequence[Sequence[str]], *,
 
 
 def printable(weights: dict[str, float]) -> dict[str, float]:
-    """``weights`` scaled so that ``forward`` is 1 (when it is positive), at 6 significant digits."""
+    """``weights`` scaled so that ``forward`` is 1 (when positive), at 6 significant digits."""
     scale = weights.get("forward", 0.0)
     if scale <= 0:
         scale = max(abs(v) for v in weights.values()) or 1.0
@@ -239,7 +242,8 @@ def read_references(paths: Sequence[Path], sources: int) -> list[list[str]]:
 
 def tune_file(references: Sequence[Path], *, features_in: Path | None = None,
               nbest: Path | None = None, source: Path | None = None,
-              reverse: Sequence[Path] = (), settings: EngineSettings | None = None,
+              models: dict[str, Sequence[Path]] | None = None,
+              settings: EngineSettings | None = None,
               features_out: Path | None = None, **options) -> TuneResult:
     """Tune on a features file, or on features computed here from an n-best list (and kept in
     ``features_out`` when given); ``options`` go to ``tune_weights``."""
@@ -247,6 +251,68 @@ def tune_file(references: Sequence[Path], *, features_in: Path | None = None,
         table = read_table(features_in)
     else:
         assert nbest is not None and source is not None  # the CLI asks for both
-        table = table_from_nbest(nbest, source, reverse, settings or EngineSettings(),
+        table = table_from_nbest(nbest, source, models or {}, settings or EngineSettings(),
                                  keep=features_out)
     return tune_weights(table, read_references(references, len(table)), **options)
+
+
+# --- a decode setting, by a grid of decode runs ------------------------------------------------
+
+@dataclass
+class GridResult:
+    metric: str
+    key: str  # a decode.* key, such as lm_weight or length_penalty
+    values: list
+    scores: list[float]
+    seconds: float
+
+    @property
+    def best(self):
+        """The value with the highest score; the first of the grid among equals."""
+        return self.values[max(range(len(self.values)), key=lambda i: (self.scores[i], -i))]
+
+    def report(self) -> str:
+        name = {"bleu": "BLEU", "chrf": "chrF"}[self.metric]
+        rows = [f"decode.{self.key}={v}: dev {name} {s:.2f}"
+                for v, s in zip(self.values, self.scores)]
+        return "\n".join(rows + [f"best: decode.{self.key}={self.best} ({len(self.values)} "
+                                 f"decode runs in {self.seconds:.1f} s)",
+                                 f"--set decode.{self.key}={self.best}   (recipe: decode: "
+                                 f"{{{self.key}: {self.best}}})"])
+
+
+def parse_grid(spec: str) -> tuple[str, list]:
+    """``KEY=V1,V2,...`` (``decode.`` optional) as the key and its values, each checked as the
+    recipe key ``decode.KEY`` would be."""
+    import yaml
+
+    key, eq, values = spec.partition("=")
+    key = key.strip().removeprefix("decode.")
+    found = [yaml.safe_load(v) for v in values.split(",") if v.strip()] if eq else []
+    if not key or not found:
+        raise NmtError(f"--grid {spec!r}: give a decode key and its values, e.g. --grid "
+                       "lm_weight=0,0.1,0.2")
+    for value in found:
+        with_overrides(DecodeConfig(beam_size=64), {key: value}, "decode")
+    return key, found
+
+
+def grid_file(models: Sequence[Path], source: Path, references: Sequence[Path], grid: str, *,
+              metric: str = "bleu", settings: EngineSettings | None = None) -> GridResult:
+    """Translate ``source`` once per value of ``grid`` (``KEY=V1,V2``) and score each run."""
+    start = time.time()
+    key, values = parse_grid(grid)
+    scorer = metric_for(metric)
+    lines = read_sources(source)
+    refs = read_references(references, len(lines))
+    check_model_paths(models)
+    engine = open_engine(list(models), settings or EngineSettings())
+    try:
+        scores = []
+        for value in values:
+            cfg = with_overrides(engine.defaults, {key: value}, "decode")
+            hyps = [t.text for t in engine.translate_lines(lines, cfg)]
+            scores.append(float(scorer.corpus_score(hyps, refs).score))
+    finally:
+        engine.close()
+    return GridResult(metric, key, values, scores, time.time() - start)
