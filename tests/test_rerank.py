@@ -145,3 +145,19 @@ def test_mistakes_are_one_line_and_write_nothing(made, tmp_path):
     assert_one_line_error(run_cli("rerank", "-n", nbest, "-s", src, "--weights", bad),
                           str(bad), "mapping of feature names to numbers")
     assert not out.exists()
+
+
+def test_a_model_feature_scores_in_chunks_and_keeps_the_pairs_order():
+    from nmt_cli.decoding.features import ModelScore
+
+    seen = []
+
+    def scorer(sources, hyps):
+        seen.append(len(hyps))
+        return [float(len(h)) for h in hyps]
+
+    sources = ["a b", "c", "d e f", "", "g h"]
+    hyps = ["xxxx", "x", "xxx", "xx", "xxxxx"]
+    got = ModelScore("reverse", scorer, chunk=2)(sources, hyps)
+    assert got == [4 / 2, 1 / 1, 3 / 3, 2 / 1, 5 / 2]  # per source word (at least 1)
+    assert seen == [2, 2, 1]

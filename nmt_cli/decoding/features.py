@@ -46,14 +46,23 @@ class Length:
 
 @dataclass
 class ModelScore:
-    """A model's log-probability of each pair (``scorer``), divided by the source's words."""
+    """A model's log-probability of each pair (``scorer``), divided by the source's words. The
+    scorer gets the pairs in chunks of ``chunk``, shortest first (memory stays bounded, and a
+    chunk's pairs have similar lengths); the results come back in the pairs' order."""
 
     name: str
     scorer: Callable[[list[str], list[str]], list[float]]
+    chunk: int = 1000
 
     def __call__(self, sources: list[str], hypotheses: list[str]) -> list[float]:
-        scores = self.scorer(sources, hypotheses)
-        return [s / max(1, len(src.split())) for s, src in zip(scores, sources)]
+        order = sorted(range(len(sources)), key=lambda i: (len(hypotheses[i]), len(sources[i])))
+        scores = [0.0] * len(sources)
+        for start in range(0, len(order), self.chunk):
+            part = order[start:start + self.chunk]
+            found = self.scorer([sources[i] for i in part], [hypotheses[i] for i in part])
+            for i, value in zip(part, found):
+                scores[i] = value / max(1, len(sources[i].split()))
+        return scores
 
 
 def reverse_score(engine: Engine) -> ModelScore:
