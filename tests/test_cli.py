@@ -12,7 +12,7 @@ import pytest
 from conftest import (CLI_ENV, SAMPLE, assert_one_line_error, run_cli, sample_lines,
                       tiny_recipe_text)
 
-COMMANDS = ("tokenizer", "preprocess", "train", "translate", "eval", "score")
+COMMANDS = ("tokenizer", "preprocess", "train", "translate", "eval", "score", "rerank", "tune")
 
 
 # -- help and imports ----------------------------------------------------------------------------

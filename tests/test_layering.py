@@ -95,6 +95,7 @@ RANKS = {
     "nmt_cli.text.bitext": 4,
     "nmt_cli.text.tokenizer": 5, "nmt_cli.scoring": 5, "nmt_cli.plot": 5,
     "nmt_cli.text.shards": 5, "nmt_cli.text.preprocess": 6, "nmt_cli.decoding.hypotheses": 6,
+    "nmt_cli.decoding.nbest": 6,
     # data and model
     "nmt_cli.model.dropout": 6.5,
     "nmt_cli.data": 7, "nmt_cli.model.attention": 7, "nmt_cli.model.encoder": 7,
@@ -116,15 +117,18 @@ RANKS = {
     "nmt_cli.decoding.ct2": 14.5, "nmt_cli.training.validation": 14.5,
     # the one door to both engines, below every caller
     "nmt_cli.decoding.engine": 14.7,
+    # reranking's features over the engine seam, shared by the rerank and tune commands
+    "nmt_cli.decoding.features": 14.8,
     # the two ends, which must not know each other
     "nmt_cli.training.trainer": 15, "nmt_cli.decoding.translate": 15,
-    "nmt_cli.decoding.score": 15,
+    "nmt_cli.decoding.score": 15, "nmt_cli.decoding.rerank": 15, "nmt_cli.decoding.tune": 15,
     # the server over decoding (and exporters beside it)
     "nmt_cli.serve.settings": 1,
     "nmt_cli.serve.batcher": 16, "nmt_cli.serve.page": 16, "nmt_cli.serve.protocol": 16,
     "nmt_cli.serve.app": 17, "nmt_cli.serve": 18,
     "nmt_cli.export.ct2": 16, "nmt_cli.export": 16,
     "nmt_cli.cli.app": 18.5, "nmt_cli.cli.train": 19, "nmt_cli.cli.decode": 19,
+    "nmt_cli.cli.rerank": 19,
     "nmt_cli.cli": 19.5,
     "nmt_cli.__main__": 20,
 }
@@ -238,12 +242,14 @@ def test_the_package_is_found():
 
 def test_only_the_cli_imports_typer():
     users = {name for name in MODULES if any(i.split(".")[0] == "typer" for i in imports(name))}
-    assert users == {"nmt_cli.cli", "nmt_cli.cli.app", "nmt_cli.cli.train", "nmt_cli.cli.decode"}
+    assert users == {"nmt_cli.cli", "nmt_cli.cli.app", "nmt_cli.cli.train", "nmt_cli.cli.decode",
+                     "nmt_cli.cli.rerank"}
 
 
 # The modules that implement a command. None of them imports another: what two commands share
 # lives below them (the engine seam, in decoding/), and the CLI package sits above them all.
 COMMANDS = {"translate": {"nmt_cli.decoding.translate"}, "score": {"nmt_cli.decoding.score"},
+            "rerank": {"nmt_cli.decoding.rerank"}, "tune": {"nmt_cli.decoding.tune"},
             "serve": {n for n in MODULES if n == "nmt_cli.serve" or n.startswith("nmt_cli.serve.")},
             "cli": {n for n in MODULES if n == "nmt_cli.cli" or n.startswith("nmt_cli.cli.")}}
 
@@ -282,13 +288,14 @@ def test_no_engine_branch_outside_the_engines():
     import the CTranslate2 engine, the checkpoint reader or nmt's own search directly."""
     engines = {"nmt_cli.decoding.ct2", "nmt_cli.decoding.inference", "nmt_cli.decoding.search",
                "nmt_cli.checkpoint", "nmt_cli.runtime"}
-    for name in COMMANDS["translate"] | COMMANDS["serve"]:
+    for name in COMMANDS["translate"] | COMMANDS["serve"] | COMMANDS["rerank"] | COMMANDS["tune"]:
         assert not internal_imports(name) & engines, (name, sorted(internal_imports(name)))
 
 
 @pytest.mark.parametrize("name", ["nmt_cli.config", "nmt_cli.errors", "nmt_cli.recipes",
                                   "nmt_cli.text.bitext", "nmt_cli.scoring", "nmt_cli.files",
-                                  "nmt_cli.decoding.hypotheses", "nmt_cli.decoding.ct2"])
+                                  "nmt_cli.decoding.hypotheses", "nmt_cli.decoding.ct2",
+                                  "nmt_cli.decoding.nbest"])
 def test_light_modules_never_import_torch(name):
     loaded = closure(name)
     assert "torch" not in loaded, sorted(loaded)
@@ -307,6 +314,14 @@ def test_translate_reaches_torch_only_for_a_checkpoint():
     assert not {"torch", "nmt_cli.checkpoint", "nmt_cli.decoding.inference",
                 "nmt_cli.decoding.search"} & loaded, sorted(loaded)
     assert "torch" in closure("nmt_cli.decoding.translate")  # a control: a checkpoint loads it
+
+
+@pytest.mark.parametrize("name", ["nmt_cli.decoding.rerank", "nmt_cli.decoding.tune"])
+def test_rerank_reaches_torch_only_for_a_checkpoint(name):
+    """Reranking cached features, or with an exported reverse model, runs without torch."""
+    loaded = closure(name, top_level_only=True)
+    assert not {"torch", "nmt_cli.checkpoint", "nmt_cli.decoding.inference"} & loaded, \
+        sorted(loaded)
 
 
 def test_model_does_not_depend_on_the_tokenizer_or_io():

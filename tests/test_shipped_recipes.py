@@ -55,7 +55,8 @@ def test_the_multi30k_recipes_are_found():
     assert {p.name for p in MULTI30K_RECIPES} == {
         "multi30k-de-en.yaml", "multi30k-en-de.yaml", "multi30k-de-en-cpu.yaml",
         "multi30k-de-en-transformer.yaml", "multi30k-de-en-transformer-cpu.yaml",
-        "multi30k-en-lm-rnn-cpu.yaml", "multi30k-en-lm-transformer-cpu.yaml"}
+        "multi30k-en-lm-rnn-cpu.yaml", "multi30k-en-lm-transformer-cpu.yaml",
+        "multi30k-en-de-transformer-cpu.yaml"}
 
 
 @pytest.mark.parametrize("path", MULTI30K_RECIPES, ids=[p.stem for p in MULTI30K_RECIPES])

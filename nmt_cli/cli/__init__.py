@@ -11,6 +11,7 @@ import typer
 # importing the command modules registers their commands on ``app``, in the pipeline's order
 import nmt_cli.cli.train  # noqa: F401, I001
 import nmt_cli.cli.decode  # noqa: F401, I001
+import nmt_cli.cli.rerank  # noqa: F401, I001
 from nmt_cli.cli.app import app
 from nmt_cli.cli.decode import DECODE_OPTIONS
 
@@ -44,7 +45,7 @@ def main() -> None:
 
 
 # Commands that leave nothing to tidy once they return (files closed, threads joined).
-QUICK_EXIT_COMMANDS = frozenset({"translate", "eval"})
+QUICK_EXIT_COMMANDS = frozenset({"translate", "eval", "rerank", "tune"})
 
 
 def run() -> None:
