@@ -12,7 +12,6 @@ sentence left to right from BOS and satisfy ``nmt_cli.model.contract.LanguageMod
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Optional
 
 import torch
@@ -25,7 +24,8 @@ from nmt_cli.model.decoder import DecoderState
 from nmt_cli.model.dropout import Dropout
 from nmt_cli.model.encoder import RNN_CELLS
 from nmt_cli.model.rnn import _cpu_autocast_on
-from nmt_cli.model.transformer import FeedForward, MultiHeadAttention, Sublayer, sinusoidal_table
+from nmt_cli.model.transformer import (FeedForward, MultiHeadAttention, PositionedEmbedding,
+                                       Sublayer)
 from nmt_cli.model.transformer_state import TransformerState, extend_cache
 
 
@@ -131,7 +131,7 @@ class LMLayer(nn.Module):
         return self.ff_block.residual(x, self.ff(self.ff_block.inputs(x))), (k, v)
 
 
-class TransformerLM(nn.Module):
+class TransformerLM(PositionedEmbedding):
     """A decoder-only Transformer: ``transformer.decoder_layers`` of ``LMLayer``."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
@@ -140,13 +140,7 @@ class TransformerLM(nn.Module):
         self.cfg, self.tcfg, self.vocab_size = cfg, tcfg, vocab_size
         d = tcfg.d_model
         self.embed = nn.Embedding(vocab_size, d, padding_idx=PAD_ID)
-        if tcfg.positions == "learned":
-            self.positions = nn.Embedding(tcfg.max_positions, d)
-        else:
-            self.register_buffer("sinusoids", sinusoidal_table(tcfg.max_positions, d),
-                                 persistent=False)
-        self.emb_scale = math.sqrt(d) if tcfg.scale_embeddings else 1.0
-        self.emb_dropout = Dropout(tcfg.dropout)
+        self._init_positions(tcfg)
         self.layers = nn.ModuleList(LMLayer(tcfg) for _ in range(tcfg.decoder_layers))
         self.norm = nn.LayerNorm(d) if tcfg.norm == "pre" else nn.Identity()
         self.output_layer = nn.Linear(d, vocab_size, bias=False)
@@ -168,14 +162,6 @@ class TransformerLM(nn.Module):
             elif param.dim() > 1:
                 nn.init.xavier_uniform_(param)
 
-    def _embed(self, tokens: Tensor, start: int = 0) -> Tensor:
-        """tokens (B, T) at positions start.. -> (B, T, D); past max_positions, the last one."""
-        index = torch.arange(start, start + tokens.size(1), device=tokens.device)
-        index = index.clamp(max=self.tcfg.max_positions - 1)
-        pos = self.positions(index) if self.tcfg.positions == "learned" else self.sinusoids[index]
-        weight = self.embed.weight
-        return self.emb_dropout(self.embed(tokens) * self.emb_scale + pos.to(weight.dtype))
-
     def start(self, batch_size: int) -> TransformerState:
         h = self.tcfg.heads
         empty = self.embed.weight.new_zeros(batch_size, h, 0, self.tcfg.d_model // h)
@@ -186,14 +172,14 @@ class TransformerLM(nn.Module):
                 tgt_in: Tensor) -> Tensor:
         """Teacher forcing: logits (B, T, V); padding follows the real tokens, so the causal
         mask alone keeps it out of every real position's view."""
-        x = self._embed(tgt_in)
+        x = self._embed(self.embed, tgt_in)
         for layer in self.layers:
             x, _ = layer(x)
         return self.output_layer(self.norm(x))
 
     def step(self, prev_tokens: Tensor, state: TransformerState
              ) -> tuple[Tensor, TransformerState]:
-        x = self._embed(prev_tokens.unsqueeze(1), state.position)  # (N, 1, D)
+        x = self._embed(self.embed, prev_tokens.unsqueeze(1), state.position)  # (N, 1, D)
         keys, values = [], []
         for i, layer in enumerate(self.layers):
             x, (k, v) = layer(x, (state.keys[i], state.values[i]), state.order)

@@ -182,7 +182,32 @@ class DecoderLayer(nn.Module):
         return self.ff_block.residual(x, self.ff(self.ff_block.inputs(x))), (k, v), weights
 
 
-class Transformer(nn.Module):
+class PositionedEmbedding(nn.Module):
+    """Scaled token embeddings plus positions (learned or sinusoidal), for the Transformer and
+    the Transformer LM. The layers sit on the model itself, so checkpoints keep their keys."""
+
+    tcfg: TransformerConfig
+
+    def _init_positions(self, tcfg: TransformerConfig) -> None:
+        d = tcfg.d_model
+        if tcfg.positions == "learned":
+            self.positions = nn.Embedding(tcfg.max_positions, d)
+        else:
+            self.register_buffer("sinusoids", sinusoidal_table(tcfg.max_positions, d),
+                                 persistent=False)
+        self.emb_scale = math.sqrt(d) if tcfg.scale_embeddings else 1.0
+        self.emb_dropout = Dropout(tcfg.dropout)
+
+    def _embed(self, table: nn.Embedding, tokens: Tensor, start: int = 0) -> Tensor:
+        """tokens (B, T) at positions start..start+T-1 -> (B, T, D). Positions past
+        ``max_positions`` reuse the last one."""
+        index = torch.arange(start, start + tokens.size(1), device=tokens.device)
+        index = index.clamp(max=self.tcfg.max_positions - 1)
+        pos = self.positions(index) if self.tcfg.positions == "learned" else self.sinusoids[index]
+        return self.emb_dropout(table(tokens) * self.emb_scale + pos.to(table.weight.dtype))
+
+
+class Transformer(PositionedEmbedding):
     def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
                  joint_vocab: bool = False):
         super().__init__()
@@ -198,13 +223,7 @@ class Transformer(nn.Module):
             self.tgt_embed = self.src_embed
         else:
             self.tgt_embed = nn.Embedding(tgt_vocab_size, d, padding_idx=PAD_ID)
-        if tcfg.positions == "learned":
-            self.positions = nn.Embedding(tcfg.max_positions, d)
-        else:
-            self.register_buffer("sinusoids", sinusoidal_table(tcfg.max_positions, d),
-                                 persistent=False)
-        self.emb_scale = math.sqrt(d) if tcfg.scale_embeddings else 1.0
-        self.emb_dropout = Dropout(tcfg.dropout)
+        self._init_positions(tcfg)
         self.encoder_layers = nn.ModuleList(EncoderLayer(tcfg) for _ in range(tcfg.encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(tcfg) for _ in range(tcfg.decoder_layers))
         pre = tcfg.norm == "pre"
@@ -230,14 +249,6 @@ class Transformer(nn.Module):
                 nn.init.zeros_(param)
             elif param.dim() > 1:
                 nn.init.xavier_uniform_(param)
-
-    def _embed(self, table: nn.Embedding, tokens: Tensor, start: int = 0) -> Tensor:
-        """tokens (B, T) at positions start..start+T-1 -> (B, T, D). Positions past
-        ``max_positions`` reuse the last one."""
-        index = torch.arange(start, start + tokens.size(1), device=tokens.device)
-        index = index.clamp(max=self.tcfg.max_positions - 1)
-        pos = self.positions(index) if self.tcfg.positions == "learned" else self.sinusoids[index]
-        return self.emb_dropout(table(tokens) * self.emb_scale + pos.to(table.weight.dtype))
 
     def encode_states(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """src (B, S) -> encoder output (B, S, D) and the key mask (B, 1, 1, S)."""
