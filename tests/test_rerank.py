@@ -100,6 +100,32 @@ def test_the_reverse_feature_is_the_reverse_models_forced_score(made, tmp_path):
     assert cached.read_text(encoding="utf-8").split("\n")[:-1] == out
 
 
+def test_the_lm_feature_is_the_language_models_score_of_each_hypothesis(made, tmp_path):
+    """The lm feature is nmt score's log-probability of each hypothesis, per source word; with
+    reverse it makes the table's columns in order, and its weight changes the choice."""
+    from _lm_fixtures import trained_lm
+
+    folder, src, nbest, lines = made
+    lm = trained_lm("rnn")
+    features = tmp_path / "f.jsonl"
+    out, proc = _rerank(made, "--lm", lm, "--reverse", trained_checkpoint("rnn"), "--features",
+                        features, "--weights", "forward=1,lm=0.5")
+    assert len(out) == len(lines) and "lm" in proc.stderr
+    table = read_table(features)
+    assert table.names == ["forward", "reverse", "lm", "length"]
+    pairs = [(lines[i], h) for i, hyps in enumerate(table.hypotheses) for h in hyps]
+    (tmp_path / "hyp").write_text("\n".join(h for _, h in pairs) + "\n", encoding="utf-8")
+    scored = run_cli("score", "-m", lm, "-i", tmp_path / "hyp")
+    assert scored.returncode == 0, scored.stderr
+    logprobs = [float(row.split("\t")[0]) for row in scored.stdout.splitlines()]
+    want = [v / max(1, len(s.split())) for v, (s, _) in zip(logprobs, pairs)]
+    assert [row[2] for rows in table.values for row in rows] == pytest.approx(want, abs=1e-3)
+    heavy, _ = _rerank(made, "--lm", lm, "--weights", "forward=0,lm=1")
+    by_lm = [hyps[max(range(len(rows)), key=lambda j: (rows[j][2], -j))]
+             for hyps, rows in zip(table.hypotheses, table.values)]
+    assert heavy == by_lm
+
+
 def test_an_exported_reverse_model_and_n_best_work_alike(made, tmp_path):
     from nmt_cli.export.ct2 import export_ctranslate2
 
@@ -130,6 +156,9 @@ def test_mistakes_are_one_line_and_write_nothing(made, tmp_path):
         (("--weights", "forward=x"), ("'forward=x' is not NAME=NUMBER",)),
         (("--weights", str(tmp_path / "none.yaml")), ("none.yaml", "not found")),
         (("--reverse", tmp_path / "missing.pt"), ("missing.pt", "checkpoint not found")),
+        (("--lm", tmp_path / "missing.pt"), ("missing.pt", "checkpoint not found")),
+        (("--lm", trained_checkpoint("rnn")), ("a translation model", "model.arch: lm")),
+        (("--weights", "forward=1,lm=1"), ("--weights gives lm a weight", "--lm CKPT")),
     ]
     for args, needles in cases:
         proc = run_cli("rerank", "-n", nbest, "-s", src, "-o", out, *args)

@@ -20,6 +20,9 @@ REVERSE = typer.Option([], "--reverse", help="A model trained the other way (tar
                                              "source): checkpoint or exported folder; repeat "
                                              "checkpoints for an ensemble. Adds the reverse "
                                              "feature.")
+LM = typer.Option(None, "--lm", help="A target-language model (a checkpoint trained with "
+                                     "model.arch: lm). Adds the lm feature; with --grid, the "
+                                     "fusion LM (decode.lm).")
 DEVICE = typer.Option(Device.auto, help="Where to run the models.")
 THREADS = typer.Option(0, "--threads", min=0,
                        help="CPU threads for the models; 0: one per core.")
@@ -28,14 +31,16 @@ BATCH = typer.Option(None, "--batch-size", min=1, help="Sentences per batch when
 
 
 def _inputs(nbest: Optional[Path], source: Optional[Path], cached: Optional[Path],
-            reverse: List[Path]) -> None:
+            reverse: List[Path], lm: Optional[Path]) -> dict[str, List[Path]]:
+    """The model features' paths, once the inputs are checked."""
     if cached is not None:
-        if nbest is not None or source is not None or reverse:
+        if nbest is not None or source is not None or reverse or lm is not None:
             raise NmtError("--cached holds the features already; give it alone, or -n/-s "
-                           "(and --reverse) to compute them")
+                           "(and --reverse, --lm) to compute them")
     elif nbest is None or source is None:
         raise NmtError("give the n-best list with -n NBEST and its source with -s SOURCE (or "
                        "cached features with --cached FILE)")
+    return {"reverse": reverse, "lm": [] if lm is None else [lm]}
 
 
 def _settings(device: Device, threads: int, batch_size: Optional[int]):
@@ -56,6 +61,7 @@ def rerank(
                                 "(nmt tune -o writes one). Default forward=1: the n-best's "
                                 "first rows."),
     reverse: List[Path] = REVERSE,
+    lm: Optional[Path] = LM,
     features: Optional[Path] = typer.Option(None, "--features",
                                             help="Also write the features here (JSON lines) "
                                                  "for nmt tune."),
@@ -70,15 +76,16 @@ def rerank(
     """Choose each source line's best hypothesis of an n-best list by weighted features.
 
     N source lines in, N lines out, in order. Features: forward (the n-best's score), reverse
-    (log p(source | hypothesis) by --reverse, per source word) and length (words).
+    (log p(source | hypothesis) by --reverse), lm (log p(hypothesis) by --lm), both per source
+    word, and length (words).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in translate
     with user_errors():
-        _inputs(nbest, source, cached, reverse)
+        models = _inputs(nbest, source, cached, reverse, lm)
         from nmt_cli.decoding.rerank import rerank_file
 
         stats = rerank_file(nbest, source, output, weights=weights,
-                            models={"reverse": reverse}, features_out=features, features_in=cached,
+                            models=models, features_out=features, features_in=cached,
                             settings=_settings(device, threads, batch_size))
         if not quiet:
             print(stats.line(), file=sys.stderr)
@@ -93,6 +100,7 @@ def tune(
     nbest: Optional[Path] = NBEST,
     source: Optional[Path] = SOURCE,
     reverse: List[Path] = REVERSE,
+    lm: Optional[Path] = LM,
     features: Optional[Path] = typer.Option(None, "--features", help="Keep the features computed "
                                                                      "here (JSON lines)."),
     metric: str = typer.Option("bleu", "--metric", help="bleu or chrf (sacreBLEU, corpus)."),
@@ -126,16 +134,19 @@ def tune(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with user_errors():
         if grid is not None or model or input is not None:
-            _grid(grid, model, input, reference, metric, _settings(device, threads, batch_size))
+            settings = _settings(device, threads, batch_size)
+            if lm is not None:  # the fusion LM of a grid over lm_weight (decode.lm)
+                settings.decode["lm"] = str(lm)
+            _grid(grid, model, input, reference, metric, settings)
             return
-        _inputs(nbest, source, cached, reverse)
+        models = _inputs(nbest, source, cached, reverse, lm)
         from nmt_cli.decoding.features import format_weights
         from nmt_cli.decoding.tune import tune_file
 
         names = None if tune_features is None else [
             n.strip() for n in tune_features.split(",") if n.strip()]
         result = tune_file(reference, features_in=cached, nbest=nbest, source=source,
-                           models={"reverse": reverse},
+                           models=models,
                            settings=_settings(device, threads, batch_size),
                            features_out=features, metric=metric.lower(), names=names, seed=seed,
                            restarts=restarts, max_weight=max_weight)

@@ -122,10 +122,42 @@ def open_reverse(paths: Sequence[Path], settings: EngineSettings) -> tuple[Featu
     return reverse_score(engine), engine
 
 
+class _Nothing:
+    """What ``open_lm_feature`` hands back to close: the LM holds no engine."""
+
+    def close(self) -> None:
+        pass
+
+
+def open_lm_feature(paths: Sequence[Path], settings: EngineSettings) -> tuple[Feature, Any]:
+    """log p_LM(hypothesis): a target-language model (``model.arch: lm``) scores each hypothesis
+    on its own, with the LM's tokenizer (any tokenizer: reranking works on text)."""
+    if len(paths) != 1:
+        raise NmtError(f"--lm takes one language model, not {len(paths)}; give --lm once")
+    check_model_paths(paths)
+    import torch
+
+    from nmt_cli.decoding.lm import lm_line_scores, open_lm
+    from nmt_cli.runtime import pick_device
+
+    device = pick_device(settings.device)
+    if settings.threads > 0 and device.type == "cpu":
+        torch.set_num_threads(settings.threads)
+    model, tok, recipe = open_lm(Path(paths[0]), device)
+    batch = int(settings.decode.get("batch_size", 64))  # sentences
+
+    def scorer(sources: list[str], hypotheses: list[str]) -> list[float]:
+        found = lm_line_scores(model, tok, hypotheses, normalize=recipe.preprocess.normalize,
+                               batch_size=batch, device=device)
+        return [logprob for logprob, _ in found]
+
+    return ModelScore("lm", scorer), _Nothing()
+
+
 # The model features, in table order: name -> what opens its model(s) and gives the feature and
-# the engine to close. A language model's joins as "lm" (``ModelScore("lm", scorer)``).
+# the engine to close.
 MODEL_FEATURES: dict[str, Callable[[Sequence[Path], EngineSettings], tuple[Feature, Any]]] = {
-    "reverse": open_reverse}
+    "reverse": open_reverse, "lm": open_lm_feature}
 MODEL_OPTIONS = {"reverse": "--reverse CKPT", "lm": "--lm CKPT"}  # how each is asked for
 
 
