@@ -110,7 +110,8 @@ RANKS = {
     "nmt_cli.decoding.alignment": 12,
     "nmt_cli.training.optim": 12, "nmt_cli.training.runs": 12, "nmt_cli.training.average": 12,
     "nmt_cli.training.update": 12,
-    "nmt_cli.decoding.search": 13,
+    "nmt_cli.decoding.search": 13, "nmt_cli.decoding.constraints": 6.5,
+    "nmt_cli.decoding.constrained": 13.5,
     "nmt_cli.decoding.inference": 14,
     # the CTranslate2 engine: inference's clean-up and results, below translate and serve; and
     # the trainer's validation, which decodes through inference

@@ -77,6 +77,17 @@ def translate(
     lm_weight: Optional[float] = typer.Option(None, "--lm-weight",
                                               help="Weight of log p_LM added to each step's "
                                                    "scores (with --lm); 0 changes nothing."),
+    constraints: Optional[Path] = typer.Option(
+        None, "--constraints", help="Terminology: one line per input line of tab-separated "
+                                    "target phrases that its translation must contain (empty "
+                                    "for none)."),
+    glossary: Optional[Path] = typer.Option(
+        None, "--glossary", help="TSV of source term<TAB>target term: the target term must "
+                                 "appear in the translation of every line whose source holds "
+                                 "the source term as whole words."),
+    glossary_ignore_case: bool = typer.Option(False, "--glossary-ignore-case",
+                                              help="Match the glossary's source terms in any "
+                                                   "case."),
     score_reference: Optional[Path] = typer.Option(
         None, "--score-reference", help="Print log P(reference line | input line) per line "
                                         "instead of translating."),
@@ -118,7 +129,9 @@ def translate(
 
         options = TranslateOptions(tsv=n_best is not None, score_reference=score_reference,
                                    alignments=alignments, plot_attention=plot_attention,
-                                   threads=threads, inter_threads=inter_threads)
+                                   threads=threads, inter_threads=inter_threads,
+                                   constraints=constraints, glossary=glossary,
+                                   glossary_ignore_case=glossary_ignore_case)
         stats = translate_file(model, input, output, device=device.value, options=options,
                                **decode)
         for line in stats.warnings:

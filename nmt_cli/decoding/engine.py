@@ -64,9 +64,12 @@ class Engine(Protocol):
     versions: dict[str, str]  # of nmt and the libraries the engine runs on
     can_align: bool  # attention (alignments, plots) is available
 
+    can_constrain: bool  # terminology constraints are available
+
     def translate_lines(self, lines: list[str], cfg: DecodeConfig, *,
-                        return_attention: bool = False,
-                        first_index: int = 0) -> list[Translation]: ...
+                        return_attention: bool = False, first_index: int = 0,
+                        constraints: Sequence[Sequence[str]] | None = None
+                        ) -> list[Translation]: ...
 
     def score_references(self, lines: list[str], references: list[str],
                          cfg: DecodeConfig) -> list[float]: ...
@@ -98,6 +101,9 @@ class Ct2Engine:
     """An exported model on CTranslate2; it computes in the type it was exported with."""
 
     can_align = False
+    can_constrain = False
+    REFUSE_CONSTRAINTS = ("an exported CTranslate2 model cannot decode with terminology "
+                          "constraints (--constraints, --glossary); give the .pt checkpoint")
 
     def __init__(self, folder: Path, settings: EngineSettings):
         self.model = ct2.load_exported(folder, settings.device, settings.threads,
@@ -113,7 +119,10 @@ class Ct2Engine:
         self.versions = _versions(ctranslate2=ct2.require_ctranslate2().__version__)
 
     def translate_lines(self, lines: list[str], cfg: DecodeConfig, *,
-                        return_attention: bool = False, first_index: int = 0) -> list[Translation]:
+                        return_attention: bool = False, first_index: int = 0,
+                        constraints: Sequence[Sequence[str]] | None = None) -> list[Translation]:
+        if constraints is not None and any(constraints):
+            raise NmtError(self.REFUSE_CONSTRAINTS)
         cfg, _ = spread(cfg, len(lines), self.model.options.get("inter_threads", 1))
         return ct2.translate_lines(self.model, lines, cfg, normalize=self.recipe.preprocess.normalize,
                                    first_index=first_index)
@@ -132,6 +141,7 @@ class TorchEngine:
     """One checkpoint, or an ensemble of several sharing one tokenizer, on nmt's own search."""
 
     can_align = True
+    can_constrain = True
 
     def __init__(self, paths: list[Path], settings: EngineSettings):
         import torch
@@ -183,7 +193,8 @@ class TorchEngine:
         return ShallowFusion(self.model, self.lm, cfg.lm_weight)
 
     def translate_lines(self, lines: list[str], cfg: DecodeConfig, *,
-                        return_attention: bool = False, first_index: int = 0) -> list[Translation]:
+                        return_attention: bool = False, first_index: int = 0,
+                        constraints: Sequence[Sequence[str]] | None = None) -> list[Translation]:
         import torch
 
         from nmt_cli.decoding.inference import translate_lines
@@ -193,8 +204,7 @@ class TorchEngine:
             return translate_lines(self._decoder(cfg), self.tok, lines, cfg,
                                    normalize=self.recipe.preprocess.normalize, device=self._device,
                                    return_attention=return_attention, first_index=first_index,
-                                   workers=workers)
-
+                                   workers=workers, constraints=constraints)
 
     def score_references(self, lines: list[str], references: list[str],
                          cfg: DecodeConfig) -> list[float]:

@@ -28,6 +28,7 @@ class Translation:
     truncated: bool = False  # the source was cut to max_src_len subwords
     texts: list[str] | None = None  # every hypothesis detokenized, best first (n-best)
     source: str = ""  # the input line as cleaned and given to the tokenizer
+    warning: str | None = None  # why the line's constraints were not used, if they were not
 
 
 def clean_lines(lines: list[str], normalize: NormalizeConfig) -> list[str]:

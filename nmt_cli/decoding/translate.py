@@ -33,6 +33,7 @@ class TranslateStats:
     truncated: int = 0  # inputs cut to max_src_len subwords
     precision: str = "fp32"  # decode.precision as resolved for this run
     warnings: list[str] = field(default_factory=list)  # one line each, for stderr
+    constraint_problems: int = 0  # lines translated without their constraints
 
     def line(self) -> str:
         s = max(self.seconds, 1e-9)
@@ -52,6 +53,17 @@ class TranslateOptions:
     chunk_lines: int = 1000
     threads: int = 0  # CPU threads in all (0: one per core this process may use)
     inter_threads: int = 0  # on the CPU, batches searched side by side; 0: one per thread
+    constraints: Path | None = None  # one line of tab-separated target phrases per input line
+    glossary: Path | None = None  # source term<TAB>target term lines
+    glossary_ignore_case: bool = False
+
+    @property
+    def constrained(self) -> bool:
+        return self.constraints is not None or self.glossary is not None
+
+
+# Lines whose constraints could not be used that are named on stderr, one line each
+SHOWN_CONSTRAINT_PROBLEMS = 20
 
 
 class Utf8Lines:
@@ -188,9 +200,16 @@ def _check_options(engine: Engine, opts: TranslateOptions, cfg: DecodeConfig) ->
                 raise NmtError(f"{flag} does not work on an exported CTranslate2 model (use the "
                                ".pt checkpoint)")
     if opts.score_reference is not None and (opts.tsv or cfg.n_best > 1 or opts.alignments
-                                             or opts.plot_attention):
+                                             or opts.plot_attention or opts.constrained):
         raise NmtError("--score-reference prints one score per line; it cannot be combined with "
-                       "--n-best, --alignments or --plot-attention")
+                       "--n-best, --alignments, --plot-attention, --constraints or --glossary")
+    if opts.constrained:
+        flag = "--constraints" if opts.constraints is not None else "--glossary"
+        if not engine.can_constrain:
+            raise NmtError(f"{flag}: {engine.REFUSE_CONSTRAINTS}")  # type: ignore[attr-defined]
+        if cfg.sample:
+            raise NmtError(f"{flag} needs beam search; it cannot be combined with --sample "
+                           "(decode.sample)")
 
 
 def _run(engine: Engine, cfg: DecodeConfig, input_path: Path | None, output_path: Path | None,
@@ -205,6 +224,8 @@ def _run(engine: Engine, cfg: DecodeConfig, input_path: Path | None, output_path
         if opts.alignments is not None:
             outputs.append(_Output(opts.alignments))
         chunks = read_chunks(in_stream, source, opts.chunk_lines)
+        if opts.constrained:
+            chunks = _with_constraints(chunks, opts, input_path)
         if opts.score_reference is not None:
             refs = read_lines(opts.score_reference, reference)
             _score_stream(engine, cfg, chunks, refs, opts.score_reference, outputs[0].fh, stats)
@@ -217,7 +238,11 @@ def _run(engine: Engine, cfg: DecodeConfig, input_path: Path | None, output_path
             in_stream.close()
         for o in outputs:
             o.discard()
-    stats.warnings = [w for w in (source.warning(), reference.warning()) if w]
+    stats.warnings += [w for w in (source.warning(), reference.warning()) if w]
+    hidden = stats.constraint_problems - SHOWN_CONSTRAINT_PROBLEMS
+    if hidden > 0:
+        stats.warnings.append(f"error: {hidden} more input line(s) were translated without "
+                              "their constraints")
 
 
 def _translate_stream(engine: Engine, cfg: DecodeConfig, chunks: Iterator[list[str]],
@@ -227,9 +252,14 @@ def _translate_stream(engine: Engine, cfg: DecodeConfig, chunks: Iterator[list[s
     tsv = opts.tsv or cfg.n_best > 1
     want_attention = align_out is not None or opts.plot_attention is not None
     for chunk in chunks:
+        constraints = None
+        if isinstance(chunk, ConstrainedChunk):
+            chunk, constraints = chunk.lines, chunk.constraints
         found = engine.translate_lines(chunk, cfg, return_attention=want_attention,
-                                       first_index=stats.sentences)
+                                       first_index=stats.sentences, constraints=constraints)
         for t in found:
+            if t.warning is not None:
+                _constraint_problem(stats, t.warning)
             _write_translation(t, stats.sentences, out, tsv)
             if want_attention:
                 _write_attention(t, stats.sentences, engine.tok, align_out, opts.plot_attention)
@@ -283,3 +313,46 @@ def _score_stream(engine: Engine, cfg: DecodeConfig, chunks: Iterator[list[str]]
     if next(refs, None) is not None:
         raise DataError(f"the reference has more lines than the input ({stats.sentences}); give "
                         "one reference line per input line", reference)
+
+
+@dataclass
+class ConstrainedChunk:
+    lines: list[str]
+    constraints: list[list[str]]  # each line's target phrases
+
+
+def _with_constraints(chunks: Iterator[list[str]], opts: TranslateOptions,
+                      input_path: Path | None) -> Iterator[ConstrainedChunk]:
+    """The input's chunks with each line's phrases: from the constraint file, which must have as
+    many lines as the input (the whole input is read to check it before anything is written),
+    then the glossary's target terms for the line's source terms."""
+    from nmt_cli.decoding.constraints import Glossary, merge, read_constraint_file
+
+    glossary = None if opts.glossary is None else Glossary.read(opts.glossary,
+                                                                opts.glossary_ignore_case)
+    given: list[list[str]] | None = None
+    if opts.constraints is not None:
+        given = read_constraint_file(opts.constraints)
+        lines = [line for chunk in chunks for line in chunk]
+        if len(given) != len(lines):
+            raise DataError(f"the constraint file has {len(given)} line(s) but the input "
+                            f"({input_path or '<stdin>'}) has {len(lines)}; give one line of "
+                            "tab-separated phrases per input line, empty for none",
+                            opts.constraints)
+        chunks = iter([lines[i:i + opts.chunk_lines]
+                       for i in range(0, len(lines), opts.chunk_lines)])
+    done = 0
+    for chunk in chunks:
+        phrases = [list(given[done + i]) if given is not None else [] for i in range(len(chunk))]
+        if glossary is not None:
+            phrases = [merge(p, glossary.match(line)) for p, line in zip(phrases, chunk)]
+        yield ConstrainedChunk(chunk, phrases)
+        done += len(chunk)
+
+
+def _constraint_problem(stats: TranslateStats, warning: str) -> None:
+    """One stderr line for a line whose constraints were not used (the first few of them)."""
+    stats.constraint_problems += 1
+    if stats.constraint_problems <= SHOWN_CONSTRAINT_PROBLEMS:
+        stats.warnings.append(f"error: constraints of input line {stats.sentences + 1}: "
+                              f"{warning}")

@@ -80,14 +80,19 @@ class Service:
         self.log(f"ready: {self.info['name']} ({self.info['parameters']:,} parameters) loaded in "
                  f"{time.perf_counter() - start:.1f} s, {self.precision}", always=True)
 
-    def _run(self, cfg: DecodeConfig, attention: bool, lines: list[str], first: int = 0):
+    def _run(self, cfg: DecodeConfig, attention: bool, lines: list[str], first: int = 0,
+             constraints: list | None = None):
         return self.engine.translate_lines(lines, cfg, return_attention=attention,
-                                           first_index=first)
+                                           first_index=first, constraints=constraints)
 
-    def _translate(self, key: tuple, lines: list[str], first: int):
+    def _translate(self, key: tuple, lines: list, first: int):
+        """One group's lines: texts, or (text, phrases) pairs of constrained requests."""
         cfg, attention, alone = key
-        faults.point("serve-batch", lines=lines)
-        return self._run(cfg, attention, lines, first if alone is not None else 0)
+        texts = [line if isinstance(line, str) else line[0] for line in lines]
+        phrases = [[] if isinstance(line, str) else list(line[1]) for line in lines]
+        faults.point("serve-batch", lines=texts)
+        return self._run(cfg, attention, texts, first if alone is not None else 0,
+                         phrases if any(phrases) else None)
 
     def _log_batch(self, report: BatchReport) -> None:
         failed = f", {report.failed} failed" if report.failed else ""
@@ -131,12 +136,16 @@ class Service:
         if opts.return_alignments and not self.engine.can_align:
             raise ApiError(400, "return_alignments", "not available on an exported CTranslate2 "
                                                      "model; serve the .pt checkpoint for it")
+        if req.constraints is not None and not self.engine.can_constrain:
+            raise ApiError(422, "constraints", "this server runs an exported CTranslate2 model, "
+                                               "which cannot decode with constraints; serve the "
+                                               ".pt checkpoint for them")
         # Sampling seeds follow the line number within the request, as in `nmt translate`, so a
         # sampled request gets a search of its own; every other request shares one per setting.
         alone = next(self._unique) if req.decode.sample else None
         key = (req.decode, opts.return_alignments, alone)
         try:
-            future = self.batcher.submit(req.texts, key, req.work)
+            future = self.batcher.submit(req.lines(), key, req.work)
         except QueueFull as exc:
             raise ApiError(503, "server", str(exc), {"Retry-After": str(exc.retry_after)}) \
                 from None

@@ -20,6 +20,7 @@ SERVER_ONLY = {"batch_size": "--max-batch-sentences", "batch_type": "--max-batch
                "max_src_len": "--set decode.max_src_len",
                "precision": "--set decode.precision; the model is cast once, when it loads"}
 TEXT_KEYS = ("text", "texts")
+CONSTRAINTS = "constraints"  # target phrases: one list for every text, or a list per text
 
 
 class ApiError(Exception):
@@ -37,12 +38,22 @@ class TranslateRequest:
     decode: DecodeConfig
     options: RequestOptions
     work: list[int]  # what each text may cost: beam (or samples) x output-length cap
+    constraints: list[list[str]] | None = None  # each text's target phrases
+
+    def lines(self) -> list:
+        """What the batcher carries: each text, or (text, phrases) for a constrained request."""
+        if self.constraints is None:
+            return list(self.texts)
+        return [(text, tuple(c)) for text, c in zip(self.texts, self.constraints)]
 
 
-def line_work(text: str, decode: DecodeConfig) -> int:
+def line_work(text: str, decode: DecodeConfig, phrases: int = 0) -> int:
     """An upper bound on a text's search: rows times the longest output its length allows (a
-    subword holds at least one byte, so the source has at most its bytes plus one)."""
+    subword holds at least one byte, so the source has at most its bytes plus one). A text with
+    constraints is searched with a wider beam (``constrained_beam``)."""
     rows = decode.n_best if decode.sample else decode.beam_size
+    if phrases:
+        rows = max(rows, phrases + 1)
     source = min(decode.max_src_len, len(text.encode("utf-8")) + 1)
     return rows * max(1, int(decode.max_len_a * source) + decode.max_len_b)
 
@@ -50,7 +61,8 @@ def line_work(text: str, decode: DecodeConfig) -> int:
 def request_settings() -> list[str]:
     """Every key a request body may hold."""
     decode = [f.name for f in dataclasses.fields(DecodeConfig) if f.name not in SERVER_ONLY]
-    return [*TEXT_KEYS, *(f.name for f in dataclasses.fields(RequestOptions)), *decode]
+    return [*TEXT_KEYS, CONSTRAINTS, *(f.name for f in dataclasses.fields(RequestOptions)),
+            *decode]
 
 
 def body_limit(limits: ServeConfig) -> int:
@@ -105,7 +117,7 @@ def parse_request(raw: dict[str, Any], defaults: DecodeConfig,
     options_raw, decode_raw = {}, {}
     option_names = {f.name for f in dataclasses.fields(RequestOptions)}
     for name, value in raw.items():
-        if name in TEXT_KEYS:
+        if name in TEXT_KEYS or name == CONSTRAINTS:
             continue
         if name in SERVER_ONLY:
             raise ApiError(422, name, f"is set by the server, not per request "
@@ -123,13 +135,72 @@ def parse_request(raw: dict[str, Any], defaults: DecodeConfig,
         raise ApiError(422, key.removeprefix("decode."),
                        str(exc).removeprefix(f"{key}: ")) from None
     _check_work(decode, options, decode_raw, limits)
-    work = [line_work(text, decode) for text in texts]
+    constraints = _constraints(raw, len(texts), decode, limits) if CONSTRAINTS in raw else None
+    work = [line_work(text, decode, len(constraints[i]) if constraints else 0)
+            for i, text in enumerate(texts)]
     if sum(work) > limits.max_work:
         raise ApiError(422, "texts", f"this request may cost {sum(work):,} units of work (per "
                                      "text, beam or samples x its output-length cap); this "
                                      f"server takes {limits.max_work:,} at most (--max-work): "
                                      "send fewer or shorter texts, or a smaller beam")
-    return TranslateRequest(texts, decode, options, work)
+    return TranslateRequest(texts, decode, options, work, constraints)
+
+
+def _constraints(raw: dict[str, Any], texts: int, decode: DecodeConfig,
+                 limits: ServeConfig) -> list[list[str]] | None:
+    """``constraints``: a list of target phrases for every text, or one such list per text
+    (``texts``); None when no text has any."""
+    from nmt_cli.decoding.constraints import MAX_PHRASES
+
+    value = raw[CONSTRAINTS]
+    shape = ('a list of target phrases (strings) for every text, or one such list per text, '
+             'such as ["Haus"] or [["Haus"], []]')
+    if not isinstance(value, list):
+        raise ApiError(422, CONSTRAINTS, f"expected {shape}; got {_short(value)}")
+    if value and all(isinstance(v, list) for v in value):
+        if len(value) != texts:
+            raise ApiError(422, CONSTRAINTS, f"{len(value)} lists of phrases for {texts} "
+                                             "text(s); give one list per text, or one list of "
+                                             "strings for every text")
+        per_text, names = value, [f"{CONSTRAINTS}[{i}]" for i in range(texts)]
+    elif all(isinstance(v, str) for v in value):
+        per_text, names = [value] * texts, [CONSTRAINTS] * texts
+    else:
+        raise ApiError(422, CONSTRAINTS, f"expected {shape}; do not mix strings and lists")
+    out = []
+    for phrases, name in zip(per_text, names):
+        for j, phrase in enumerate(phrases):
+            where = f"{name}[{j}]"
+            if not isinstance(phrase, str):
+                raise ApiError(422, where, f"expected a string, got {_short(phrase)}")
+            if not phrase.strip():
+                raise ApiError(422, where, "is empty; a constraint is a phrase the translation "
+                                           "must contain")
+            if "\t" in phrase or "\n" in phrase or "\r" in phrase:
+                raise ApiError(422, where, "holds a tab or a line break; give each phrase as its "
+                                           "own string")
+            if len(phrase) > limits.max_chars:
+                raise ApiError(413, where, f"{len(phrase)} characters; this server takes at most "
+                                           f"{limits.max_chars} (--max-chars)")
+            try:
+                phrase.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ApiError(422, where, f"holds an unpaired surrogate at character "
+                                           f"{exc.start}; send valid Unicode") from None
+        if len(phrases) > MAX_PHRASES:
+            raise ApiError(422, name, f"{len(phrases)} phrases; a text may have at most "
+                                      f"{MAX_PHRASES}")
+        if phrases and len(phrases) + 1 > limits.max_beam_size:
+            raise ApiError(422, name, f"{len(phrases)} phrases need a beam of {len(phrases) + 1} "
+                                      "(one row per phrase and one more); this server's limit "
+                                      f"is {limits.max_beam_size} (--max-beam-size)")
+        out.append([" ".join(p.split()) for p in phrases])
+    if not any(out):
+        return None
+    if decode.sample:
+        raise ApiError(422, CONSTRAINTS, "constraints need beam search; they cannot be combined "
+                                         "with sample: true")
+    return out
 
 
 def _texts(raw: dict[str, Any], limits: ServeConfig) -> list[str]:
@@ -229,5 +300,7 @@ def render(translations: list, options: RequestOptions, n_best: int) -> dict[str
             item["alignment"] = pharaoh(pairs)
         if t.truncated:
             item["truncated"] = True
+        if t.warning is not None:
+            item["warning"] = t.warning  # its constraints were not used, and why
         out.append(item)
     return {"translations": out}
