@@ -96,3 +96,23 @@ def test_train_speed_bench_reports_tokens_per_second_and_the_share_of_peak(arch_
     assert 0 < result["profile_matmul_share_of_time"] < 1
     assert result["profile_updates"] == 2 and result["profile_largest_other_operators"]
     assert result["share_of_peak"] <= result["share_of_peak_bound_with_matmuls_at_peak"] < 1
+
+
+def test_constraints_bench_draws_missing_phrases_and_checks_coverage(tmp_path, lines):
+    from _decode_fixtures import trained_checkpoint
+
+    src, ref = lines
+    out = bench("constraints.py", "run", "-m", trained_checkpoint("transformer"), "--src", src,
+                "--ref", ref, "-o", tmp_path / "out", "--beam-size", "2", "--check")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["coverage"]["present"] == summary["coverage"]["constraints"] > 0, out
+    assert summary["empty_file_identical"] and summary["batch1_vs_64_differ"] == 0
+    cons = (tmp_path / "out" / "constraints.tsv").read_text(encoding="utf-8").split("\n")[:-1]
+    plain = (tmp_path / "out" / "plain.hyp").read_text(encoding="utf-8").split("\n")
+    refs = ref.read_text(encoding="utf-8").split("\n")
+    assert len(cons) == 12
+    for line, hyp, reference in zip(cons, plain, refs):
+        phrases = [p for p in line.split("\t") if p]
+        assert len(phrases) <= 2
+        for phrase in phrases:  # from the reference, and missing from the plain output
+            assert phrase in reference and phrase not in hyp.split(), (phrase, hyp)
