@@ -38,11 +38,15 @@ def library_versions() -> dict[str, str]:
             "sacrebleu": str(sacrebleu.__version__), "python": platform.python_version()}
 
 
-def make_checkpoint(model: TrainableModel, recipe: Recipe, tok: Tokenizers, **extra: Any) -> dict:
+def make_checkpoint(model: TrainableModel, recipe: Recipe, tok: Tokenizers,
+                    weights: dict[str, Any] | None = None, **extra: Any) -> dict:
+    """A checkpoint's payload; ``model`` holds ``weights`` when given (the moving average of
+    ``train.ema_decay``), else the model's own."""
     return {
         "format": FORMAT,
         "recipe": to_dict(recipe),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": weights if weights is not None else
+        {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "tokenizer": {"src": tok.src_bytes, "tgt": tok.tgt_bytes},
         "versions": library_versions(),
         **extra,

@@ -246,6 +246,8 @@ class TrainConfig:
     save_every: int = _num(0, ge=0, doc="steps between checkpoints; 0 saves at each validation")
     average_last: int = _num(0, ge=0, doc="at the end, average the newest N step checkpoints "
                                            "into checkpoints/averaged.pt; 0 is off")
+    ema_decay: float = _num(0.0, ge=0.0, lt=1.0, doc="exponential moving average of the "
+                                                      "weights (training/ema.py); 0 is off")
     # auto: bf16 on a GPU that has it or a CPU with native bf16 matmul, else fp32 (runtime.py);
     # master weights, the loss and the log-softmax stay fp32 at every choice. The default since
     # full pipelines showed it costs no BLEU against fp32 (docs/results.md, "precision: auto").

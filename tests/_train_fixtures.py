@@ -119,7 +119,9 @@ def logged_train_steps(workdir: Path) -> list[int]:
     return steps
 
 
-def weights(checkpoint: Path) -> dict:
+def weights(checkpoint: Path, key: str = "model") -> dict:
+    """A checkpoint's weights: ``model`` (the moving average, with train.ema_decay) or
+    ``train_model`` (the training weights, only with an average)."""
     import torch
 
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)[key]

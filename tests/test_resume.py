@@ -89,15 +89,15 @@ def _kill_at_a_random_moment(recipe, workdir, rng: random.Random) -> tuple[int, 
 
 def test_run_killed_from_outside_at_random_moments_resumes_bit_identically(prepared):  # noqa: F811
     """Three SIGKILLs from another process at random moments, a resume after each: the same
-    weights, bit for bit, and the same per-step losses as a run never stopped, each step logged
-    once (CPU, one thread)."""
+    training weights and the same moving average of them (train.ema_decay), bit for bit, and the
+    same per-step losses as a run never stopped, each step logged once (CPU, one thread)."""
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     ref_recipe, ref_dir = new_run(prepared, "outside_ref", max_steps=KILL_STEPS, save_every=5,
-                                  valid_every=50, log_every=1)
+                                  valid_every=50, log_every=1, ema_decay=0.95)
     train_here(ref_recipe)
     recipe, workdir = new_run(prepared, "outside_killed", max_steps=KILL_STEPS, save_every=5,
-                              valid_every=50, log_every=1)
+                              valid_every=50, log_every=1, ema_decay=0.95)
     kills = [_kill_at_a_random_moment(recipe, workdir, rng) for _ in range(KILLS)]
     resume_step = kills[-1][1] or None  # all three killed before the first save: a fresh start
     summary = train_here(recipe, resume=resume_step is not None)
@@ -106,10 +106,13 @@ def test_run_killed_from_outside_at_random_moments_resumes_bit_identically(prepa
     assert summary.resumed_from == resume_step, where
     assert logged_train_steps(workdir) == list(range(1, KILL_STEPS + 1)), where
     assert train_losses(workdir) == train_losses(ref_dir), where
-    ref_w = weights(ref_dir / "checkpoints" / "last.pt")
-    got_w = weights(workdir / "checkpoints" / "last.pt")
-    assert ref_w.keys() == got_w.keys()
-    assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w), where
+    for key in ("model", "train_model"):  # the average, and the weights training goes on from
+        ref_w = weights(ref_dir / "checkpoints" / "last.pt", key)
+        got_w = weights(workdir / "checkpoints" / "last.pt", key)
+        assert ref_w.keys() == got_w.keys()
+        assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w), (key, where)
+    assert not all(torch.equal(ref_w[k], weights(ref_dir / "checkpoints" / "last.pt")[k])
+                   for k in ref_w)  # the average is not the training weights
     sessions = json.loads((workdir / "environment.json").read_text())["sessions"]
     assert sessions[-1]["resumed_from_step"] == resume_step, where
 

@@ -29,6 +29,7 @@ from nmt_cli.runtime import grad_scaler, pick_device, resolve_precision, seed_ev
 from nmt_cli.text.preprocess import data_dir, load_manifest
 from nmt_cli.text.tokenizer import Tokenizers
 from nmt_cli.training import distributed as dist
+from nmt_cli.training.ema import Ema
 from nmt_cli.training.metrics import MetricsLog, TrainWindow, write_environment
 from nmt_cli.training.optim import LrSchedule, build_optimizer
 from nmt_cli.training.runs import (TrainState, TrainSummary, check_encoded_by, check_resumable,
@@ -96,6 +97,8 @@ class Trainer:
         self.init_from = init_from
         if init_from is not None and self.dist.is_main:  # DDP copies rank 0's weights to all
             load_init_weights(self.model, self.tok, init_from)
+        # the average starts from the initial (or --init-from) weights
+        self.ema = Ema(self.model, self.cfg.ema_decay) if self.cfg.ema_decay > 0 else None
         self.optimizer = build_optimizer(self.model.parameters(), self.cfg)
         self.schedule = LrSchedule(self.optimizer, self.cfg)
         self.scaler = grad_scaler(self.device, self.precision)
@@ -108,7 +111,10 @@ class Trainer:
                                   "without --resume")
         path, payload = dist.broadcast_object(found)
         check_resumable(payload, path, self.recipe, self.tok, self.manifest)
-        self.model.load_state_dict(payload["model"])
+        # with an average, "model" holds it and "train_model" the training weights
+        self.model.load_state_dict(payload.get("train_model", payload["model"]))
+        if self.ema is not None:
+            self.ema.load(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.schedule.load_state_dict(payload["schedule"])
         if payload.get("scaler") and self.scaler.is_enabled():
@@ -133,10 +139,15 @@ class Trainer:
             raise KeyboardInterrupt
         self._signal = signum
 
-    def validate(self) -> dict[str, Any]:
-        """The dev scores of the model as it stands (``DevSet.score``)."""
+    def validate(self, average: bool = True) -> dict[str, Any]:
+        """The dev scores (``DevSet.score``) of the weights' moving average when there is one and
+        ``average``, else of the model as it stands."""
         self.model.eval()
-        result = self.dev.score(self.model, self.tok, self.state.step)
+        if self.ema is not None and average:
+            with self.ema.applied(self.model):
+                result = self.dev.score(self.model, self.tok, self.state.step)
+        else:
+            result = self.dev.score(self.model, self.tok, self.state.step)
         self.model.train()
         return result
 
@@ -147,7 +158,10 @@ class Trainer:
         if self.dist.is_main:
             st = self.state
             metric = None if dev is None else dev_metric(dev)
-            payload = make_checkpoint(self.model, self.recipe, self.tok, step=st.step,
+            extra = {} if self.ema is None else {
+                "weights": self.ema.weights(self.model),
+                "train_model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}}
+            payload = make_checkpoint(self.model, self.recipe, self.tok, **extra, step=st.step,
                                       epoch=st.epoch, dev=dev or self.last_dev,
                                       optimizer=self.optimizer.state_dict(),
                                       schedule=self.schedule.state_dict(),
@@ -187,7 +201,7 @@ class Trainer:
         payload = average_to_file(paths, self.ckpt_dir / "averaged.pt")
         trained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(payload["model"])
-        dev = self.validate()
+        dev = self.validate(average=False)
         self.model.load_state_dict(trained)
         self._log({"event": "averaged", "checkpoints": [p.name for p in paths], **dev})
         scores = ", ".join(f"{k} {v:.3f}" for k, v in dev.items() if k.startswith("dev_"))
@@ -305,6 +319,8 @@ class Trainer:
         st.seconds = self._seconds()
         if out.applied:
             st.step += 1
+            if self.ema is not None:
+                self.ema.update(self.model, st.step)
             st.nonfinite_in_row = 0
             st.tgt_tokens += out.tokens
             window.add(out.tokens, out.loss, out.nll)
