@@ -141,6 +141,7 @@ def test_fusion_mistakes_are_one_line_each(tmp_path):
     assert_one_line_error(run_cli(*base, "--lm", tmp_path / "none.pt"), "none.pt", "not found")
     assert_one_line_error(run_cli(*base, "--lm", _fusion_lm(checkpoint), "--lm-weight", "-1"),
                           "decode.lm_weight")
+    assert_one_line_error(run_cli(*base, "--lm-weight", "0.3"), "--lm-weight", "--lm CKPT")
     assert not (tmp_path / "o").exists()  # no half-written output
 
 

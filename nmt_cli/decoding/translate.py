@@ -182,6 +182,9 @@ def translate_file(checkpoint: Path | Sequence[Path], input_path: Path | None,
     engine = open_engine(paths, EngineSettings(device, opts.threads, opts.inter_threads, decode))
     try:
         cfg = engine.defaults
+        if "lm_weight" in decode and cfg.lm is None:
+            raise NmtError("--lm-weight weighs a language model, and none is given: add --lm "
+                           "CKPT (or decode.lm in the recipe)")
         _check_options(engine, opts, cfg)
         stats = TranslateStats(precision=engine.precision)
         _run(engine, cfg, input_path, output_path, opts, stats)
