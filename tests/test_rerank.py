@@ -62,6 +62,18 @@ def test_forward_only_keeps_the_first_rows_one_line_per_source(made):
     assert out[5] == ""
 
 
+def test_an_output_that_is_a_symlink_is_written_through(made, tmp_path):
+    _, src, nbest, lines = made
+    target = tmp_path / "target.txt"
+    target.write_text("old\n", encoding="utf-8")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    proc = run_cli("rerank", "-n", nbest, "-s", src, "-o", link, "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink()
+    assert len(target.read_text(encoding="utf-8").split("\n")[:-1]) == len(lines)
+
+
 def test_the_weights_decide(made):
     """length=1 takes the longest hypothesis of each line (the first among equals)."""
     _, _, nbest, lines = made

@@ -55,11 +55,15 @@ def rerank_file(nbest: Path | None, source: Path | None, output: Path | None, *,
 
 
 def write_lines(path: Path | None, lines: list[str]) -> None:
-    """One line each, to ``path`` (atomically) or stdout."""
+    """One line each, to ``path`` (atomically) or stdout; a symbolic link or a file that is not
+    regular (``/dev/stdout``, a pipe) is written through, as a rename would replace it."""
     text = "".join(line + "\n" for line in lines)
     if path is None:
         sys.stdout.write(text)
         sys.stdout.flush()
+    elif path.is_symlink() or (path.exists() and not path.is_file()):
+        with open(path, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
     else:
         atomic_write_text(path, text)
 
