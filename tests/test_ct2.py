@@ -100,6 +100,34 @@ def test_forced_scores_are_nmts(nmt_model, exported):
     assert got == pytest.approx(want, rel=2e-3)
 
 
+def test_forced_scores_run_in_chunks_in_order(nmt_model, exported, monkeypatch):
+    import nmt_cli.decoding.ct2 as ct2
+
+    _, model, tok, recipe = nmt_model
+    lines = source_lines(30)
+    refs = [t.text for t in both(nmt_model, exported, lines, beam_size=1)[0]]
+    whole = forced_scores(model, tok, recipe, exported, lines, refs)[1]
+    calls = []
+    monkeypatch.setattr(ct2, "SCORE_CHUNK", 7)
+    monkeypatch.setattr(exported, "translator", _Spy(exported.translator, calls))
+    chunked = forced_scores(model, tok, recipe, exported, lines, refs)[1]
+    assert calls == [7, 7, 7, 7, 2] and chunked == pytest.approx(whole, rel=1e-6)
+
+
+class _Spy:
+    """A translator that records how many lines each score_batch call gets."""
+
+    def __init__(self, translator, calls: list):
+        self._translator, self._calls = translator, calls
+
+    def score_batch(self, source, target, **options):
+        self._calls.append(len(source))
+        return self._translator.score_batch(source, target, **options)
+
+    def __getattr__(self, name):
+        return getattr(self._translator, name)
+
+
 def test_length_limits_are_nmts(nmt_model, exported):
     ours, theirs = both(nmt_model, exported, source_lines(20), beam_size=1, max_len_a=0.0,
                         max_len_b=3)

@@ -256,7 +256,16 @@ def score_references(model: Ct2Model, lines: list[str], references: list[str], *
     longest = model.positions - 1
     src = encode_sources(tok, lines, normalize, min(max_src_len, longest)).ids
     tgt = [ids[:longest] for ids in tok.encode_tgt(clean_lines(references, normalize))]
-    found = model.translator.score_batch(
-        [[tok.src.id_to_piece(t) for t in ids] for ids in src],
-        [[tok.tgt.id_to_piece(t) for t in ids] for ids in tgt], max_input_length=0)
-    return [float(sum(res.log_probs)) for res in found]
+    scores: list[float] = []
+    for start in range(0, len(src), SCORE_CHUNK):  # one call for all lines holds them all
+        found = model.translator.score_batch(
+            [[tok.src.id_to_piece(t) for t in ids] for ids in src[start:start + SCORE_CHUNK]],
+            [[tok.tgt.id_to_piece(t) for t in ids] for ids in tgt[start:start + SCORE_CHUNK]],
+            max_input_length=0)
+        scores.extend(float(sum(res.log_probs)) for res in found)
+    return scores
+
+
+# Lines per score_batch call: the engine keeps every line of a call in memory at once
+# (12,000 pairs in one call took 18 GB, docs/results.md)
+SCORE_CHUNK = 1000
