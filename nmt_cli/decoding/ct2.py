@@ -150,8 +150,11 @@ def load_exported(folder: Path, device: str = "auto", threads: int = 0,
         translator = ct2.Translator(str(folder), **options)
     except (RuntimeError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{folder}: CTranslate2 cannot load this model ({first}); it is "
-                              "truncated or corrupt, export it again with nmt export") from None
+        if isinstance(exc, PermissionError):
+            raise CheckpointError(f"{folder}: cannot read the exported model ({first}); check "
+                                  "the files' permissions") from None
+        raise CheckpointError(f"{folder}: CTranslate2 cannot load this model ({first}); if it "
+                              "is truncated or corrupt, export it again with nmt export") from None
     return Ct2Model(translator, tok, recipe, meta, folder, options)
 
 
