@@ -498,6 +498,18 @@ def test_an_engine_failure_leaves_nothing_behind(nmt_model, tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_recipe_with_a_fusion_lm_exports_a_model_that_translates(nmt_model, tmp_path):
+    payload = load_checkpoint(nmt_model[0])
+    payload["recipe"]["decode"]["lm"] = str(tmp_path / "en-lm.pt")
+    ckpt = tmp_path / "with-lm.pt"
+    torch.save(payload, ckpt)
+    folder = export_ctranslate2(ckpt, tmp_path / "model", "float32")
+    meta = json.loads((folder / "nmt-export.json").read_text())
+    assert meta["decode"]["lm"] is None and meta["recipe"]["decode"]["lm"] is None
+    proc = run_cli("translate", "-m", folder, "-q", input="the dog\n")
+    assert proc.returncode == 0 and len(proc.stdout.split("\n")) == 2, proc.stderr
+
+
 @pytest.mark.parametrize("damage", ["truncate model.bin", "remove nmt-export.json",
                                     "remove source.spm.model", "garble nmt-export.json",
                                     "garble target.spm.model"])

@@ -16,6 +16,7 @@ never leaves a half-written model behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -150,6 +151,8 @@ def export_ctranslate2(checkpoint: Path, output: Path, quantization: str = "floa
     payload = load_checkpoint(checkpoint, mmap=True)
     _require_transformer(payload, checkpoint)
     model, tok, recipe = model_from_checkpoint(payload, checkpoint, "cpu")
+    # the engine cannot fuse a language model: a decode.lm of the recipe stays behind
+    recipe = dataclasses.replace(recipe, decode=dataclasses.replace(recipe.decode, lm=None))
     rows = position_rows(recipe)
     spec = transformer_spec(model, rows)
     spec.config.unk_token = tok.tgt.id_to_piece(UNK_ID)
