@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import pytest
 import torch
@@ -130,6 +131,34 @@ def test_rows_that_can_no_longer_fit_their_phrase_leave_room_for_those_that_can(
     assert all(len(h.tokens) <= 4 for h in out)
 
 
+def test_a_completed_phrase_ends_its_word():
+    # A then B is the model's choice; with B marked as a piece that goes on a word, B may not
+    # follow the phrase (A,), as "dog" may not become "dogs"
+    model = TableModel(never_c_table().unsqueeze(0))
+    free = search(model, [0], [3], [[(A,)]], beam_size=3).hypotheses[0][0]
+    assert free.tokens[:2] == [A, B]
+    word_pieces = torch.zeros(V, dtype=torch.bool)
+    word_pieces[B] = True
+    src, lengths = src_for([0], [3])
+    ended = constrained_beam_search(model, src, lengths, [[(A,)]], decode(beam_size=3),
+                                    word_pieces=word_pieces).hypotheses[0]
+    assert ended and all(A in h.tokens for h in ended)
+    for h in ended:
+        at = h.tokens.index(A)
+        assert at + 1 == len(h.tokens) or h.tokens[at + 1] != B, h.tokens
+
+
+def test_word_continuations_are_pieces_without_a_word_mark(model_and_tok):
+    from nmt_cli.decoding.constraints import word_continuations
+
+    tok = model_and_tok[2]
+    marks = word_continuations(tok)
+    for i, goes_on in enumerate(marks):
+        piece = tok.tgt.id_to_piece(i)
+        assert goes_on == (not piece.startswith("\u2581") and piece[:1].isalnum()), piece
+    assert any(marks) and not all(marks) and not any(marks[:4])
+
+
 def test_an_impossible_constraint_leaves_no_hypothesis():
     # the length limit is 2 pieces; the phrases need 3
     model = TableModel(random_tables(1, 0))
@@ -224,6 +253,7 @@ def test_constrained_lines_hold_their_phrases_and_the_others_are_plain(model_and
         assert t.warning is None
         for phrase in c:
             assert contains(t.hypotheses[0].tokens, target_pieces(tok, phrase)), (phrase, t.text)
+            assert re.search(r"(?<!\w)" + re.escape(phrase) + r"(?!\w)", t.text), (phrase, t.text)
     assert sum(t.text != p.text for t, p, c in zip(found, plain, cons) if c) > 0
 
 

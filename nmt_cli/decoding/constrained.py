@@ -49,6 +49,7 @@ class Progress:
     phrase: int = -1  # the phrase being produced, or -1
     pos: int = 0  # its pieces produced so far
     done: int = 0  # constraint pieces produced: the bank
+    closed: bool = False  # the last token completed a phrase: the next may not go on its word
 
 
 class Phrases:
@@ -88,7 +89,7 @@ class Phrases:
     def _at(self, met: int, phrase: int, pos: int) -> Progress:
         if pos == self.lengths[phrase]:
             met |= 1 << phrase
-            return Progress(met, -1, 0, self._met_pieces(met))
+            return Progress(met, -1, 0, self._met_pieces(met), closed=True)
         return Progress(met, phrase, pos, self._met_pieces(met) + pos)
 
     def _met_pieces(self, met: int) -> int:
@@ -98,11 +99,14 @@ class Phrases:
 @torch.no_grad()
 def constrained_beam_search(model, src: Tensor, src_lengths: Tensor,
                             constraints: Sequence[Sequence[Sequence[int]]], cfg: DecodeConfig,
-                            return_attention: bool = False) -> SearchResult:
+                            return_attention: bool = False,
+                            word_pieces: Tensor | None = None) -> SearchResult:
     """``cfg.n_best`` hypotheses per sentence that contain all of its ``constraints`` (piece ids
     per phrase), best first; ``cfg.beam_size`` is the beam of every sentence (callers widen it
     with ``constrained_beam``). A sentence whose search finds no such hypothesis gets an empty
-    list. Every phrase must fit the sentence's length limit (``constraints.prepare`` checks)."""
+    list. Every phrase must fit the sentence's length limit (``constraints.prepare`` checks).
+    ``word_pieces`` (V,) marks the pieces that go on a word (``constraints.word_continuations``):
+    none may follow a completed phrase, so that the phrase ends its word as given."""
     batch, k, device = src.size(0), cfg.beam_size, src.device
     norm = LengthNorm.of(cfg)
     phrases = [Phrases(c) for c in constraints]
@@ -126,6 +130,10 @@ def constrained_beam_search(model, src: Tensor, src_lengths: Tensor,
         unmet = [r for r, p in enumerate(progress) if p.met != phrases[sentences[r // beams]].all_met]
         if unmet:
             lp[torch.tensor(unmet, device=device), EOS_ID] = NEG_INF
+        closed = [r for r, p in enumerate(progress) if p.closed]
+        if closed and word_pieces is not None:
+            rows = torch.tensor(closed, device=device)
+            lp[rows] = lp[rows].masked_fill(word_pieces, NEG_INF)
         picked = _step(lp, live, progress, phrases, sentences, limits, step, k)
         origin, tokens, scores, progress, ends = picked
         if ends:

@@ -156,6 +156,23 @@ def _problem(phrases: Sequence[str], pieces: Sequence[Sequence[int]], limit: int
     return None
 
 
+_CONTINUATIONS: dict[bytes, list[bool]] = {}  # per target tokenizer (its model's bytes)
+
+
+def word_continuations(tok) -> list[bool]:
+    """Per target piece: whether it goes on the word before it (no word mark, and a letter or
+    digit first), which may not follow a completed phrase; punctuation and new words may."""
+    found = _CONTINUATIONS.get(tok.tgt_bytes)
+    if found is None:
+        sp = tok.tgt
+        pieces = (sp.id_to_piece(i) for i in range(sp.get_piece_size()))
+        found = [not p.startswith("\u2581") and p[:1].isalnum() for p in pieces]
+        if len(_CONTINUATIONS) >= 4:
+            _CONTINUATIONS.clear()
+        _CONTINUATIONS[tok.tgt_bytes] = found
+    return found
+
+
 def read_constraint_file(path: Path) -> list[list[str]]:
     """Every line of a constraint file, parsed (UTF-8; a bad line names the file and line)."""
     from nmt_cli.text.bitext import open_binary

@@ -121,13 +121,14 @@ class Constrained:
     """The constrained lines of one call: each one's phrases as pieces (empty: search it as
     plain beam search) and the warnings of the lines whose phrases were not used."""
 
-    def __init__(self, pieces: list[tuple], warnings: dict[int, str]):
+    def __init__(self, pieces: list[tuple], warnings: dict[int, str], word_pieces: list[bool]):
         self.pieces, self.warnings = pieces, warnings
+        self.word_pieces = word_pieces  # target pieces that may not follow a completed phrase
 
     @classmethod
     def of(cls, tok: Tokenizers, src_ids: list[list[int]],
            constraints: Sequence[Sequence[str]] | None, cfg: DecodeConfig) -> "Constrained | None":
-        from nmt_cli.decoding.constraints import prepare
+        from nmt_cli.decoding.constraints import prepare, word_continuations
         from nmt_cli.decoding.penalties import length_limits
 
         if constraints is None or not any(constraints):
@@ -148,7 +149,7 @@ class Constrained:
             elif line is not None and line.problem:
                 warnings[i] = f"{line.problem}; translated without its constraints"
             pieces.append(line.pieces if line is not None and ids and not line.problem else ())
-        return cls(pieces, warnings)
+        return cls(pieces, warnings, word_continuations(tok))
 
     def search(self, model, batch: list[int], src_ids: list[list[int]], cfg: DecodeConfig,
                device: torch.device, return_attention: bool) -> SearchResult:
@@ -168,10 +169,10 @@ class Constrained:
             if beam == 0:
                 hyps = beam_search(model, src, src_lengths, cfg, return_attention).hypotheses
             else:
-                hyps = constrained_beam_search(model, src, src_lengths,
-                                               [self.pieces[i] for i in members],
-                                               replace(cfg, beam_size=beam),
-                                               return_attention).hypotheses
+                hyps = constrained_beam_search(
+                    model, src, src_lengths, [self.pieces[i] for i in members],
+                    replace(cfg, beam_size=beam), return_attention,
+                    torch.tensor(self.word_pieces, device=device)).hypotheses
             found.update(zip(members, hyps))
         failed = [i for i in batch if not found[i]]
         if failed:
