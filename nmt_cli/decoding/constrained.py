@@ -31,8 +31,9 @@ from torch import Tensor
 from nmt_cli.config import DecodeConfig
 from nmt_cli.decoding.hypotheses import Hypothesis
 from nmt_cli.decoding.penalties import NEG_INF, LengthNorm, output_lengths
-from nmt_cli.decoding.search import Beams, Finished, SearchResult, _constrain, top_per_row
-from nmt_cli.ids import BOS_ID, EOS_ID
+from nmt_cli.decoding.search import (Beams, Finished, SearchResult, _constrain, start_beams,
+                                     top_per_row)
+from nmt_cli.ids import EOS_ID
 
 
 def constrained_beam(beam_size: int, phrases: int) -> int:
@@ -113,12 +114,8 @@ def constrained_beam_search(model, src: Tensor, src_lengths: Tensor,
     memory, state = model.encode(src, src_lengths)
     min_len, max_len = (t.to(device) for t in output_lengths(cfg, src_lengths))
     limits = max_len.tolist()
-    live = Beams(torch.arange(batch, device=device), torch.zeros((batch, 1), device=device),
-                 torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device), state, memory,
-                 torch.zeros((batch, 0, src.size(1)), device=device) if return_attention else None)
+    live, finished = start_beams(src, state, memory, k, cfg.n_best, return_attention)
     progress = [Progress() for _ in range(batch)]  # one per live row
-    finished = Finished([[] for _ in range(batch)], torch.full((batch,), NEG_INF, device=device),
-                        k, cfg.n_best)
     step = 0
     while live.active.numel() > 0:
         lp, live.state, weights = model.step(live.prefix[:, -1], live.state, live.memory,

@@ -220,11 +220,7 @@ def batched_beam_search(model, src: Tensor, src_lengths: Tensor, cfg: DecodeConf
     norm = LengthNorm.of(cfg)
     memory, state = model.encode(src, src_lengths)
     min_len, max_len = (t.to(device) for t in output_lengths(cfg, src_lengths))
-    live = Beams(torch.arange(batch, device=device), torch.zeros((batch, 1), device=device),
-                 torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device), state, memory,
-                 torch.zeros((batch, 0, src.size(1)), device=device) if return_attention else None)
-    finished = Finished([[] for _ in range(batch)], torch.full((batch,), NEG_INF, device=device),
-                        k, cfg.n_best)
+    live, finished = start_beams(src, state, memory, k, cfg.n_best, return_attention)
     step = 0
     while live.active.numel() > 0:
         lp, live.state, weights = model.step(live.prefix[:, -1], live.state, live.memory,
@@ -251,6 +247,18 @@ def batched_beam_search(model, src: Tensor, src_lengths: Tensor, cfg: DecodeConf
             live.keep((~done).nonzero().view(-1))
         step += 1
     return _beam_result(finished, src_lengths, cfg.n_best)
+
+
+def start_beams(src: Tensor, state, memory, k: int, n_best: int,
+                return_attention: bool) -> tuple[Beams, Finished]:
+    """Every sentence's one row (BOS, score 0) and its empty finished list."""
+    batch, device = src.size(0), src.device
+    live = Beams(torch.arange(batch, device=device), torch.zeros((batch, 1), device=device),
+                 torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device), state, memory,
+                 torch.zeros((batch, 0, src.size(1)), device=device) if return_attention else None)
+    finished = Finished([[] for _ in range(batch)], torch.full((batch,), NEG_INF, device=device),
+                        k, n_best)
+    return live, finished
 
 
 def _constrain(lp: Tensor, live: Beams, cfg: DecodeConfig, step: int, act_min: Tensor,

@@ -179,14 +179,7 @@ def _constraints(raw: dict[str, Any], texts: int, decode: DecodeConfig,
             if "\t" in phrase or "\n" in phrase or "\r" in phrase:
                 raise ApiError(422, where, "holds a tab or a line break; give each phrase as its "
                                            "own string")
-            if len(phrase) > limits.max_chars:
-                raise ApiError(413, where, f"{len(phrase)} characters; this server takes at most "
-                                           f"{limits.max_chars} (--max-chars)")
-            try:
-                phrase.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise ApiError(422, where, f"holds an unpaired surrogate at character "
-                                           f"{exc.start}; send valid Unicode") from None
+            _check_string(phrase, where, limits)
         if len(phrases) > MAX_PHRASES:
             raise ApiError(422, name, f"{len(phrases)} phrases; a text may have at most "
                                       f"{MAX_PHRASES}")
@@ -226,16 +219,20 @@ def _texts(raw: dict[str, Any], limits: ServeConfig) -> list[str]:
         raise ApiError(413, "texts", f"{len(texts)} texts in one request; this server takes at "
                                      f"most {limits.max_texts} (--max-texts)")
     for i, text in enumerate(texts):
-        where = name if name == "text" else f"texts[{i}]"
-        if len(text) > limits.max_chars:
-            raise ApiError(413, where, f"{len(text)} characters; this server takes at most "
-                                       f"{limits.max_chars} per text (--max-chars)")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ApiError(422, where, f"holds an unpaired surrogate at character {exc.start} "
-                                       "(a \\uD800-\\uDFFF escape); send valid Unicode") from None
+        _check_string(text, name if name == "text" else f"texts[{i}]", limits)
     return texts
+
+
+def _check_string(text: str, where: str, limits: ServeConfig) -> None:
+    """A text or a phrase: at most ``--max-chars`` characters (413), valid Unicode (422)."""
+    if len(text) > limits.max_chars:
+        raise ApiError(413, where, f"{len(text)} characters; this server takes at most "
+                                   f"{limits.max_chars} per text (--max-chars)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(422, where, f"holds an unpaired surrogate at character {exc.start} "
+                                   "(a \\uD800-\\uDFFF escape); send valid Unicode") from None
 
 
 def _check_work(decode: DecodeConfig, options: RequestOptions, changed: dict[str, Any],
