@@ -109,7 +109,7 @@ RANKS = {
     "nmt_cli.decoding.fusion": 12, "nmt_cli.decoding.lm": 12.5,
     "nmt_cli.decoding.alignment": 12,
     "nmt_cli.training.optim": 12, "nmt_cli.training.runs": 12, "nmt_cli.training.average": 12,
-    "nmt_cli.training.update": 12,
+    "nmt_cli.training.update": 12, "nmt_cli.training.ema": 1,
     "nmt_cli.decoding.search": 13, "nmt_cli.decoding.constraints": 6.5,
     "nmt_cli.decoding.constrained": 13.5,
     "nmt_cli.decoding.inference": 14,
